@@ -1,0 +1,35 @@
+"""Exceptions that describe a problem with the user's input or environment.
+
+The CLI prints any :class:`AutomoeError` as a single line (no traceback unless
+``--debug``) and exits non-zero; every other exception is a bug.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AutomoeError",
+    "ConfigError",
+    "DataError",
+    "StorageError",
+    "TrainingDivergedError",
+]
+
+
+class AutomoeError(Exception):
+    """Base class of errors that are reported to the user as one line."""
+
+
+class ConfigError(AutomoeError):
+    """An invalid search space, model config or command-line value."""
+
+
+class DataError(AutomoeError):
+    """A dataset that cannot be found or read."""
+
+
+class StorageError(AutomoeError):
+    """A study storage URL that cannot be used, or a study that cannot be opened."""
+
+
+class TrainingDivergedError(AutomoeError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,13 @@
+"""Training loops."""
+
+from __future__ import annotations
+
+from automoe.training.trainer import (
+    TrainConfig,
+    TrainResult,
+    evaluate_accuracy,
+    make_loader,
+    train,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate_accuracy", "make_loader", "train"]
