@@ -35,6 +35,7 @@ class MoEResNetConfig:
     stem_width: int = 16  # channels of the 3x3 stem conv
     widths: tuple[int, ...] = (16, 32, 64)  # channels of each stage; stages after the first halve H, W
     blocks_per_stage: tuple[int, ...] = (1, 1, 1)  # basic blocks per stage
+    width_multiplier: float = 1.0  # scales stem_width and widths (rounded, at least 1)
     # --- mixture of experts
     placement: str = "none"  # preset in PLACEMENT_PRESETS or a 0/1 string, one bit per block
     num_experts: int = 4  # E, experts per MoE conv
@@ -60,6 +61,8 @@ class MoEResNetConfig:
         if len(self.input_mean) not in (1, self.in_channels) or len(self.input_std) != len(
                 self.input_mean):
             raise ConfigError(f"input_mean/input_std need 1 or {self.in_channels} values")
+        if not self.width_multiplier > 0:
+            raise ConfigError(f"width_multiplier must be > 0, got {self.width_multiplier}")
         if min(self.input_std) <= 0:
             raise ConfigError(f"input_std must be positive, got {self.input_std}")
         if self.num_experts < 1:
@@ -76,6 +79,10 @@ class MoEResNetConfig:
         if self.dispatch not in DISPATCH_MODES:
             raise ConfigError(f"dispatch must be one of {DISPATCH_MODES}")
         self.blocks = resolve_placement(self.placement, self.blocks_per_stage)
+
+    def scaled(self, width: int) -> int:
+        """A channel count after the width multiplier."""
+        return max(1, round(width * self.width_multiplier))
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the init fields."""
@@ -155,13 +162,15 @@ class MoEResNet(nn.Module):
                    noisy_gating=config.noisy_gating, gate_softmax=config.gate_softmax,
                    noise_init=config.gate_noise_init,
                    balance_weight=config.balance_weight, dispatch=config.dispatch)
+        stem_width = config.scaled(config.stem_width)
         self.stem = nn.Sequential(
-            nn.Conv2d(config.in_channels, config.stem_width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem_width),
+            nn.Conv2d(config.in_channels, stem_width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
         )
-        stages, in_channels, block_id = [], config.stem_width, 0
-        for stage, (width, n_blocks) in enumerate(zip(config.widths, config.blocks_per_stage)):
+        widths = [config.scaled(w) for w in config.widths]
+        stages, in_channels, block_id = [], stem_width, 0
+        for stage, (width, n_blocks) in enumerate(zip(widths, config.blocks_per_stage, strict=True)):
             blocks = []
             for i in range(n_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1

@@ -1,0 +1,27 @@
+"""automoe: AutoML search over Mixture-of-Experts CNNs.
+
+Public API::
+
+    automoe.load_dataset(name, split, root=None)   # float images in [0, 1], int labels
+    automoe.create_model(name, **config)          # registry models take [0, 1] pixels
+    automoe.list_models(pattern="*")
+    automoe.count_flops(model, input_shape)        # MACs per sample: active / all experts
+    automoe.load(path)                             # an exported model, rebuilt from its files
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from automoe.data import load_dataset
+from automoe.models import count_flops, create_model, list_models
+
+
+def load(path):
+    """Rebuild an exported model (directory from ``automoe export``, or a checkpoint file)."""
+    from automoe.export import load as _load  # imports optuna; keep `import automoe` light
+
+    return _load(path)
+
+
+__all__ = ["__version__", "count_flops", "create_model", "list_models", "load", "load_dataset"]

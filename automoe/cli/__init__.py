@@ -1,0 +1,116 @@
+"""Command-line interface: ``automoe <command> ...`` (also ``python cli.py ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from automoe.cli._output import print_error
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2)."""
+
+    def error(self, message: str):
+        print_error(f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from automoe import __version__
+    from automoe.cli import _commands as c
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    storage = argparse.ArgumentParser(add_help=False)
+    storage.add_argument("--storage", default=None, metavar="URL",
+                         help="SQLAlchemy URL of the study DB (default: sqlite:///studies/automoe.db)")
+    storage.add_argument("--study", default=None, metavar="NAME",
+                         help="study name (search: the space's name; others: the only study)")
+    storage.add_argument("--artifact-dir", default=None, metavar="DIR",
+                         help="where trial checkpoints are stored (default: artifacts/ beside "
+                              "a SQLite DB, else studies/artifacts)")
+
+    parser = _Parser(prog="automoe", description=__doc__,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"automoe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name, fn, parents, help_text):
+        p = sub.add_parser(name, parents=parents, help=help_text, description=fn.__doc__,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("search", c.cmd_search, [common, storage], "run (or resume) a multi-objective search")
+    p.add_argument("--space", default="default", metavar="FILE|NAME",
+                   help="search-space YAML file, or the name of one in search_spaces/")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="trials to run now (default: the space's `trials`)")
+    p.add_argument("--sampler", default=None, metavar="NAME",
+                   help="nsga2, nsga3, tpe, random or gp (default: the space's sampler)")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="override the space's dataset (digits, cifar10, cifar100, mnist, "
+                        "fashion_mnist, svhn, imagefolder)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder holding the dataset files (not needed for digits)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download a missing dataset into --data-root")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+
+    p = add("pareto", c.cmd_pareto, [common, storage], "show the Pareto front of a study")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
+    p = add("export", c.cmd_export, [common, storage], "export a trial's model to a directory")
+    p.add_argument("--trial", type=int, required=True, metavar="N", help="trial number")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+
+    p = add("eval", c.cmd_eval, [common], "evaluate an exported model")
+    p.add_argument("path", metavar="DIR", help="directory written by `automoe export`")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="dataset to evaluate on (default: the one it was trained on)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--download", action="store_true", help="let torchvision download it")
+    p.add_argument("--device", default="auto", help="torch device")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
+    from automoe.errors import AutomoeError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print_error("interrupted")
+        return 130
+    except AutomoeError as exc:
+        if debug:
+            raise
+        print_error(str(exc))
+        return 1
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print_error(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the "
+                    "traceback)")
+        return 1

@@ -1,0 +1,188 @@
+"""The CLI commands. Each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from automoe.cli._output import architecture, err, out, pareto_table, print_json
+from automoe.errors import ConfigError
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"invalid --device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
+def _quiet_optuna(verbose: bool = False) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING if verbose else logging.ERROR)
+
+
+def _open(args: argparse.Namespace, *, create: bool):
+    from automoe.storage import DEFAULT_STORAGE, AtomicFileSystemArtifactStore, open_storage
+    from automoe.storage.artifacts import default_artifact_dir
+
+    url = args.storage or DEFAULT_STORAGE
+    storage = open_storage(url, create=create)
+    artifact_dir = Path(args.artifact_dir) if args.artifact_dir else default_artifact_dir(url)
+    return url, storage, artifact_dir, AtomicFileSystemArtifactStore
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run (or resume) a multi-objective search over MoE-CNN designs.
+
+    Objectives: validation accuracy (max), active-path MMACs per sample (min), PGD robust
+    accuracy (max). Every trial lands in the study DB; its checkpoint in the artifact dir.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from automoe.search import (
+        SearchSpace,
+        TrialRunner,
+        create_or_resume_study,
+        make_sampler,
+        pareto_trials,
+        resolve_space_path,
+        run_trials,
+        trial_row,
+    )
+    from automoe.storage import DEFAULT_STORAGE
+    from automoe.storage.study_db import parse_url
+
+    _quiet_optuna()
+    # Validate everything before the DB is touched, so bad input writes nothing.
+    space = SearchSpace.from_file(resolve_space_path(args.space)).with_dataset(args.dataset)
+    n_trials = args.trials if args.trials is not None else space.trials
+    if n_trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {n_trials}")
+    sampler = make_sampler(args.sampler or space.sampler["name"], args.seed,
+                           space.sampler["population_size"])
+    url = args.storage or DEFAULT_STORAGE
+    parse_url(url)
+    device = _device(args.device)
+    runner_kwargs = dict(device=device, seed=args.seed, data_root=args.data_root,
+                         download=args.download)
+    started = time.perf_counter()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, disable=args.quiet, transient=False)
+    trial_task = progress.add_task("trials", total=n_trials)
+    step_task = progress.add_task("  trial", total=1, visible=False)
+
+    def on_step(number: int, step: int, total: int) -> None:
+        progress.update(step_task, description=f"  trial {number} (train steps)",
+                        completed=step, total=total, visible=True)
+
+    runner = TrialRunner(space, None, on_step=on_step, **runner_kwargs)
+    url, storage, artifact_dir, store_cls = _open(args, create=True)
+    runner.artifact_store = store_cls(artifact_dir)
+    study_name = args.study or space.name
+    study, resumed = create_or_resume_study(storage, study_name, space, sampler)
+    if not args.quiet:
+        what = "resuming" if resumed else "created"
+        err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {_safe(url)} "
+                  f"({len(study.trials)} trials so far); space {space.source}, dataset "
+                  f"{space.dataset['name']}, sampler {args.sampler or space.sampler['name']}, "
+                  f"device {device}")
+
+    def after_trial(study, trial) -> None:
+        progress.advance(trial_task)
+        progress.update(step_task, visible=False)
+        if args.quiet:
+            return
+        if trial.values is None or trial.state.name != "COMPLETE":
+            reason = trial.user_attrs.get("fail_reason", trial.state.name.lower())
+            progress.console.print(f"trial {trial.number:>3} [red]failed[/]: {reason}")
+            return
+        row = trial_row(trial)
+        v = row["values"]
+        seconds = trial.user_attrs.get("train_seconds", 0) + trial.user_attrs.get(
+            "eval_seconds", 0)
+        progress.console.print(
+            f"trial {trial.number:>3} val {v['val_accuracy']:5.1f}% robust "
+            f"{v['robust_accuracy']:5.1f}% {v['mmacs']:6.3f} MMACs {architecture(row)} {seconds:.0f}s")
+
+    with progress:
+        run_trials(study, runner, n_trials, callbacks=[after_trial])
+    elapsed = time.perf_counter() - started
+    rows = [trial_row(t) for t in pareto_trials(study)]
+    out.print(pareto_table(rows, f"Pareto front of {study_name!r} "
+                                 f"({len(study.trials)} trials, this run {elapsed:.0f}s)"))
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    """Show the Pareto-optimal trials of a study (validation accuracy, MMACs, robust accuracy)."""
+    from automoe.search import pareto_trials, trial_row
+    from automoe.storage import load_study
+
+    _quiet_optuna()
+    url, storage, _, _ = _open(args, create=False)
+    study = load_study(storage, args.study)
+    rows = [trial_row(t) for t in pareto_trials(study)]
+    if args.json:
+        print_json(rows)
+    else:
+        out.print(pareto_table(rows, f"Pareto front of {study.study_name!r} "
+                                     f"({len(study.trials)} trials)"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a trial's model: model.safetensors + config.json that rebuilds it."""
+    from automoe.export import export_trial
+    from automoe.storage import load_study
+
+    _quiet_optuna()
+    url, storage, artifact_dir, store_cls = _open(args, create=False)
+    study = load_study(storage, args.study)
+    path = export_trial(study, args.trial, args.out, store_cls(artifact_dir), force=args.force)
+    if not args.quiet:
+        err.print(f"exported trial {args.trial} of {study.study_name!r} to {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate an exported model: accuracy, PGD robust accuracy and FLOPs."""
+    from rich.table import Table
+
+    from automoe.export import evaluate_export
+
+    result = evaluate_export(args.path, data_root=args.data_root, dataset=args.dataset,
+                             device=_device(args.device), download=args.download)
+    if args.json:
+        print_json(result)
+        return 0
+    stored = result.get("stored") or {}
+    table = Table(title=f"{args.path}: {result['model']} on {result['dataset']}",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("now", justify="right")
+    table.add_column("at search time", justify="right")
+    for key, label in [("val_accuracy", "val accuracy %"), ("test_accuracy", "test accuracy %"),
+                       ("robust_accuracy", "robust accuracy % (PGD, val)"),
+                       ("mmacs", "active MMACs / sample")]:
+        then = stored.get(key)
+        table.add_row(label, f"{result[key]:.3f}", "-" if then is None else f"{then:.3f}")
+    table.add_row("MMACs, all experts", f"{result['mmacs_all_experts']:.3f}", "")
+    table.add_row("params", f"{result['params']:,}", "")
+    out.print(table)
+    return 0
+
+
+def _safe(url: str) -> str:
+    from automoe.storage import describe_url
+
+    return describe_url(url)

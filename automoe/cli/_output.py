@@ -1,0 +1,55 @@
+"""Console output shared by the commands: consoles, tables, error lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+# Tables and JSON go to stdout; progress, logs and errors to stderr.
+# Piped output has no terminal width; give tables room rather than rich's 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    # Plain write: rich would wrap a long message over several lines.
+    sys.stderr.write(f"automoe: error: {message}\n")
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def architecture(row: dict) -> str:
+    """Compact description of a candidate, e.g. ``x0.75 last_stage E4 k1``."""
+    model = (row.get("config") or {}).get("model", {})
+    width = f"x{model.get('width_multiplier', 1.0):g}"
+    if row.get("placement") in (None, "none") or row.get("experts") in (None, 1):
+        return f"{width} dense"
+    return f"{width} {row['placement']} E{row['experts']} k{row['top_k']}"
+
+
+def pareto_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify in [("trial", "right"), ("val %", "right"), ("robust %", "right"),
+                          ("MMACs", "right"), ("test %", "right"), ("params", "right"),
+                          ("architecture", "left"), ("lr", "right"), ("epochs", "right")]:
+        table.add_column(name, justify=justify, no_wrap=True)
+    for row in rows:
+        values = row["values"]
+        train = (row.get("config") or {}).get("train", {})
+        table.add_row(
+            str(row["trial"]),
+            f"{values['val_accuracy']:.2f}",
+            f"{values['robust_accuracy']:.2f}",
+            f"{values['mmacs']:.3f}",
+            "-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}",
+            f"{(row.get('params') or 0) / 1e3:.0f}K",
+            architecture(row),
+            f"{train.get('lr', float('nan')):.3g}",
+            str(train.get("epochs", "-")),
+        )
+    return table

@@ -1,0 +1,170 @@
+"""Exporting a trial's checkpoint to a directory, loading it back, and evaluating it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import download_artifact
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+from torch import nn
+
+from automoe.data import load_dataset
+from automoe.errors import AutomoeError
+from automoe.models import count_flops, count_params, create_model
+from automoe.robustness import PGDConfig, robust_accuracy
+from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
+from automoe.training import evaluate_accuracy
+
+EXPORT_FORMAT = "automoe.export.v1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathLike[str],
+                 artifact_store, *, force: bool = False) -> Path:
+    """Write a complete trial's model to ``out_dir`` (weights + config that rebuilds it).
+
+    The directory is assembled under a temporary name beside ``out_dir`` and renamed into
+    place, so an interrupted export leaves nothing half-written.
+
+    Raises:
+        AutomoeError: unknown or incomplete trial, missing or corrupted checkpoint, or an
+            existing ``out_dir`` without ``force``.
+    """
+    out_dir = Path(out_dir)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if trial_number not in trials:
+        raise AutomoeError(f"study {study.study_name!r} has no trial {trial_number} "
+                           f"(trials 0..{max(trials, default=-1)})")
+    trial = trials[trial_number]
+    if trial.state != TrialState.COMPLETE:
+        raise AutomoeError(f"trial {trial_number} is {trial.state.name}, not COMPLETE; "
+                           "only finished trials have checkpoints")
+    checkpoint = trial.user_attrs.get("checkpoint")
+    if not checkpoint:
+        raise AutomoeError(f"trial {trial_number} stored no checkpoint")
+    if out_dir.exists() and not force:
+        raise AutomoeError(f"{str(out_dir)!r} already exists; pass --force to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        weights = tmp_dir / WEIGHTS_FILE
+        try:
+            download_artifact(artifact_store=artifact_store, file_path=str(weights),
+                              artifact_id=checkpoint["artifact_id"])
+        except Exception as exc:  # the store raises its own not-found error types
+            raise AutomoeError(f"checkpoint of trial {trial_number} is missing from the "
+                               f"artifact store ({exc}); check --artifact-dir") from None
+        digest = sha256_file(weights)
+        if digest != checkpoint["sha256"]:
+            raise AutomoeError(f"checkpoint of trial {trial_number} is corrupted "
+                               f"(sha256 {digest[:12]}..., expected {checkpoint['sha256'][:12]}...)")
+        meta = read_checkpoint_metadata(weights)
+        config = {
+            "format": EXPORT_FORMAT,
+            "model_name": meta["model_name"],
+            "model_config": meta["model_config"],
+            "weights_sha256": digest,
+            "study": study.study_name,
+            "trial": trial_number,
+            "values": dict(zip(study.metric_names or [], trial.values, strict=False)),
+            **{k: meta["extra"].get(k) for k in ("data", "metrics", "attack", "train")},
+            "search_config": trial.user_attrs.get("config"),
+            "macs_active": trial.user_attrs.get("macs_active"),
+            "params": trial.user_attrs.get("params"),
+            "expert_usage": trial.user_attrs.get("expert_usage"),
+        }
+        (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp creates it private
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_export_config(path: str | os.PathLike[str]) -> dict:
+    """The ``config.json`` of an exported model directory."""
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise AutomoeError(f"{str(path)!r} is not an exported model (no {CONFIG_FILE})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AutomoeError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+    if config.get("format") != EXPORT_FORMAT:
+        raise AutomoeError(f"{str(config_path)!r} is not an automoe export")
+    return config
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a model from an exported directory (or a checkpoint file) alone.
+
+    The weights' checksum is verified against ``config.json`` before they are loaded.
+    The model is returned in eval mode; it takes ``[0, 1]`` images.
+    """
+    path = Path(path)
+    if path.is_file():
+        return load_checkpoint(path)[0]
+    config = read_export_config(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AutomoeError(f"{str(weights)!r} is missing")
+    if sha256_file(weights) != config["weights_sha256"]:
+        raise AutomoeError(f"{str(weights)!r} does not match the checksum in {CONFIG_FILE}")
+    model = create_model(config["model_name"], **config["model_config"])
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.eval()
+
+
+def evaluate_export(path: str | os.PathLike[str], *, data_root: str | None = None,
+                    dataset: str | None = None, device: str = "cpu", batch_size: int = 256,
+                    download: bool = False) -> dict:
+    """Accuracy (val and test), robust accuracy and FLOPs of an exported model.
+
+    Uses the dataset, image size and attack stored with the model unless ``dataset``
+    names another one of the same shape.
+    """
+    config = read_export_config(path)
+    model = load(path)
+    data = dict(config.get("data") or {})
+    name = dataset or data.get("name")
+    if name is None:
+        raise AutomoeError("the export names no dataset; pass --dataset")
+    common = dict(root=data_root, image_size=data.get("image_size"), download=download)
+    val_set = load_dataset(name, "val", **common)
+    test_set = load_dataset(name, "test", **common)
+    cfg = model.config
+    if (test_set.info.in_channels, test_set.info.num_classes) != (cfg.in_channels,
+                                                                  cfg.num_classes):
+        raise AutomoeError(f"dataset {name!r} has {test_set.info.in_channels} channels and "
+                           f"{test_set.info.num_classes} classes; the model expects "
+                           f"{cfg.in_channels} and {cfg.num_classes}")
+    attack_cfg = {k: v for k, v in (config.get("attack") or {}).items()
+                  if k in PGDConfig.__dataclass_fields__}
+    attack = PGDConfig(**attack_cfg)
+    macs = count_flops(model, (cfg.in_channels, cfg.image_size, cfg.image_size))
+    result = {
+        "model": config["model_name"],
+        "dataset": name,
+        "val_accuracy": 100 * evaluate_accuracy(model, val_set, batch_size, device),
+        "test_accuracy": 100 * evaluate_accuracy(model, test_set, batch_size, device),
+        "robust_accuracy": 100 * robust_accuracy(model, val_set, attack, batch_size, device),
+        "mmacs": macs["active"] / 1e6,
+        "mmacs_all_experts": macs["all_experts"] / 1e6,
+        "params": count_params(model),
+        "attack": {**attack.to_dict(), "split": "val"},
+        "stored": config.get("metrics"),
+    }
+    return result

@@ -1,0 +1,33 @@
+"""Search: declarative spaces, the trial objective, studies and Pareto selection."""
+
+from __future__ import annotations
+
+from automoe.search.objective import OBJECTIVES, TrialRunner, build_model
+from automoe.search.pareto import count_states, pareto_trials, trial_row
+from automoe.search.space import (
+    PARAMS,
+    SAMPLERS,
+    Candidate,
+    Dimension,
+    SearchSpace,
+    resolve_space_path,
+)
+from automoe.search.study import create_or_resume_study, make_sampler, run_trials
+
+__all__ = [
+    "OBJECTIVES",
+    "PARAMS",
+    "SAMPLERS",
+    "Candidate",
+    "Dimension",
+    "SearchSpace",
+    "TrialRunner",
+    "build_model",
+    "count_states",
+    "create_or_resume_study",
+    "make_sampler",
+    "pareto_trials",
+    "resolve_space_path",
+    "run_trials",
+    "trial_row",
+]

@@ -1,0 +1,466 @@
+"""Declarative search spaces (YAML) and the candidates they describe.
+
+A space file::
+
+    name: default                 # also the default study name
+    trials: 12                    # trials per `automoe search` run
+    dataset: {name: digits, image_size: 16, augment: false}
+    model: {name: resnet8}        # registry name + fixed fields of its config
+    params:                       # searched (mapping) or fixed (plain value) parameters
+      placement: {choices: [none, last_stage, all]}
+      experts: {low: 2, high: 8, step: 2}
+      top_k: {low: 1, high: 2}    # capped at the sampled experts: k <= E by construction
+      balance_weight: {low: 1.0e-3, high: 1.0, log: true}
+      lr: {low: 0.01, high: 0.2, log: true}
+      epochs: 6
+      width_multiplier: {choices: [0.5, 1.0]}
+    evaluation:
+      batch_size: 256
+      attack: {eps: 8/255, step_size: 2/255, steps: 10, max_samples: 360}
+    sampler: {name: nsga2, population_size: 8}
+
+A searched parameter is ``{choices: [...]}`` (categorical) or ``{low, high[, step][, log]}``
+(int when the parameter is an integer, else float). Values may be written as fractions
+(``8/255``). When the sampled placement puts no block in MoE form, the MoE parameters are
+not sampled at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from automoe.errors import ConfigError
+from automoe.models import list_models
+from automoe.models.resnet import MoEResNetConfig, resolve_placement
+from automoe.robustness import PGDConfig
+from automoe.training import TrainConfig
+
+# name -> (which config it sets, field in that config, value type)
+PARAMS: dict[str, tuple[str, str, type]] = {
+    "placement": ("model", "placement", str),
+    "experts": ("model", "num_experts", int),
+    "top_k": ("model", "top_k", int),
+    "balance_weight": ("model", "balance_weight", float),
+    "noisy_gating": ("model", "noisy_gating", bool),
+    "gate_softmax": ("model", "gate_softmax", str),
+    "gate_noise_init": ("model", "gate_noise_init", float),
+    "width_multiplier": ("model", "width_multiplier", float),
+    "lr": ("train", "lr", float),
+    "epochs": ("train", "epochs", int),
+    "batch_size": ("train", "batch_size", int),
+    "weight_decay": ("train", "weight_decay", float),
+    "momentum": ("train", "momentum", float),
+}
+# Parameters that only matter when at least one block is MoE.
+MOE_PARAMS = ("experts", "top_k", "balance_weight", "noisy_gating", "gate_softmax",
+              "gate_noise_init")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
+# Model-config fields that come from the dataset, not from the space.
+_DATA_FIELDS = ("in_channels", "num_classes", "image_size", "input_mean", "input_std")
+_TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "evaluation",
+             "sampler")
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched parameter."""
+
+    name: str
+    kind: str  # "int", "float" or "categorical"
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def values_bounds(self) -> tuple[Any, Any]:
+        """Smallest and largest value this dimension can take."""
+        if self.kind == "categorical":
+            return min(self.choices), max(self.choices)
+        return self.low, self.high
+
+
+@dataclass
+class Candidate:
+    """One point of the space: everything needed to build and train a model."""
+
+    model_name: str
+    model: dict  # MoEResNetConfig fields (dataset fields are filled in later)
+    train: TrainConfig
+    params: dict = field(default_factory=dict)  # the sampled values, by space name
+
+    def to_dict(self) -> dict:
+        return {"model_name": self.model_name, "model": self.model,
+                "train": self.train.to_dict(), "params": self.params}
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space."""
+
+    name: str
+    trials: int
+    dataset: dict  # {"name", "image_size", "augment"}
+    model_name: str
+    model_fixed: dict  # fixed model-config fields
+    dimensions: dict[str, Dimension]  # searched parameters, in file order
+    fixed: dict[str, Any]  # fixed parameters by space name
+    eval_batch_size: int
+    attack: PGDConfig
+    sampler: dict  # {"name", "population_size"}
+    source: str = "<dict>"  # file the space came from, for messages
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> SearchSpace:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read search space {str(path)!r}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}:{where}: {problem}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<dict>") -> SearchSpace:
+        def fail(key: str, message: str):
+            raise ConfigError(f"{source}: {key}: {message}")
+
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a search space must be a YAML mapping")
+        for key in raw:
+            if key not in _TOP_KEYS:
+                fail(key, f"unknown key; expected one of {', '.join(_TOP_KEYS)}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+            fail("name", f"must be a word of letters, digits, '_', '.' or '-', got {name!r}")
+        trials = raw.get("trials", 12)
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+            fail("trials", f"must be a positive integer, got {trials!r}")
+
+        dataset = _mapping(raw.get("dataset", {}), "dataset", fail)
+        for key in dataset:
+            if key not in ("name", "image_size", "augment"):
+                fail(f"dataset.{key}", "unknown key; expected name, image_size, augment")
+        dataset = {"name": dataset.get("name", "digits"),
+                   "image_size": dataset.get("image_size"),
+                   "augment": bool(dataset.get("augment", False))}
+        size = dataset["image_size"]
+        if size is not None and (not isinstance(size, int) or size < 4):
+            fail("dataset.image_size", f"must be an integer >= 4, got {size!r}")
+
+        model = dict(_mapping(raw.get("model", {}), "model", fail))
+        model_name = model.pop("name", "resnet8")
+        if model_name not in list_models():
+            fail("model.name", f"unknown model {model_name!r}; registered: "
+                 f"{', '.join(list_models())}")
+        allowed = {f for f in MoEResNetConfig.__dataclass_fields__ if f != "blocks"}
+        for key in model:
+            if key in _DATA_FIELDS:
+                fail(f"model.{key}", "is set from the dataset, not the space")
+            if key not in allowed:
+                fail(f"model.{key}", f"unknown model field; expected one of "
+                     f"{', '.join(sorted(allowed - set(_DATA_FIELDS)))}")
+            if any(p[1] == key for p in PARAMS.values()):
+                fail(f"model.{key}", "is a search parameter: set it under params")
+
+        params = _mapping(raw.get("params", {}), "params", fail)
+        dimensions: dict[str, Dimension] = {}
+        fixed: dict[str, Any] = {}
+        for key, spec in params.items():
+            if key not in PARAMS:
+                fail(f"params.{key}", f"unknown parameter; expected one of {', '.join(PARAMS)}")
+            value_type = PARAMS[key][2]
+            if isinstance(spec, dict):
+                dimensions[key] = _dimension(key, spec, value_type, lambda m, k=key: fail(
+                    f"params.{k}", m))
+            else:
+                fixed[key] = _value(spec, value_type, lambda m, k=key: fail(f"params.{k}", m))
+
+        evaluation = _mapping(raw.get("evaluation", {}), "evaluation", fail)
+        for key in evaluation:
+            if key not in ("batch_size", "attack"):
+                fail(f"evaluation.{key}", "unknown key; expected batch_size, attack")
+        eval_batch_size = evaluation.get("batch_size", 256)
+        if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+            fail("evaluation.batch_size", f"must be a positive integer, got {eval_batch_size!r}")
+        attack_raw = _mapping(evaluation.get("attack", {}), "evaluation.attack", fail)
+        attack_types = {"eps": float, "step_size": float, "steps": int, "random_start": bool,
+                        "max_samples": int, "seed": int}
+        attack_kwargs = {}
+        for key, value in attack_raw.items():
+            if key not in attack_types:
+                fail(f"evaluation.attack.{key}", f"unknown key; expected "
+                     f"{', '.join(attack_types)}")
+            attack_kwargs[key] = _value(value, attack_types[key],
+                                        lambda m, k=key: fail(f"evaluation.attack.{k}", m))
+        try:
+            attack = PGDConfig(**attack_kwargs)
+        except ConfigError as exc:
+            fail("evaluation.attack", str(exc))
+
+        sampler = dict(_mapping(raw.get("sampler", {}), "sampler", fail))
+        for key in sampler:
+            if key not in ("name", "population_size"):
+                fail(f"sampler.{key}", "unknown key; expected name, population_size")
+        sampler.setdefault("name", "nsga2")
+        sampler.setdefault("population_size", 8)
+        if sampler["name"] not in SAMPLERS:
+            fail("sampler.name", f"unknown sampler {sampler['name']!r}; expected one of "
+                 f"{', '.join(SAMPLERS)}")
+        if not isinstance(sampler["population_size"], int) or sampler["population_size"] < 2:
+            fail("sampler.population_size", "must be an integer >= 2")
+
+        space = cls(name=name, trials=trials, dataset=dataset, model_name=model_name,
+                    model_fixed=model, dimensions=dimensions, fixed=fixed,
+                    eval_batch_size=eval_batch_size, attack=attack, sampler=sampler,
+                    source=source)
+        space._check_consistency(fail)
+        return space
+
+    def _check_consistency(self, fail) -> None:
+        """Checks that span several parameters, so no trial is ever invalid."""
+        def bounds(name: str, default):
+            if name in self.dimensions:
+                return self.dimensions[name].values_bounds()
+            value = self.fixed.get(name, default)
+            return value, value
+
+        e_min, e_max = bounds("experts", MoEResNetConfig.num_experts)
+        k_min, _ = bounds("top_k", MoEResNetConfig.top_k)
+        if e_min < 1:
+            fail("params.experts", f"must be >= 1, got {e_min}")
+        if k_min < 1:
+            fail("params.top_k", f"must be >= 1, got {k_min}")
+        if k_min > e_min:
+            fail("params.top_k", f"top-k {k_min} exceeds {e_min} experts: every experts value "
+                 f"must admit at least top_k={k_min} (k <= experts)")
+        # Every placement must be valid for the backbone.
+        blocks = self._blocks_per_stage()
+        placements = (self.dimensions["placement"].choices if "placement" in self.dimensions
+                      else [self.fixed.get("placement", MoEResNetConfig.placement)])
+        for placement in placements:
+            try:
+                resolve_placement(placement, blocks)
+            except ConfigError as exc:
+                fail("params.placement", str(exc))
+        # Build the smallest and largest candidates once to catch any other invalid value.
+        for pick in (0, -1):
+            values = {**self.fixed}
+            for name, dim in self.dimensions.items():
+                values[name] = (dim.choices[pick] if dim.kind == "categorical"
+                                else (dim.low if pick == 0 else dim.high))
+            if "top_k" in values:
+                values["top_k"] = min(values["top_k"],
+                                      values.get("experts", MoEResNetConfig.num_experts))
+            try:
+                self._candidate(values)
+            except ConfigError as exc:
+                fail("params", str(exc))
+
+    def _blocks_per_stage(self) -> tuple[int, ...]:
+        from automoe.models import create_model
+
+        if "blocks_per_stage" in self.model_fixed:
+            return tuple(self.model_fixed["blocks_per_stage"])
+        return create_model(self.model_name).config.blocks_per_stage
+
+    # --------------------------------------------------------------- sampling
+
+    def suggest(self, trial: optuna.Trial) -> Candidate:
+        """Sample a candidate; ``top_k`` is drawn from ``[low, min(high, experts)]``."""
+        values: dict[str, Any] = {}
+        order = list(self.dimensions)
+        # placement first (it decides whether MoE parameters exist), experts before top_k.
+        order.sort(key=lambda n: {"placement": 0, "experts": 1, "top_k": 2}.get(n, 3))
+        for name in order:
+            dim = self.dimensions[name]
+            if name in MOE_PARAMS and not self._is_moe(values):
+                continue
+            if name == "top_k":
+                experts = values.get("experts", self.fixed.get("experts",
+                                                               MoEResNetConfig.num_experts))
+                high = min(dim.high, experts)
+                # keep the grid of `step` while capping at the number of experts
+                step = dim.step or 1
+                high = dim.low + ((high - dim.low) // step) * step
+                values[name] = trial.suggest_int(name, dim.low, high, step=step)
+            elif dim.kind == "categorical":
+                values[name] = trial.suggest_categorical(name, list(dim.choices))
+            elif dim.kind == "int":
+                values[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step or 1,
+                                                 log=dim.log)
+            else:
+                values[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step,
+                                                   log=dim.log)
+        return self._candidate({**self.fixed, **values}, sampled=values)
+
+    def _is_moe(self, values: dict) -> bool:
+        placement = values.get("placement", self.fixed.get("placement",
+                                                           MoEResNetConfig.placement))
+        return any(resolve_placement(placement, self._blocks_per_stage()))
+
+    def _candidate(self, values: dict, sampled: dict | None = None) -> Candidate:
+        model = dict(self.model_fixed)
+        train_kwargs: dict[str, Any] = {}
+        is_moe = self._is_moe(values)
+        for name, value in values.items():
+            target, field_name, _ = PARAMS[name]
+            if name in MOE_PARAMS and not is_moe:
+                continue
+            (model if target == "model" else train_kwargs)[field_name] = value
+        if not is_moe:  # a dense net: record it as one expert, top-1
+            model.update(num_experts=1, top_k=1)
+        MoEResNetConfig(**model)  # validates every model field
+        return Candidate(self.model_name, model, TrainConfig(**train_kwargs),
+                         dict(sampled if sampled is not None else values))
+
+    # ------------------------------------------------------------- identity
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "model": {"name": self.model_name, **self.model_fixed},
+            "params": {**{k: _jsonable(v) for k, v in self.fixed.items()},
+                       **{k: _dim_dict(d) for k, d in self.dimensions.items()}},
+            "evaluation": {"batch_size": self.eval_batch_size, "attack": self.attack.to_dict()},
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that defines the study's candidates and objectives.
+
+        ``trials`` and the sampler are left out: they change how a study is run, not what
+        its trials mean, so they may differ between runs of one study.
+        """
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_dataset(self, name: str | None) -> SearchSpace:
+        """A copy using another dataset (``--dataset``)."""
+        space = copy.deepcopy(self)
+        if name is not None:
+            space.dataset["name"] = name
+        return space
+
+
+def _mapping(value: Any, key: str, fail) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        fail(key, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _value(value: Any, value_type: type, fail):
+    """Coerce a YAML scalar to ``value_type``; fractions like ``8/255`` become floats."""
+    if value_type is bool:
+        if not isinstance(value, bool):
+            fail(f"must be true or false, got {value!r}")
+        return value
+    if value_type is str:
+        if not isinstance(value, str):
+            fail(f"must be a string, got {value!r}")
+        return value
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        if not match:
+            fail(f"must be a number, got {value!r}")
+        try:
+            value = float(match.group(1)) / float(match.group(2))
+        except (ValueError, ZeroDivisionError):
+            fail(f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        fail(f"must be a number, got {value!r}")
+    if value_type is int:
+        if isinstance(value, float) and not value.is_integer():
+            fail(f"must be an integer, got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        fail(f"must be finite, got {value!r}")
+    return float(value)
+
+
+def _dimension(name: str, spec: dict, value_type: type, fail) -> Dimension:
+    if "choices" in spec:
+        extra = set(spec) - {"choices"}
+        if extra:
+            fail(f"a categorical parameter takes only 'choices', got {sorted(extra)}")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            fail("choices must be a non-empty list")
+        values = tuple(_value(c, value_type, fail) for c in choices)
+        if len(set(values)) != len(values):
+            fail(f"choices repeat a value: {list(values)}")
+        return Dimension(name, "categorical", choices=values)
+    extra = set(spec) - {"low", "high", "step", "log"}
+    if extra:
+        fail(f"unknown keys {sorted(extra)}; a range takes low, high, step, log")
+    if "low" not in spec or "high" not in spec:
+        fail("a searched parameter needs 'choices' or both 'low' and 'high'")
+    if value_type in (bool, str):
+        fail("a boolean or string parameter is searched with 'choices'")
+    low = _value(spec["low"], value_type, fail)
+    high = _value(spec["high"], value_type, fail)
+    step = None if spec.get("step") is None else _value(spec["step"], value_type, fail)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        fail(f"log must be true or false, got {log!r}")
+    if low > high:
+        fail(f"low {low} is greater than high {high}")
+    if log and low <= 0:
+        fail(f"log scale needs low > 0, got {low}")
+    if log and step is not None:
+        fail("log scale and step cannot be combined")
+    if step is not None and step <= 0:
+        fail(f"step must be positive, got {step}")
+    kind = "int" if value_type is int else "float"
+    return Dimension(name, kind, low=low, high=high, step=step, log=log)
+
+
+def _dim_dict(dim: Dimension) -> dict:
+    if dim.kind == "categorical":
+        return {"choices": list(dim.choices)}
+    return {"low": dim.low, "high": dim.high, "step": dim.step, "log": dim.log}
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def resolve_space_path(space: str | os.PathLike[str]) -> Path:
+    """A space given as a file path, or as a name in ``search_spaces/``.
+
+    Names are looked up in ``./search_spaces`` and then in the ``search_spaces`` folder of
+    the automoe source tree.
+    """
+    path = Path(space)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"search space file {str(path)!r} does not exist")
+        return path
+    here = Path.cwd() / "search_spaces"
+    source_tree = Path(__file__).resolve().parents[2] / "search_spaces"
+    for folder in (here, source_tree):
+        for suffix in (".yaml", ".yml"):
+            if (folder / f"{space}{suffix}").exists():
+                return folder / f"{space}{suffix}"
+    raise ConfigError(f"no search space named {str(space)!r} in ./search_spaces; pass a "
+                      "YAML file path")

@@ -1,0 +1,69 @@
+"""Creating, resuming and running studies."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import optuna
+
+from automoe.errors import ConfigError, StorageError
+from automoe.search.objective import OBJECTIVES
+from automoe.search.space import SAMPLERS, SearchSpace
+
+
+def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.samplers.BaseSampler:
+    """An Optuna sampler by name, always seeded (Optuna 5's multi-objective default is TPE)."""
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population_size)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str,
+                           space: SearchSpace, sampler: optuna.samplers.BaseSampler
+                           ) -> tuple[optuna.Study, bool]:
+    """Create the study, or resume it if it exists with the same space.
+
+    Returns:
+        ``(study, resumed)``.
+
+    Raises:
+        StorageError: the study exists but was created from a different space (nothing is
+            written in that case).
+    """
+    names = {s.study_name for s in storage.get_all_studies()}
+    fingerprint = space.fingerprint()
+    if study_name in names:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+        stored = study.user_attrs.get("space_fingerprint")
+        if stored != fingerprint:
+            raise StorageError(
+                f"study {study_name!r} was created from a different search space or dataset "
+                f"(fingerprint {stored}, now {fingerprint}); pass a new --study name")
+        if tuple(study.directions) != tuple(
+                optuna.study.StudyDirection[d.upper()] for _, d in OBJECTIVES):
+            raise StorageError(f"study {study_name!r} has other objectives than automoe's")
+        return study, True
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+                                directions=[d for _, d in OBJECTIVES])
+    with warnings.catch_warnings():  # "experimental since v3.2" is noise in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([n for n, _ in OBJECTIVES])
+    study.set_user_attr("space_fingerprint", fingerprint)
+    study.set_user_attr("space", space.to_dict())
+    return study, False
+
+
+def run_trials(study: optuna.Study, objective: Callable, n_trials: int,
+               callbacks: list[Callable] | None = None) -> None:
+    """Run ``n_trials`` trials; a Ctrl-C marks the running trial failed and re-raises."""
+    study.optimize(objective, n_trials=n_trials, callbacks=callbacks or [],
+                   gc_after_trial=False, show_progress_bar=False)

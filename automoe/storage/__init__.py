@@ -1,0 +1,30 @@
+"""Study databases, artifact stores and model checkpoints."""
+
+from __future__ import annotations
+
+from automoe.storage.artifacts import AtomicFileSystemArtifactStore, default_artifact_dir
+from automoe.storage.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_metadata,
+    save_checkpoint,
+    sha256_file,
+)
+from automoe.storage.study_db import (
+    DEFAULT_STORAGE,
+    describe_url,
+    load_study,
+    open_storage,
+)
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "AtomicFileSystemArtifactStore",
+    "default_artifact_dir",
+    "describe_url",
+    "load_checkpoint",
+    "load_study",
+    "open_storage",
+    "read_checkpoint_metadata",
+    "save_checkpoint",
+    "sha256_file",
+]

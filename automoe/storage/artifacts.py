@@ -1,0 +1,45 @@
+"""Artifact store for per-trial files (checkpoints), readable by optuna-dashboard."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from optuna.artifacts import FileSystemArtifactStore
+
+from automoe.storage.study_db import sqlite_path
+
+
+class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
+    """``FileSystemArtifactStore`` whose writes land whole or not at all.
+
+    Optuna's store copies straight into the final file, so a worker killed mid-copy leaves
+    a truncated artifact under a valid id; here the copy goes to a temp file first.
+    """
+
+    def __init__(self, base_path: str | os.PathLike[str]):
+        Path(base_path).mkdir(parents=True, exist_ok=True)
+        super().__init__(base_path)
+        self.base_path = Path(base_path)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        target = self.base_path / artifact_id
+        fd, tmp = tempfile.mkstemp(dir=self.base_path, prefix=".tmp-", suffix="-" + artifact_id)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def default_artifact_dir(storage_url: str) -> Path:
+    """``artifacts/`` beside a SQLite study file, else ``studies/artifacts``."""
+    path = sqlite_path(storage_url)
+    return (path.parent if path is not None else Path("studies")) / "artifacts"
