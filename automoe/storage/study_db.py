@@ -28,12 +28,13 @@ def parse_url(url: str) -> URL:
         raise StorageError(f"invalid storage URL {url!r}; expected e.g. {DEFAULT_STORAGE} or "
                            "postgresql://user:password@host/dbname") from None
     try:
-        parsed.get_dialect()
+        parsed.get_dialect().import_dbapi()
     except sqlalchemy.exc.NoSuchModuleError:
         raise StorageError(f"unknown database {parsed.drivername!r} in storage URL "
                            f"{describe_url(url)}; use sqlite:///FILE or postgresql://...") from None
     except ImportError as exc:
-        hint = " (pip install 'automoe[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
+        is_postgres = parsed.get_backend_name() == "postgresql"
+        hint = " (pip install 'automoe[postgres]')" if is_postgres else ""
         raise StorageError(f"the driver for {parsed.drivername!r} is not installed{hint}: "
                            f"{exc}") from None
     return parsed

@@ -1,0 +1,68 @@
+"""Bad input: non-zero exit, one line naming the problem, no traceback, nothing written."""
+
+import pytest
+
+from .conftest import run_cli
+
+BAD_YAML = "name: x\nparams: {experts: [1, 2\n"
+TOP_K_OVER = "name: x\nparams:\n  experts: 2\n  top_k: 3\n"
+
+
+@pytest.mark.parametrize("files,args,message", [
+    ({"bad.yaml": BAD_YAML}, ["search", "--space", "bad.yaml"], "bad.yaml: line"),
+    ({"k.yaml": TOP_K_OVER}, ["search", "--space", "k.yaml"], "top-k 3 exceeds 2 experts"),
+    ({}, ["search", "--space", "tiny.yaml", "--sampler", "annealing"], "unknown sampler"),
+    ({}, ["search", "--space", "tiny.yaml", "--storage", "nosuchdb://x/y"], "unknown database"),
+    ({}, ["search", "--space", "tiny.yaml", "--storage", "::"], "invalid storage URL"),
+    ({}, ["search", "--space", "tiny.yaml", "--dataset", "cifar10"], "--data-root"),
+    ({}, ["search", "--space", "tiny.yaml", "--dataset", "cifar10", "--data-root", "nope"],
+     "is not a directory"),
+    ({}, ["search", "--space", "missing.yaml"], "does not exist"),
+    ({}, ["search", "--space", "tiny.yaml", "--device", "cuda:0"], "no CUDA device"),
+    ({}, ["pareto"], "no study database"),
+    ({}, ["eval", "nowhere"], "is not an exported model"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(workdir, files, args, message):
+    for name, text in files.items():
+        (workdir / name).write_text(text)
+    proc = run_cli(*args, cwd=workdir)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("automoe: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert list((workdir / "studies").iterdir()) == []  # no DB, no artifacts
+
+
+def test_debug_shows_the_traceback(workdir):
+    proc = run_cli("search", "--space", "tiny.yaml", "--sampler", "annealing", "--debug",
+                   cwd=workdir)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_usage_errors_exit_2(workdir):
+    proc = run_cli("search", "--trials", "many", cwd=workdir)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("export", cwd=workdir)
+    assert proc.returncode == 2 and "--trial" in proc.stderr
+
+
+def test_export_refuses_bad_trials_and_overwrites(workdir):
+    run_cli("search", "--space", "tiny.yaml", "--trials", "1", "-q", cwd=workdir, check=0)
+    out = workdir / "out"
+    run_cli("export", "--trial", "0", "--out", str(out), cwd=workdir, check=0)
+    proc = run_cli("export", "--trial", "0", "--out", str(out), cwd=workdir, check=1)
+    assert "already exists; pass --force" in proc.stderr
+    run_cli("export", "--trial", "0", "--out", str(out), "--force", cwd=workdir, check=0)
+    proc = run_cli("export", "--trial", "7", "--out", str(workdir / "o7"), cwd=workdir, check=1)
+    assert "has no trial 7" in proc.stderr
+    assert not (workdir / "o7").exists()
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_version_and_help(workdir):
+    assert run_cli("--version", cwd=workdir, check=0).stdout.startswith("automoe ")
+    help_text = run_cli("search", "--help", cwd=workdir, check=0).stdout
+    for flag in ("--space", "--study", "--storage", "--trials", "--sampler", "--dataset",
+                 "--data-root", "--device", "--seed"):
+        assert flag in help_text

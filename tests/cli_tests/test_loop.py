@@ -1,0 +1,90 @@
+"""search -> pareto -> export -> eval through the installed command."""
+
+import json
+
+import optuna
+
+from automoe.storage import open_storage
+
+from .conftest import run_cli
+
+
+def test_search_pareto_export_eval(workdir):
+    proc = run_cli("search", "--space", "tiny.yaml", cwd=workdir, check=0)
+    assert "Pareto front of 'tiny'" in proc.stdout
+    assert (workdir / "studies" / "automoe.db").exists()  # default storage
+
+    storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(trials) == 4
+    assert study.metric_names == ["val_accuracy", "mmacs", "robust_accuracy"]
+    for t in trials:
+        attrs = t.user_attrs
+        for key in ("config", "macs_active", "params", "test_accuracy", "attack", "expert_usage",
+                    "train_seconds", "history", "checkpoint", "dataset"):
+            assert key in attrs, key
+        assert attrs["macs_active"] / 1e6 == t.values[1]
+        model = attrs["config"]["model"]
+        assert 1 <= model["top_k"] <= model["num_experts"]
+        if model["placement"] != "none":  # usage counts every val sample k times
+            assert all(sum(c) == 360 * model["top_k"] for c in attrs["expert_usage"].values())
+
+    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
+    assert rows and {r["trial"] for r in rows} <= {t.number for t in trials}
+    assert set(rows[0]) >= {"trial", "values", "config", "test_accuracy"}
+    # `python cli.py` is the same program
+    assert json.loads(run_cli("pareto", "--json", cwd=workdir, binary=False,
+                              check=0).stdout) == rows
+
+    for row in rows:
+        out_dir = workdir / f"export-{row['trial']}"
+        run_cli("export", "--trial", str(row["trial"]), "--out", str(out_dir), cwd=workdir,
+                check=0)
+        assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "model.safetensors"]
+        result = json.loads(run_cli("eval", str(out_dir), "--json", cwd=workdir, check=0).stdout)
+        assert abs(result["val_accuracy"] - row["values"]["val_accuracy"]) <= 0.5
+        assert abs(result["test_accuracy"] - row["test_accuracy"]) <= 0.5
+        assert abs(result["robust_accuracy"] - row["values"]["robust_accuracy"]) <= 0.5
+        assert result["mmacs"] == row["values"]["mmacs"]
+
+    # the exported model loads back through the public API alone
+    import torch
+
+    import automoe
+
+    model = automoe.load(workdir / f"export-{rows[0]['trial']}")
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+    # a table too
+    assert "val %" in run_cli("pareto", cwd=workdir, check=0).stdout
+
+
+def test_resume_adds_trials_and_refuses_another_space(workdir):
+    db = f"sqlite:///{workdir / 'r.db'}"
+    run_cli("search", "--space", "tiny.yaml", "--storage", db, "--trials", "2", "-q",
+            cwd=workdir, check=0)
+    run_cli("search", "--space", "tiny.yaml", "--storage", db, "--trials", "1", "-q",
+            cwd=workdir, check=0)
+    storage = open_storage(db)
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 3
+
+    (workdir / "other.yaml").write_text((workdir / "tiny.yaml").read_text().replace(
+        "epochs: 1", "epochs: 2"))
+    proc = run_cli("search", "--space", "other.yaml", "--study", "tiny", "--storage", db,
+                   cwd=workdir, check=1)
+    assert "different search space" in proc.stderr
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 3
+
+
+def test_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(workdir):
+    text = (workdir / "tiny.yaml").read_text()
+    text = text.replace("lr: {low: 0.05, high: 0.2, log: true}", "lr: 1.0e+12")
+    (workdir / "nan.yaml").write_text(text.replace("trials: 4", "trials: 2"))
+    proc = run_cli("search", "--space", "nan.yaml", cwd=workdir, check=0)
+    assert "failed: training loss became" in proc.stderr
+    storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert "lower the learning rate" in trials[0].user_attrs["fail_reason"]
+    assert not any(p.name.startswith(".tmp") for p in (workdir / "studies").rglob("*"))

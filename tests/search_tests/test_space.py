@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import optuna
+import pytest
+
+from automoe.errors import ConfigError
+from automoe.search import SearchSpace, resolve_space_path
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = {
+    "name": "t",
+    "params": {
+        "placement": {"choices": ["none", "last_stage", "all"]},
+        "experts": {"low": 1, "high": 4},
+        "top_k": {"low": 1, "high": 3},
+        "lr": {"low": 0.01, "high": 0.1, "log": True},
+        "epochs": 2,
+    },
+}
+
+
+def _space(**overrides):
+    raw = {**BASE, **overrides}
+    raw["params"] = {**BASE["params"], **overrides.get("params", {})}
+    return SearchSpace.from_dict(raw, source="t.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_spaces_are_valid(path):
+    space = SearchSpace.from_file(path)
+    assert space.trials >= 1 and space.dimensions
+
+
+def test_top_k_never_exceeds_experts_and_dense_trials_skip_moe_params():
+    space = _space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_dense = seen_moe = False
+    for _ in range(60):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        model = candidate.model
+        assert 1 <= model["top_k"] <= model["num_experts"]
+        if model["placement"] == "none":
+            seen_dense = True
+            assert "experts" not in trial.params and model["num_experts"] == 1
+        else:
+            seen_moe = True
+            assert trial.params["top_k"] <= trial.params["experts"]
+        study.tell(trial, 0.0)
+    assert seen_dense and seen_moe
+
+
+def test_fingerprint_tracks_meaning_not_run_settings():
+    a = _space()
+    assert a.fingerprint() == _space(trials=99, sampler={"name": "tpe"}).fingerprint()
+    assert a.fingerprint() != _space(params={"epochs": 3}).fingerprint()
+    assert a.fingerprint() != a.with_dataset("mnist").fingerprint()
+
+
+def test_fractions_and_fixed_values():
+    space = _space(evaluation={"attack": {"eps": "8/255", "steps": 3}})
+    assert space.attack.eps == pytest.approx(8 / 255) and space.attack.steps == 3
+    assert space.fixed == {"epochs": 2}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"params": {"top_k": 5, "experts": 4}}, "top-k 5 exceeds 4 experts"),
+    ({"params": {"top_k": {"low": 3, "high": 4}, "experts": {"low": 2, "high": 8}}},
+     "top-k 3 exceeds 2 experts"),
+    ({"params": {"experts": {"low": 4, "high": 2}}}, "low 4 is greater than high 2"),
+    ({"params": {"lr": {"low": 0, "high": 1, "log": True}}}, "log scale needs low > 0"),
+    ({"params": {"epochs": 2.5}}, "params.epochs: must be an integer"),
+    ({"params": {"depth": 3}}, "params.depth: unknown parameter"),
+    ({"params": {"placement": {"choices": ["middle"]}}}, "params.placement: placement 'middle'"),
+    ({"params": {"placement": {"choices": []}}}, "non-empty list"),
+    ({"params": {"balance_weight": -1.0}}, "balance_weight must be >= 0"),
+    ({"sampler": {"name": "annealing"}}, "sampler.name: unknown sampler 'annealing'"),
+    ({"model": {"name": "vgg99"}}, "model.name: unknown model"),
+    ({"model": {"in_channels": 3}}, "is set from the dataset"),
+    ({"model": {"num_experts": 3}}, "is a search parameter"),
+    ({"trials": 0}, "trials: must be a positive integer"),
+    ({"colour": "blue"}, "colour: unknown key"),
+    ({"evaluation": {"attack": {"eps": "eight"}}}, "evaluation.attack.eps: must be a number"),
+])
+def test_invalid_spaces_name_file_key_and_value(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        _space(**overrides)
+    assert str(info.value).startswith("t.yaml: ")
+    assert message in str(info.value)
+
+
+def test_yaml_errors_give_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nparams: {experts: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+"):
+        SearchSpace.from_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_space_path(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="no search space named"):
+        resolve_space_path("no-such-space")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        SearchSpace.from_file(tmp_path / "list.yaml")
+
+
+def test_space_names_resolve_to_the_shipped_files():
+    assert resolve_space_path("default").name == "default.yaml"

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from automoe.data import load_dataset
+from automoe.errors import ConfigError, TrainingDivergedError
+from automoe.models import create_model
+from automoe.training import TrainConfig, evaluate_accuracy, train
+
+
+def _model(info, **cfg):
+    return create_model("resnet8", in_channels=1, num_classes=10, image_size=info.image_size,
+                        input_mean=info.mean, input_std=info.std, width_multiplier=0.5, **cfg)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "train"), load_dataset("digits", "val")
+
+
+def test_training_learns_digits_and_is_reproducible(digits):
+    train_set, val_set = digits
+    results = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = _model(train_set.info, placement="last_stage", num_experts=4, top_k=2)
+        result = train(model, train_set, TrainConfig(epochs=3, lr=0.1, seed=3))
+        results.append((result.history, evaluate_accuracy(model, val_set)))
+    (history, accuracy), (history2, accuracy2) = results
+    assert history == history2 and accuracy == accuracy2  # same seed, same run
+    assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["aux_loss"] > 0  # balancing loss is part of the objective
+    assert accuracy > 0.8
+
+
+def test_nan_loss_raises_a_clear_error(digits):
+    train_set, _ = digits
+    model = _model(train_set.info)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1, step 1"):
+        train(model, train_set, TrainConfig(epochs=1))
+
+
+def test_on_step_reports_progress(digits):
+    train_set, _ = digits
+    steps = []
+    train(_model(train_set.info), train_set, TrainConfig(epochs=1, batch_size=256),
+          on_step=lambda step, total: steps.append((step, total)))
+    assert steps == [(i, 5) for i in range(1, 6)]  # ceil(1077 / 256) = 5
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("lr", float("nan")),
+                                         ("batch_size", 0), ("momentum", 1.0)])
+def test_invalid_train_config(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
