@@ -31,14 +31,33 @@ def _quiet_optuna(verbose: bool = False) -> None:
     optuna.logging.set_verbosity(logging.WARNING if verbose else logging.ERROR)
 
 
-def _open(args: argparse.Namespace, *, create: bool):
-    from automoe.storage import DEFAULT_STORAGE, AtomicFileSystemArtifactStore, open_storage
-    from automoe.storage.artifacts import default_artifact_dir
+def _storage_url(args: argparse.Namespace) -> str:
+    from automoe.storage import DEFAULT_STORAGE
 
-    url = args.storage or DEFAULT_STORAGE
-    storage = open_storage(url, create=create)
-    artifact_dir = Path(args.artifact_dir) if args.artifact_dir else default_artifact_dir(url)
-    return url, storage, artifact_dir, AtomicFileSystemArtifactStore
+    return args.storage or DEFAULT_STORAGE
+
+
+def _artifact_store(args: argparse.Namespace):
+    from automoe.storage import AtomicFileSystemArtifactStore, default_artifact_dir
+
+    url = _storage_url(args)
+    return AtomicFileSystemArtifactStore(
+        Path(args.artifact_dir) if args.artifact_dir else default_artifact_dir(url))
+
+
+def _existing_study(args: argparse.Namespace):
+    """The study named by --study (or the only one) in an existing storage."""
+    from automoe.storage import load_study, open_storage
+
+    return load_study(open_storage(_storage_url(args), create=False), args.study)
+
+
+def _print_front(study, note: str = "") -> None:
+    from automoe.search import pareto_trials, trial_row
+
+    rows = [trial_row(t) for t in pareto_trials(study)]
+    out.print(pareto_table(rows, f"Pareto front of {study.study_name!r} "
+                                 f"({len(study.trials)} trials{note})"))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -54,12 +73,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         TrialRunner,
         create_or_resume_study,
         make_sampler,
-        pareto_trials,
         resolve_space_path,
         run_trials,
         trial_row,
     )
-    from automoe.storage import DEFAULT_STORAGE
+    from automoe.storage import describe_url, open_storage
     from automoe.storage.study_db import parse_url
 
     _quiet_optuna()
@@ -70,7 +88,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--trials must be >= 1, got {n_trials}")
     sampler = make_sampler(args.sampler or space.sampler["name"], args.seed,
                            space.sampler["population_size"])
-    url = args.storage or DEFAULT_STORAGE
+    url = _storage_url(args)
     parse_url(url)
     device = _device(args.device)
     runner_kwargs = dict(device=device, seed=args.seed, data_root=args.data_root,
@@ -85,14 +103,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         progress.update(step_task, description=f"  trial {number} (train steps)",
                         completed=step, total=total, visible=True)
 
-    runner = TrialRunner(space, None, on_step=on_step, **runner_kwargs)
-    url, storage, artifact_dir, store_cls = _open(args, create=True)
-    runner.artifact_store = store_cls(artifact_dir)
+    runner = TrialRunner(space, _artifact_store(args), on_step=on_step, **runner_kwargs)
+    storage = open_storage(url, create=True)
     study_name = args.study or space.name
     study, resumed = create_or_resume_study(storage, study_name, space, sampler)
     if not args.quiet:
         what = "resuming" if resumed else "created"
-        err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {_safe(url)} "
+        err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {describe_url(url)} "
                   f"({len(study.trials)} trials so far); space {space.source}, dataset "
                   f"{space.dataset['name']}, sampler {args.sampler or space.sampler['name']}, "
                   f"device {device}")
@@ -116,39 +133,30 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     with progress:
         run_trials(study, runner, n_trials, callbacks=[after_trial])
-    elapsed = time.perf_counter() - started
-    rows = [trial_row(t) for t in pareto_trials(study)]
-    out.print(pareto_table(rows, f"Pareto front of {study_name!r} "
-                                 f"({len(study.trials)} trials, this run {elapsed:.0f}s)"))
+    _print_front(study, f", this run {time.perf_counter() - started:.0f}s")
     return 0
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     """Show the Pareto-optimal trials of a study (validation accuracy, MMACs, robust accuracy)."""
     from automoe.search import pareto_trials, trial_row
-    from automoe.storage import load_study
 
     _quiet_optuna()
-    url, storage, _, _ = _open(args, create=False)
-    study = load_study(storage, args.study)
-    rows = [trial_row(t) for t in pareto_trials(study)]
+    study = _existing_study(args)
     if args.json:
-        print_json(rows)
+        print_json([trial_row(t) for t in pareto_trials(study)])
     else:
-        out.print(pareto_table(rows, f"Pareto front of {study.study_name!r} "
-                                     f"({len(study.trials)} trials)"))
+        _print_front(study)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a trial's model: model.safetensors + config.json that rebuilds it."""
     from automoe.export import export_trial
-    from automoe.storage import load_study
 
     _quiet_optuna()
-    url, storage, artifact_dir, store_cls = _open(args, create=False)
-    study = load_study(storage, args.study)
-    path = export_trial(study, args.trial, args.out, store_cls(artifact_dir), force=args.force)
+    study = _existing_study(args)
+    path = export_trial(study, args.trial, args.out, _artifact_store(args), force=args.force)
     if not args.quiet:
         err.print(f"exported trial {args.trial} of {study.study_name!r} to {path}")
     return 0
@@ -181,8 +189,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.print(table)
     return 0
 
-
-def _safe(url: str) -> str:
-    from automoe.storage import describe_url
-
-    return describe_url(url)

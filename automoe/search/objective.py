@@ -73,6 +73,14 @@ class TrialRunner:
         seed = self.seed + trial.number
         candidate.train = replace(candidate.train, seed=seed)
         trial.set_user_attr("config", candidate.to_dict())
+        model_cfg = candidate.model
+        trial.set_user_attr("architecture", {
+            "model": candidate.model_name,
+            "placement": model_cfg.get("placement", "none"),
+            "experts": model_cfg.get("num_experts", 1),
+            "top_k": model_cfg.get("top_k", 1),
+            "width_multiplier": model_cfg.get("width_multiplier", 1.0),
+        })
         trial.set_user_attr("dataset", self.data_spec())
         torch.manual_seed(seed)
         model = build_model(candidate, self.info)
@@ -107,7 +115,9 @@ class TrialRunner:
             "robust_accuracy": 100 * robust_acc,
             "mmacs": macs["active"] / 1e6,
         }
-        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
+        # The objective values again, under names the dashboard shows beside the config.
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("attack", {**attack.to_dict(), "split": "val"})
         trial.set_user_attr("expert_usage", usage)
         trial.set_user_attr("history", result.history)

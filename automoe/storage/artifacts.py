@@ -21,11 +21,12 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     """
 
     def __init__(self, base_path: str | os.PathLike[str]):
-        Path(base_path).mkdir(parents=True, exist_ok=True)
-        super().__init__(base_path)
+        super().__init__(Path(base_path))
         self.base_path = Path(base_path)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        # Created on first write, so a search that fails validation leaves no folder behind.
+        self.base_path.mkdir(parents=True, exist_ok=True)
         target = self.base_path / artifact_id
         fd, tmp = tempfile.mkstemp(dir=self.base_path, prefix=".tmp-", suffix="-" + artifact_id)
         try:
