@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
@@ -76,7 +77,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             "values": dict(zip(study.metric_names or [], trial.values, strict=False)),
             **{k: meta["extra"].get(k) for k in ("data", "metrics", "attack", "train")},
             "search_config": trial.user_attrs.get("config"),
-            "macs_active": trial.user_attrs.get("macs_active"),
+            "macs": trial.user_attrs.get("macs"),
             "params": trial.user_attrs.get("params"),
             "expert_usage": trial.user_attrs.get("expert_usage"),
         }
@@ -154,7 +155,8 @@ def evaluate_export(path: str | os.PathLike[str], *, data_root: str | None = Non
     attack_cfg = {k: v for k, v in (config.get("attack") or {}).items()
                   if k in PGDConfig.__dataclass_fields__}
     attack = PGDConfig(**attack_cfg)
-    macs = count_flops(model, (cfg.in_channels, cfg.image_size, cfg.image_size))
+    probe = torch.stack([val_set[i][0] for i in range(min(len(val_set), 256))])
+    macs = count_flops(model, (cfg.in_channels, cfg.image_size, cfg.image_size), inputs=probe)
     result = {
         "model": config["model_name"],
         "dataset": name,
@@ -162,7 +164,8 @@ def evaluate_export(path: str | os.PathLike[str], *, data_root: str | None = Non
         "test_accuracy": 100 * evaluate_accuracy(model, test_set, batch_size, device),
         "robust_accuracy": 100 * robust_accuracy(model, val_set, attack, batch_size, device),
         "mmacs": macs["active"] / 1e6,
-        "mmacs_all_experts": macs["all_experts"] / 1e6,
+        "mmacs_dense": macs["dense"] / 1e6,
+        "mmacs_executed": macs["executed"] / 1e6,
         "params": count_params(model),
         "attack": {**attack.to_dict(), "split": "val"},
         "stored": config.get("metrics"),

@@ -60,3 +60,32 @@ def load_loss(
 ) -> torch.Tensor:
     """``CV(Load)^2`` with ``Load_i = sum_x P(x, i)``, a smooth count of routed samples."""
     return cv_squared(load_probabilities(clean_logits, noisy_logits, noise_std, top_k).sum(0))
+
+
+def switch_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer: ``E * sum_i f_i P_i``; ``f_i`` share of items whose top choice is
+    i, ``P_i`` mean router probability of i. 1 when perfectly balanced. ``probs`` is (B, E)."""
+    num_experts = probs.shape[1]
+    top1 = probs.argmax(dim=1)  # (B,)
+    fraction = torch.bincount(top1, minlength=num_experts).to(probs.dtype) / probs.shape[0]
+    return num_experts * (fraction * probs.mean(0)).sum()
+
+
+def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
+    """``mean_x H(p(x)) - H(mean_x p(x))`` (Pavlitska et al.): confident per-sample routing,
+    balanced overall use. ``probs`` is (B, E)."""
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * torch.log(p.clamp_min(_EPS))).sum(-1)
+
+    return entropy(probs).mean() - entropy(probs.mean(0))
+
+
+def supervised_router_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """AdvMoE: router cross-entropy against the fixed expert ``y mod E``."""
+    return torch.nn.functional.cross_entropy(logits, targets % logits.shape[1])
+
+
+BALANCE_LOSSES = ("none", "importance", "load", "importance_load", "switch", "entropy",
+                  "supervised")
+# Losses that need the learned noise of noisy top-k gating.
+NEEDS_NOISE = ("load",)

@@ -1,4 +1,4 @@
-"""Per-layer top-k routers."""
+"""Routers: scorers (per-layer or global), gates, capacity limits, balancing losses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from automoe.layers.balancing import (
+    BALANCE_LOSSES,
+    entropy_loss,
+    importance_loss,
+    load_loss,
+    supervised_router_loss,
+    switch_loss,
+)
+from automoe.ops import dense_gate_matrix
+
+SCORER_TYPES = ("linear", "conv", "mlp")
+GATE_TYPES = ("noisy_topk", "topk", "vmoe", "st_top1")
 GATE_SOFTMAX_MODES = ("all", "topk")
+OVERFLOW_MODES = ("reassign", "drop")
 # Lower bound on the noise std, so the load loss never divides by zero.
 _MIN_NOISE_STD = 1e-3
 
@@ -18,76 +31,208 @@ _MIN_NOISE_STD = 1e-3
 class Routing:
     """What a router decided for a batch."""
 
-    expert_index: torch.Tensor  # (B, k) int64, distinct experts per sample, best first
-    gates: torch.Tensor  # (B, k) weight of each selected expert
-    clean_logits: torch.Tensor  # (B, E) x W_g
-    noisy_logits: torch.Tensor  # (B, E) clean + noise (== clean when no noise)
-    noise_std: torch.Tensor | None  # (B, E) softplus(x W_noise + b) + floor; None without noise
+    expert_index: torch.Tensor  # (B, k) int64, best first; -1 = dropped by the capacity limit
+    gates: torch.Tensor  # (B, k) weight of each selected expert (0 where dropped)
+    clean_logits: torch.Tensor  # (B, E) scores before noise
+    noisy_logits: torch.Tensor  # (B, E) scores the selection used (== clean at eval)
+    noise_std: torch.Tensor | None  # (B, E) learned noise std (noisy_topk, training only)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(B, E) router softmax."""
+        return self.noisy_logits.softmax(dim=1)
 
     def dense_gates(self, num_experts: int) -> torch.Tensor:
-        """``(B, E)`` gate matrix with zeros for unselected experts."""
-        batch = self.gates.shape[0]
-        return self.gates.new_zeros(batch, num_experts).scatter(1, self.expert_index, self.gates)
+        """``(B, E)`` gate matrix with zeros for unselected or dropped experts."""
+        return dense_gate_matrix(self.expert_index, self.gates, num_experts)
 
 
-class NoisyTopKRouter(nn.Module):
-    """Global average pool -> Linear(C -> E) -> (noise) -> top-k (Shazeer et al. 2017).
+def make_scorer(kind: str, in_channels: int, num_experts: int) -> nn.Module:
+    """Maps a feature map (B, C, H, W) to router logits (B, E); the last layer starts at 0,
+    so routing starts uniform."""
+    if kind == "linear":  # V-MoE / Shazeer: GAP -> Linear, no bias
+        scorer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(in_channels, num_experts, bias=False))
+    elif kind == "conv":  # conv3x3 -> GAP: routing sees local structure
+        scorer = nn.Sequential(nn.Conv2d(in_channels, num_experts, 3, padding=1, bias=False),
+                               nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    elif kind == "mlp":
+        hidden = max(num_experts, in_channels // 4)
+        scorer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(in_channels, hidden), nn.ReLU(inplace=True),
+                               nn.Linear(hidden, num_experts, bias=False))
+    else:
+        raise ValueError(f"router must be one of {SCORER_TYPES}, got {kind!r}")
+    last = [m for m in scorer if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    return scorer
 
-    ``H(x) = x W_g + eps * softplus(x W_noise + b_noise)``, ``eps ~ N(0, 1)`` while
-    training; no noise at eval. ``W_g`` and ``W_noise`` start at zero, so routing starts
-    uniform. Shazeer's ``b_noise = 0`` gives an initial std of softplus(0) = 0.69, which on
-    zero logits routes every sample at random; on small CNN datasets that starves every
-    expert (a ResNet-8 with 8 experts in every block stayed at chance on digits), so
-    ``b_noise`` starts where the std is ``noise_init`` and the std is learned from there.
+
+class TopKRouter(nn.Module):
+    """Scores experts for each sample and picks k of them.
 
     Args:
-        in_channels: channels of the routed feature map.
-        num_experts: E.
-        top_k: experts per sample, ``1 <= k <= E``.
-        noisy: add the learned Gaussian noise while training.
-        gate_softmax: ``"topk"`` renormalises the softmax over the k selected logits
-            (Shazeer); ``"all"`` keeps the selected experts' probabilities from a softmax
-            over all E (Switch / V-MoE), so the router gets task gradients even at k = 1,
-            where a top-k softmax is the constant 1.
-        noise_init: initial std of the gate noise.
+        in_channels: channels of the routed feature map; ``None`` for a layer driven by a
+            global router (its logits are passed to :meth:`forward`).
+        num_experts, top_k: E and k, ``1 <= k <= E``.
+        scorer: ``"linear"`` (GAP -> Linear), ``"conv"`` (conv3x3 -> GAP) or ``"mlp"``.
+        gate: ``"noisy_topk"`` (Shazeer: learned noise ``softplus(x W_noise + b)`` while
+            training), ``"topk"`` (no noise), ``"vmoe"`` (fixed noise std 1/E while
+            training) or ``"st_top1"``
+            (AdvMoE: k = 1, gate value 1 forward, straight-through gradient to the selected
+            logit; with sparse dispatch the unselected experts are never computed, so they
+            get no gradient).
+        gate_softmax: ``"all"`` keeps the selected experts' probabilities from a softmax over
+            all E (Switch / V-MoE), so the router gets task gradients even at k = 1;
+            ``"topk"`` renormalises over the k selected logits (Shazeer).
+        noise_init: initial std of the learned noise (noisy_topk). Shazeer's softplus(0) =
+            0.69 routes every sample at random while the logits are still zero; on small CNN
+            datasets that starves every expert (a ResNet-8 with 8 experts per block stayed at
+            chance on digits), so the std starts at this value and is learned from there.
+        capacity_factor: each expert takes at most ``ceil(k * B / E * factor)`` assignments
+            per batch; ``None`` for no limit.
+        overflow: ``"reassign"`` moves an over-capacity assignment to the sample's next-best
+            expert with room; ``"drop"`` skips it (V-MoE).
+        batch_priority: serve samples in order of their top gate value (Batch Priority
+            Routing) instead of batch order; every sample's first choice before any second.
+        capacity_at_eval: apply the capacity limit at eval too (off by default).
     """
 
-    def __init__(self, in_channels: int, num_experts: int, top_k: int, noisy: bool = True,
-                 gate_softmax: str = "all", noise_init: float = 1e-2):
+    def __init__(self, in_channels: int | None, num_experts: int, top_k: int, *,
+                 scorer: str = "linear", gate: str = "noisy_topk", gate_softmax: str = "all",
+                 noise_init: float = 1e-2, capacity_factor: float | None = None,
+                 overflow: str = "reassign", batch_priority: bool = False,
+                 capacity_at_eval: bool = False):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
+        if gate not in GATE_TYPES:
+            raise ValueError(f"gate must be one of {GATE_TYPES}, got {gate!r}")
+        if gate == "st_top1" and top_k != 1:
+            raise ValueError(f"the straight-through gate routes to one expert, got top_k={top_k}")
         if gate_softmax not in GATE_SOFTMAX_MODES:
             raise ValueError(f"gate_softmax must be one of {GATE_SOFTMAX_MODES}, got {gate_softmax!r}")
+        if overflow not in OVERFLOW_MODES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_MODES}, got {overflow!r}")
+        if capacity_factor is not None and not capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
+        if gate == "noisy_topk" and in_channels is None:
+            raise ValueError("noisy_topk learns its noise from the features; a global router "
+                             "takes gate 'topk', 'vmoe' or 'st_top1'")
         self.num_experts = num_experts
         self.top_k = top_k
-        self.noisy = noisy
+        self.gate = gate
         self.gate_softmax = gate_softmax
-        self.w_gate = nn.Linear(in_channels, num_experts, bias=False)
-        if noisy and not noise_init > _MIN_NOISE_STD:
-            raise ValueError(f"noise_init must be > {_MIN_NOISE_STD}, got {noise_init}")
-        self.w_noise = nn.Linear(in_channels, num_experts, bias=True) if noisy else None
-        nn.init.zeros_(self.w_gate.weight)
-        if self.w_noise is not None:
+        self.capacity_factor = capacity_factor
+        self.overflow = overflow
+        self.batch_priority = batch_priority
+        self.capacity_at_eval = capacity_at_eval
+        self.scorer = None if in_channels is None else make_scorer(scorer, in_channels,
+                                                                   num_experts)
+        self.w_noise = None
+        if gate == "noisy_topk":
+            if not noise_init > _MIN_NOISE_STD:
+                raise ValueError(f"noise_init must be > {_MIN_NOISE_STD}, got {noise_init}")
+            self.w_noise = nn.Linear(in_channels, num_experts, bias=True)
             nn.init.zeros_(self.w_noise.weight)
             # softplus(b) + floor == noise_init
             nn.init.constant_(self.w_noise.bias, math.log(math.expm1(noise_init - _MIN_NOISE_STD)))
 
-    def forward(self, x: torch.Tensor) -> Routing:
-        pooled = x.mean(dim=(2, 3))  # (B, C)
-        clean = self.w_gate(pooled)  # (B, E)
+    def forward(self, x: torch.Tensor | None, logits: torch.Tensor | None = None) -> Routing:
+        """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
+        computed by a global router."""
+        clean = self.scorer(x) if logits is None else logits  # (B, E)
         noise_std = None
         noisy = clean
-        if self.noisy and self.training:
+        if self.training and self.gate == "noisy_topk":
+            pooled = x.mean(dim=(2, 3))  # (B, C)
             noise_std = F.softplus(self.w_noise(pooled)) + _MIN_NOISE_STD  # (B, E)
             noisy = clean + torch.randn_like(clean) * noise_std
-        top_values, expert_index = noisy.topk(self.top_k, dim=1)  # (B, k)
-        if self.gate_softmax == "topk":
-            gates = top_values.softmax(dim=1)
+        elif self.training and self.gate == "vmoe":
+            noisy = clean + torch.randn_like(clean) / self.num_experts
+        if self.capacity_factor is not None and (self.training or self.capacity_at_eval):
+            expert_index = self._assign_with_capacity(noisy.detach())
         else:
-            gates = noisy.softmax(dim=1).gather(1, expert_index)
+            expert_index = noisy.topk(self.top_k, dim=1).indices  # (B, k)
+        gates = self._gate_values(noisy, expert_index)
         return Routing(expert_index, gates, clean, noisy, noise_std)
 
+    def _gate_values(self, noisy: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+        valid = expert_index >= 0
+        safe_index = expert_index.clamp(min=0)
+        selected = noisy.gather(1, safe_index)  # (B, k)
+        if self.gate == "st_top1":
+            gates = 1.0 + selected - selected.detach()  # 1 forward, identity backward
+        elif self.gate_softmax == "topk":
+            gates = selected.masked_fill(~valid, float("-inf")).softmax(dim=1)
+            gates = torch.nan_to_num(gates, nan=0.0)  # every slot dropped -> 0/0
+        else:
+            gates = noisy.softmax(dim=1).gather(1, safe_index)
+        return gates * valid
+
+    @torch.no_grad()
+    def _assign_with_capacity(self, scores: torch.Tensor) -> torch.Tensor:
+        """Top-k under a per-expert capacity. Slot j of every sample is served before slot
+        j + 1; within a slot, samples go in batch order or by top score (BPR)."""
+        batch, num_experts = scores.shape
+        capacity = math.ceil(self.top_k * batch / num_experts * self.capacity_factor)
+        preference = scores.argsort(dim=1, descending=True)  # (B, E)
+        if self.batch_priority:
+            priority = scores.max(dim=1).values.argsort(descending=True)  # (B,)
+        else:
+            priority = torch.arange(batch, device=scores.device)
+        load = torch.zeros(num_experts, dtype=torch.long, device=scores.device)
+        tried = torch.zeros(batch, num_experts, dtype=torch.bool, device=scores.device)
+        expert_index = torch.full((batch, self.top_k), -1, dtype=torch.long, device=scores.device)
+        for slot in range(self.top_k):
+            pending = priority.clone()  # samples still looking for an expert for this slot
+            rounds = num_experts if self.overflow == "reassign" else 1
+            for _ in range(rounds):
+                if pending.numel() == 0:
+                    break
+                # best expert this sample has not tried yet
+                untried = ~tried[pending].gather(1, preference[pending])  # (P, E) by rank
+                has_option = untried.any(dim=1)
+                pending = pending[has_option]
+                rank = untried[has_option].float().argmax(dim=1)  # first untried rank
+                choice = preference[pending, rank]  # (P,)
+                # position of each sample in its expert's queue, in priority order
+                one_hot = F.one_hot(choice, num_experts)  # (P, E)
+                position = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # (P,)
+                accepted = load[choice] + position < capacity
+                expert_index[pending[accepted], slot] = choice[accepted]
+                load += torch.bincount(choice[accepted], minlength=num_experts)
+                tried[pending, choice] = True
+                pending = pending[~accepted]
+        return expert_index
+
     def extra_repr(self) -> str:
-        return (f"experts={self.num_experts}, top_k={self.top_k}, noisy={self.noisy}, "
-                f"gate_softmax={self.gate_softmax!r}")
+        return (f"experts={self.num_experts}, top_k={self.top_k}, gate={self.gate!r}, "
+                f"capacity_factor={self.capacity_factor}")
+
+
+def balancing_loss(kind: str, routing: Routing, num_experts: int, top_k: int,
+                   targets: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The unweighted balancing loss ``kind`` of one routing decision (None if it does not
+    apply: ``"none"``, a load term without noise or with k = E, no targets)."""
+    if kind not in BALANCE_LOSSES:
+        raise ValueError(f"balance loss must be one of {BALANCE_LOSSES}, got {kind!r}")
+    has_load = routing.noise_std is not None and top_k < num_experts
+    if kind == "none":
+        return None
+    if kind == "importance":
+        return importance_loss(routing.dense_gates(num_experts))
+    if kind == "load":
+        return load_loss(routing.clean_logits, routing.noisy_logits, routing.noise_std,
+                         top_k) if has_load else None
+    if kind == "importance_load":
+        loss = importance_loss(routing.dense_gates(num_experts))
+        if has_load:
+            loss = loss + load_loss(routing.clean_logits, routing.noisy_logits,
+                                    routing.noise_std, top_k)
+        return loss
+    if kind == "switch":
+        return switch_loss(routing.probs)
+    if kind == "entropy":
+        return entropy_loss(routing.probs)
+    return None if targets is None else supervised_router_loss(routing.clean_logits, targets)

@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 from automoe.models import resnet as _resnet  # noqa: F401  (registers the ResNets)
-from automoe.models._registry import create_model, list_models, register_model
+from automoe.models import vgg as _vgg  # noqa: F401  (registers VGG and the small CNN)
+from automoe.models._base import ImageRouter, MoENet
+from automoe.models._registry import (
+    create_model,
+    default_config,
+    list_models,
+    register_model,
+    register_variant,
+)
+from automoe.models.config import GRANULARITIES, PLACEMENT_PRESETS, MoENetConfig, resolve_placement
 from automoe.models.flops import count_flops, count_params
-from automoe.models.resnet import PLACEMENT_PRESETS, MoEResNet, MoEResNetConfig, resolve_placement
+from automoe.models.resnet import BasicBlock, PreActBlock, ResNet, ResNetConfig
+from automoe.models.vgg import VGG, VGGConfig
 
 __all__ = [
+    "GRANULARITIES",
     "PLACEMENT_PRESETS",
-    "MoEResNet",
-    "MoEResNetConfig",
+    "VGG",
+    "BasicBlock",
+    "ImageRouter",
+    "MoENet",
+    "MoENetConfig",
+    "PreActBlock",
+    "ResNet",
+    "ResNetConfig",
+    "VGGConfig",
     "count_flops",
     "count_params",
     "create_model",
+    "default_config",
     "list_models",
     "register_model",
+    "register_variant",
     "resolve_placement",
 ]

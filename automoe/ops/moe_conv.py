@@ -36,6 +36,14 @@ def _check_args(x, weight, bias, expert_index, gates) -> None:
         raise ValueError(f"bias must be (E, O) = {tuple(weight.shape[:2])}, got {tuple(bias.shape)}")
 
 
+def dense_gate_matrix(expert_index: torch.Tensor, gates: torch.Tensor,
+                      num_experts: int) -> torch.Tensor:
+    """``(B, E)`` gates with zeros for unselected experts; ``-1`` (dropped) ids add nothing."""
+    valid = expert_index >= 0
+    return gates.new_zeros(gates.shape[0], num_experts).scatter_add(
+        1, expert_index.clamp(min=0), gates * valid)
+
+
 def moe_conv2d_sparse(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -52,6 +60,7 @@ def moe_conv2d_sparse(
         weight: ``(E, O, C, kh, kw)`` expert filters.
         bias: ``(E, O)`` or ``None``.
         expert_index: ``(B, k)`` int64 expert ids; the k ids of a sample are distinct.
+            ``-1`` marks an assignment dropped by a capacity limit (skipped).
         gates: ``(B, k)`` weights of the selected experts.
 
     Returns:
@@ -69,10 +78,10 @@ def moe_conv2d_sparse(
     # Sort the B*k (sample, slot) assignments by expert so each expert's samples form
     # one contiguous run of `order`.
     flat_expert = expert_index.reshape(-1)  # (B*k,)
-    order = torch.argsort(flat_expert, stable=True)  # (B*k,)
-    counts = torch.bincount(flat_expert, minlength=num_experts).tolist()
+    order = torch.argsort(flat_expert, stable=True)  # (B*k,), dropped (-1) first
+    counts = torch.bincount(flat_expert + 1, minlength=num_experts + 1).tolist()
     flat_gates = gates.reshape(-1)
-    start = 0
+    start = counts.pop(0)  # skip the dropped assignments
     for e, n in enumerate(counts):
         if n == 0:
             continue
@@ -103,7 +112,7 @@ def moe_conv2d_reference(
     all_bias = None if bias is None else bias.reshape(-1)
     y = F.conv2d(x, all_weight, all_bias, stride, padding)  # (B, E*O, OH, OW)
     y = y.view(batch, num_experts, out_channels, *y.shape[-2:])  # (B, E, O, OH, OW)
-    dense_gates = gates.new_zeros(batch, num_experts).scatter(1, expert_index, gates)  # (B, E)
+    dense_gates = dense_gate_matrix(expert_index, gates, num_experts)  # (B, E)
     return torch.einsum("be,beohw->bohw", dense_gates, y)
 
 

@@ -77,6 +77,7 @@ class TrialRunner:
         trial.set_user_attr("architecture", {
             "model": candidate.model_name,
             "placement": model_cfg.get("placement", "none"),
+            "granularity": model_cfg.get("granularity", "conv"),
             "experts": model_cfg.get("num_experts", 1),
             "top_k": model_cfg.get("top_k", 1),
             "width_multiplier": model_cfg.get("width_multiplier", 1.0),
@@ -85,9 +86,6 @@ class TrialRunner:
         torch.manual_seed(seed)
         model = build_model(candidate, self.info)
         info = self.info
-        macs = count_flops(model, (info.in_channels, info.image_size, info.image_size))
-        trial.set_user_attr("macs_active", macs["active"])
-        trial.set_user_attr("macs_all_experts", macs["all_experts"])
         trial.set_user_attr("params", count_params(model))
 
         def on_step(step: int, total: int) -> None:
@@ -102,8 +100,15 @@ class TrialRunner:
             return nan, nan, nan  # Optuna stores a NaN-valued trial as FAIL
         eval_start = time.perf_counter()
         batch = self.space.eval_batch_size
+        # Channel gates depend on the image: average the MACs over a batch of val images.
+        probe = torch.stack([self.val_set[i][0] for i in range(min(len(self.val_set), 256))])
+        macs = count_flops(model, (info.in_channels, info.image_size, info.image_size),
+                           inputs=probe)
+        trial.set_user_attr("macs", macs)
         with track_expert_usage(model) as usage:
             val_acc = evaluate_accuracy(model, self.val_set, batch, self.device)
+        val_labels = torch.tensor([self.val_set[i][1] for i in range(len(self.val_set))]) \
+            if usage.assignments and any(len(a) for a in usage.assignments.values()) else None
         test_acc = evaluate_accuracy(model, self.test_set, batch, self.device)
         attack = self.space.attack
         robust_acc = robust_accuracy(model, self.val_set, attack, batch, self.device)
@@ -119,7 +124,10 @@ class TrialRunner:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("attack", {**attack.to_dict(), "split": "val"})
-        trial.set_user_attr("expert_usage", usage)
+        trial.set_user_attr("expert_usage", usage.counts())
+        if val_labels is not None:
+            trial.set_user_attr("expert_class_usage",
+                                usage.per_class(val_labels, self.info.num_classes))
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         trial.set_user_attr("eval_seconds", round(eval_seconds, 3))

@@ -41,8 +41,7 @@ import optuna
 import yaml
 
 from automoe.errors import ConfigError
-from automoe.models import list_models
-from automoe.models.resnet import MoEResNetConfig, resolve_placement
+from automoe.models import MoENetConfig, default_config, list_models, resolve_placement
 from automoe.robustness import PGDConfig
 from automoe.training import TrainConfig
 
@@ -52,10 +51,19 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "experts": ("model", "num_experts", int),
     "top_k": ("model", "top_k", int),
     "balance_weight": ("model", "balance_weight", float),
-    "noisy_gating": ("model", "noisy_gating", bool),
+    "balance_loss": ("model", "balance_loss", str),
+    "router": ("model", "router", str),
+    "gate": ("model", "gate", str),
     "gate_softmax": ("model", "gate_softmax", str),
     "gate_noise_init": ("model", "gate_noise_init", float),
+    "capacity_factor": ("model", "capacity_factor", float),
+    "overflow": ("model", "overflow", str),
+    "batch_priority": ("model", "batch_priority", bool),
     "width_multiplier": ("model", "width_multiplier", float),
+    "granularity": ("model", "granularity", str),
+    "expert_ratio": ("model", "expert_ratio", float),
+    "gate_l1": ("model", "gate_l1", float),
+    "embedding_ce": ("model", "embedding_ce", float),
     "lr": ("train", "lr", float),
     "epochs": ("train", "epochs", int),
     "batch_size": ("train", "batch_size", int),
@@ -63,8 +71,9 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "momentum": ("train", "momentum", float),
 }
 # Parameters that only matter when at least one block is MoE.
-MOE_PARAMS = ("experts", "top_k", "balance_weight", "noisy_gating", "gate_softmax",
-              "gate_noise_init")
+MOE_PARAMS = ("experts", "top_k", "balance_weight", "balance_loss", "router", "gate",
+              "gate_softmax", "gate_noise_init", "capacity_factor", "overflow", "batch_priority",
+              "granularity", "expert_ratio", "gate_l1", "embedding_ce")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
 # Model-config fields that come from the dataset, not from the space.
 _DATA_FIELDS = ("in_channels", "num_classes", "image_size", "input_mean", "input_std")
@@ -97,7 +106,7 @@ class Candidate:
     """One point of the space: everything needed to build and train a model."""
 
     model_name: str
-    model: dict  # MoEResNetConfig fields (dataset fields are filled in later)
+    model: dict  # model-config fields (dataset fields are filled in later)
     train: TrainConfig
     params: dict = field(default_factory=dict)  # the sampled values, by space name
 
@@ -171,7 +180,8 @@ class SearchSpace:
         if model_name not in list_models():
             fail("model.name", f"unknown model {model_name!r}; registered: "
                  f"{', '.join(list_models())}")
-        allowed = {f for f in MoEResNetConfig.__dataclass_fields__ if f != "blocks"}
+        config_fields = default_config(model_name).__dataclass_fields__
+        allowed = {name for name, f in config_fields.items() if f.init}
         for key in model:
             if key in _DATA_FIELDS:
                 fail(f"model.{key}", "is set from the dataset, not the space")
@@ -243,8 +253,8 @@ class SearchSpace:
             value = self.fixed.get(name, default)
             return value, value
 
-        e_min, e_max = bounds("experts", MoEResNetConfig.num_experts)
-        k_min, _ = bounds("top_k", MoEResNetConfig.top_k)
+        e_min, e_max = bounds("experts", MoENetConfig.num_experts)
+        k_min, _ = bounds("top_k", MoENetConfig.top_k)
         if e_min < 1:
             fail("params.experts", f"must be >= 1, got {e_min}")
         if k_min < 1:
@@ -255,7 +265,7 @@ class SearchSpace:
         # Every placement must be valid for the backbone.
         blocks = self._blocks_per_stage()
         placements = (self.dimensions["placement"].choices if "placement" in self.dimensions
-                      else [self.fixed.get("placement", MoEResNetConfig.placement)])
+                      else [self.fixed.get("placement", MoENetConfig.placement)])
         for placement in placements:
             try:
                 resolve_placement(placement, blocks)
@@ -269,18 +279,15 @@ class SearchSpace:
                                 else (dim.low if pick == 0 else dim.high))
             if "top_k" in values:
                 values["top_k"] = min(values["top_k"],
-                                      values.get("experts", MoEResNetConfig.num_experts))
+                                      values.get("experts", MoENetConfig.num_experts))
             try:
                 self._candidate(values)
             except ConfigError as exc:
                 fail("params", str(exc))
 
     def _blocks_per_stage(self) -> tuple[int, ...]:
-        from automoe.models import create_model
-
-        if "blocks_per_stage" in self.model_fixed:
-            return tuple(self.model_fixed["blocks_per_stage"])
-        return create_model(self.model_name).config.blocks_per_stage
+        """Placement units per stage of the space's backbone."""
+        return default_config(self.model_name, **self.model_fixed).units_per_stage()
 
     # --------------------------------------------------------------- sampling
 
@@ -296,7 +303,7 @@ class SearchSpace:
                 continue
             if name == "top_k":
                 experts = values.get("experts", self.fixed.get("experts",
-                                                               MoEResNetConfig.num_experts))
+                                                               MoENetConfig.num_experts))
                 high = min(dim.high, experts)
                 # keep the grid of `step` while capping at the number of experts
                 step = dim.step or 1
@@ -314,7 +321,7 @@ class SearchSpace:
 
     def _is_moe(self, values: dict) -> bool:
         placement = values.get("placement", self.fixed.get("placement",
-                                                           MoEResNetConfig.placement))
+                                                           MoENetConfig.placement))
         return any(resolve_placement(placement, self._blocks_per_stage()))
 
     def _candidate(self, values: dict, sampled: dict | None = None) -> Candidate:
@@ -328,7 +335,7 @@ class SearchSpace:
             (model if target == "model" else train_kwargs)[field_name] = value
         if not is_moe:  # a dense net: record it as one expert, top-1
             model.update(num_experts=1, top_k=1)
-        MoEResNetConfig(**model)  # validates every model field
+        default_config(self.model_name, **model)  # validates every model field
         return Candidate(self.model_name, model, TrainConfig(**train_kwargs),
                          dict(sampled if sampled is not None else values))
 

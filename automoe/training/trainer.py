@@ -68,7 +68,7 @@ def train(
     """Train ``model`` in place on cross-entropy plus its balancing losses.
 
     Args:
-        model: a classifier; if it has ``aux_loss()`` that term is added to the loss.
+        model: a classifier; if it has ``aux_loss(targets)`` that term is added to the loss.
         on_step: called as ``on_step(step, total_steps)`` after each optimiser step.
 
     Raises:
@@ -96,7 +96,7 @@ def train(
             labels = labels.to(device, non_blocking=True)
             logits = model(images)
             task_loss = F.cross_entropy(logits, labels)
-            aux = aux_loss_fn() if aux_loss_fn is not None else task_loss.new_zeros(())
+            aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
             loss = task_loss + aux
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(

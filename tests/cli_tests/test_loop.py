@@ -21,14 +21,17 @@ def test_search_pareto_export_eval(workdir):
     assert study.metric_names == ["val_accuracy", "mmacs", "robust_accuracy"]
     for t in trials:
         attrs = t.user_attrs
-        for key in ("config", "macs_active", "params", "test_accuracy", "attack", "expert_usage",
-                    "train_seconds", "history", "checkpoint", "dataset"):
+        for key in ("config", "architecture", "macs", "params", "test_accuracy", "attack",
+                    "expert_usage", "train_seconds", "history", "checkpoint", "dataset"):
             assert key in attrs, key
-        assert attrs["macs_active"] / 1e6 == t.values[1]
+        assert attrs["macs"]["active"] / 1e6 == t.values[1]
+        assert attrs["macs"]["active"] <= attrs["macs"]["dense"]
         model = attrs["config"]["model"]
         assert 1 <= model["top_k"] <= model["num_experts"]
         if model["placement"] != "none":  # usage counts every val sample k times
             assert all(sum(c) == 360 * model["top_k"] for c in attrs["expert_usage"].values())
+            for matrix in attrs["expert_class_usage"].values():  # experts x classes
+                assert len(matrix) == model["num_experts"] and len(matrix[0]) == 10
 
     rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
     assert rows and {r["trial"] for r in rows} <= {t.number for t in trials}

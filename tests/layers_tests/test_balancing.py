@@ -42,3 +42,30 @@ def test_load_probabilities_match_direct_computation():
 def test_load_needs_k_below_experts():
     with pytest.raises(ValueError):
         load_probabilities(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), top_k=2)
+
+
+def test_switch_loss_on_hand_made_batch():
+    from automoe.layers import switch_loss
+
+    probs = torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
+    # top choices: 0, 0, 1 -> f = (2/3, 1/3); P = (0.5, 0.5)
+    expected = 2 * (2 / 3 * 0.5 + 1 / 3 * 0.5)
+    assert switch_loss(probs).item() == pytest.approx(expected)
+
+
+def test_entropy_loss_on_hand_made_batch():
+    from automoe.layers import entropy_loss
+
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # confident and balanced: -log 2
+    assert entropy_loss(probs).item() == pytest.approx(-math.log(2))
+    uniform = torch.full((3, 4), 0.25)  # unconfident: H(p) - H(mean) = 0
+    assert entropy_loss(uniform).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_supervised_router_loss_targets_y_mod_e():
+    from automoe.layers import supervised_router_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    targets = torch.tensor([3, 5])  # -> experts 0 and 2
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]))
+    torch.testing.assert_close(supervised_router_loss(logits, targets), expected)

@@ -1,0 +1,63 @@
+"""What every MoE layer shares: its last routing, its balancing loss, usage logging."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from automoe.layers.balancing import BALANCE_LOSSES, NEEDS_NOISE
+from automoe.layers.router import Routing, balancing_loss
+
+
+class MoEModule(nn.Module):
+    """Base of the MoE layers.
+
+    A layer calls :meth:`record` with each routing decision. While training, the last one
+    is kept so :meth:`aux_loss` can compute ``balance_weight * loss`` (after the forward, so
+    a supervised router loss can use the labels). While usage logging is on, the expert ids
+    are appended to :attr:`usage_log`.
+
+    Args:
+        num_experts, top_k: E and k.
+        balance_loss: one of :data:`~automoe.layers.balancing.BALANCE_LOSSES`.
+        balance_weight: its weight w.
+        gate: the router's gate, to check the loss can be computed.
+    """
+
+    def __init__(self, num_experts: int, top_k: int, balance_loss: str = "importance_load",
+                 balance_weight: float = 0.0, gate: str = "noisy_topk"):
+        super().__init__()
+        if balance_loss not in BALANCE_LOSSES:
+            raise ValueError(f"balance_loss must be one of {BALANCE_LOSSES}, got {balance_loss!r}")
+        if balance_loss in NEEDS_NOISE and gate != "noisy_topk":
+            raise ValueError(f"balance_loss {balance_loss!r} needs gate 'noisy_topk', got {gate!r}")
+        if balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0, got {balance_weight}")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.balance_loss = balance_loss
+        self.balance_weight = balance_weight
+        self.last_routing: Routing | None = None
+        self.usage_log: list[torch.Tensor] | None = None  # (B, k) expert ids per forward
+
+    # Per-forward state: graph tensors that must not travel with copies or pickles.
+    _TRANSIENT = ("last_routing", "usage_log", "context", "last_gates", "_last_open",
+                  "_last_assignments")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {k: (None if k in self._TRANSIENT else v) for k, v in state.items()}
+
+    def record(self, routing: Routing) -> None:
+        keep = self.training and self.balance_weight > 0 and self.balance_loss != "none"
+        self.last_routing = routing if keep else None
+        if self.usage_log is not None:
+            self.usage_log.append(routing.expert_index.detach().cpu())
+
+    def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``balance_weight * loss`` of the last training forward, or None."""
+        if self.last_routing is None:
+            return None
+        loss = balancing_loss(self.balance_loss, self.last_routing, self.num_experts,
+                              self.top_k, targets)
+        return None if loss is None else self.balance_weight * loss

@@ -1,0 +1,55 @@
+"""Block experts (Pavlitska et al. BlockMoE): E copies of a whole block, top-k per sample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from automoe.layers.base import MoEModule
+from automoe.layers.router import TopKRouter
+from automoe.ops import DISPATCH_MODES, moe_dispatch_reference, moe_dispatch_sparse
+
+
+class MoEBlock(MoEModule):
+    """A block replaced by ``num_experts`` independent copies and a top-k router.
+
+    Args:
+        make_block: builds one expert (called E times, so each copy has its own weights).
+        in_channels: channels the router sees (the block input).
+        out_channels, stride: the block's output channels and spatial stride.
+        num_experts, top_k, balance_loss, balance_weight, dispatch, global_routing,
+        router_kwargs: as :class:`~automoe.layers.MoEConv2d`.
+    """
+
+    def __init__(self, make_block: Callable[[], nn.Module], in_channels: int, out_channels: int,
+                 stride: int, *, num_experts: int, top_k: int,
+                 balance_loss: str = "importance_load", balance_weight: float = 0.0,
+                 dispatch: str = "sparse", global_routing: bool = False, **router_kwargs):
+        super().__init__(num_experts, top_k, balance_loss, balance_weight,
+                         router_kwargs.get("gate", "noisy_topk"))
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+        self.out_channels = out_channels
+        self.stride = stride
+        self.dispatch = dispatch
+        self.experts = nn.ModuleList(make_block() for _ in range(num_experts))
+        self.router = TopKRouter(None if global_routing else in_channels, num_experts, top_k,
+                                 **router_kwargs)
+        self.context: torch.Tensor | None = None  # (B, E) global router logits, set by the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.router.scorer is None:
+            if self.context is None:
+                raise RuntimeError("a globally routed layer needs the model to set its context "
+                                   "(the global router's logits)")
+            routing = self.router(x, logits=self.context)
+        else:
+            routing = self.router(x)
+        self.record(routing)
+        out_h = (x.shape[2] - 1) // self.stride + 1
+        out_w = (x.shape[3] - 1) // self.stride + 1
+        dispatch = moe_dispatch_sparse if self.dispatch == "sparse" else moe_dispatch_reference
+        return dispatch(x, self.experts, routing.expert_index, routing.gates,
+                        (self.out_channels, out_h, out_w))

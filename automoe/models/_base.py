@@ -1,0 +1,132 @@
+"""What every backbone shares: input normalisation, MoE unit construction, model-level
+routers (global image router, DeepMoE embedding) and the auxiliary losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from automoe.layers import ChannelGatedConv2d, GatingEmbedding, MoEConv2d, MoEModule
+from automoe.models.config import MoENetConfig
+
+
+def make_conv(config: MoENetConfig, in_channels: int, out_channels: int, kernel_size: int,
+              stride: int, moe: bool) -> nn.Module:
+    """A conv of a unit: dense, or the MoE form its granularity asks for (conv, pathway:
+    E experts; channel: DeepMoE gates). Block granularity wraps whole units instead."""
+    padding = kernel_size // 2
+    if not moe or config.granularity == "block":
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         bias=False)
+    if config.granularity == "channel":
+        return ChannelGatedConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                  embedding_width=config.embedding_width,
+                                  gate_l1=config.gate_l1, dispatch=config.dispatch)
+    return MoEConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                     **config.moe_kwargs())
+
+
+def unit_width(config: MoENetConfig, width: int, moe: bool) -> int:
+    """Output width of a unit: pathway experts are ``expert_ratio`` of the unit's width."""
+    return config.expert_width(width) if moe and config.granularity == "pathway" else width
+
+
+class ImageRouter(nn.Module):
+    """AdvMoE's global router: a small ResNet (16/32/64 channels, ``blocks_per_stage``
+    basic blocks per stage; 3 is ResNet-20-like) on the normalised image, GAP, Linear -> E
+    logits, zero-initialised so routing starts uniform."""
+
+    def __init__(self, in_channels: int, num_experts: int, blocks_per_stage: int = 3):
+        super().__init__()
+        from automoe.models.resnet import BasicBlock
+
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+        width = 16
+        for stage, out in enumerate((16, 32, 64)):
+            for i in range(blocks_per_stage):
+                layers.append(BasicBlock(width, out, 2 if stage > 0 and i == 0 else 1))
+                width = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_experts)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))  # (B, E)
+
+
+class MoENet(nn.Module):
+    """Base of the backbones. Subclasses build ``self.features`` (stem + stages, taking the
+    normalised image) and ``self.head``, then call :meth:`_finish`.
+
+    Models take ``[0, 1]`` images and normalise inside, so attacks work in pixel units.
+    """
+
+    def __init__(self, config: MoENetConfig):
+        super().__init__()
+        self.config = config
+        channels = len(config.input_mean)
+        self.register_buffer("input_mean", torch.tensor(config.input_mean).view(1, channels, 1, 1))
+        self.register_buffer("input_std", torch.tensor(config.input_std).view(1, channels, 1, 1))
+        self.global_router: ImageRouter | None = None
+        self.embedding: GatingEmbedding | None = None
+        self._embedding_logits: torch.Tensor | None = None  # h(e) of the last training forward
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {**state, "_embedding_logits": None}  # a graph tensor of the last forward
+
+    def _finish(self) -> None:
+        """Add model-level routers if some unit needs them, then initialise convs."""
+        config = self.config
+        has_moe = any(config.units)
+        if has_moe and config.granularity == "channel":
+            self.embedding = GatingEmbedding(config.in_channels, config.embedding_width,
+                                             config.num_classes)
+        elif has_moe and config.router == "global":
+            self.global_router = ImageRouter(config.in_channels, config.num_experts,
+                                             config.global_router_blocks)
+        for m in self.modules():
+            if type(m) is nn.Conv2d:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.input_mean) / self.input_std  # (B, C, H, W), normalised
+        context = None
+        self._embedding_logits = None
+        if self.global_router is not None:
+            context = self.global_router(x)  # (B, E) logits shared by every MoE layer
+        elif self.embedding is not None:
+            context = self.embedding(x)  # (B, D) DeepMoE embedding e
+            if self.training and self.config.embedding_ce > 0:
+                self._embedding_logits = self.embedding.classify(context)
+        if context is None:
+            return self.features(x)
+        layers = self.moe_layers()
+        for layer in layers:
+            layer.context = context
+        try:
+            return self.features(x)
+        finally:
+            for layer in layers:
+                layer.context = None
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3)))  # (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def moe_layers(self) -> list[MoEModule]:
+        return [m for m in self.modules() if isinstance(m, MoEModule)]
+
+    def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Balancing (or gate-L1) losses of the last training forward, plus DeepMoE's
+        embedding cross-entropy; 0 if none. ``targets`` are the batch labels."""
+        losses = [loss for m in self.moe_layers() if (loss := m.aux_loss(targets)) is not None]
+        if self._embedding_logits is not None and targets is not None:
+            losses.append(self.config.embedding_ce * F.cross_entropy(self._embedding_logits,
+                                                                     targets))
+        return torch.stack(losses).sum() if losses else self.input_mean.new_zeros(())

@@ -1,0 +1,165 @@
+"""Configuration shared by every backbone: data, width, and the mixture of experts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from automoe.errors import ConfigError
+from automoe.layers import BALANCE_LOSSES, GATE_SOFTMAX_MODES, GATE_TYPES, OVERFLOW_MODES, SCORER_TYPES
+from automoe.ops import DISPATCH_MODES
+
+PLACEMENT_PRESETS = ("none", "all", "last_stage", "last_two", "every_other", "all_but_first")
+GRANULARITIES = ("conv", "pathway", "block", "channel")
+ROUTERS = (*SCORER_TYPES, "global")
+
+
+@dataclass
+class MoENetConfig:
+    """Fields every model config has; a backbone's config adds its architecture.
+
+    A config round-trips through JSON (:meth:`to_dict`) and rebuilds the same model.
+    """
+
+    # --- data
+    in_channels: int = 3  # image channels
+    num_classes: int = 10  # classifier outputs
+    image_size: int = 32  # input side, used for FLOPs accounting
+    input_mean: tuple[float, ...] = (0.0,)  # per-channel mean of [0, 1] inputs, normalised inside
+    input_std: tuple[float, ...] = (1.0,)  # per-channel std of [0, 1] inputs
+    width_multiplier: float = 1.0  # scales every channel count (rounded, at least 1)
+    # --- where the experts go and what an expert is
+    placement: str = "none"  # preset in PLACEMENT_PRESETS or a 0/1 string, one bit per unit
+    granularity: str = "conv"  # "conv", "pathway", "block" or "channel" (see GRANULARITIES)
+    expert_ratio: float = 0.5  # pathway: an expert is this fraction of the unit's width
+    num_experts: int = 4  # E, experts per MoE layer (channel: every output channel is one)
+    top_k: int = 1  # experts per sample, 1 <= k <= E
+    # --- routing
+    router: str = "linear"  # per-layer "linear", "conv", "mlp", or one "global" image router
+    global_router_blocks: int = 3  # blocks per stage of the global router (3: ResNet-20-like)
+    gate: str = "noisy_topk"  # "noisy_topk", "topk", "vmoe" or "st_top1" (see TopKRouter)
+    gate_softmax: str = "all"  # "all" (Switch/V-MoE) or "topk" (Shazeer), see TopKRouter
+    gate_noise_init: float = 1e-2  # initial std of the learned gate noise (noisy_topk)
+    capacity_factor: float | None = None  # per-expert capacity while training; None = off
+    overflow: str = "reassign"  # over-capacity assignments: "reassign" or "drop"
+    batch_priority: bool = False  # Batch Priority Routing under a capacity limit
+    # --- balancing
+    balance_loss: str = "importance_load"  # one of BALANCE_LOSSES
+    balance_weight: float = 0.01  # its weight w
+    # --- DeepMoE channel gating (granularity "channel")
+    gate_l1: float = 1e-3  # lambda: L1 penalty on the channel gates (sparsity vs accuracy)
+    embedding_ce: float = 0.1  # mu: cross-entropy of a classifier on the gating embedding
+    embedding_width: int = 64  # channels of the gating embedding network
+    # --- execution
+    dispatch: str = "sparse"  # "sparse" (only selected experts run) or "reference"
+    units: tuple[bool, ...] = field(init=False, repr=False)  # resolved placement per unit
+
+    def __post_init__(self):
+        # JSON gives lists; keep tuples so configs compare equal after a round trip.
+        self.input_mean = tuple(float(v) for v in self.input_mean)
+        self.input_std = tuple(float(v) for v in self.input_std)
+        if self.in_channels < 1 or self.num_classes < 1 or self.image_size < 1:
+            raise ConfigError("in_channels, num_classes and image_size must be positive")
+        if len(self.input_mean) not in (1, self.in_channels) or len(self.input_std) != len(
+                self.input_mean):
+            raise ConfigError(f"input_mean/input_std need 1 or {self.in_channels} values")
+        if min(self.input_std) <= 0:
+            raise ConfigError(f"input_std must be positive, got {self.input_std}")
+        if not self.width_multiplier > 0:
+            raise ConfigError(f"width_multiplier must be > 0, got {self.width_multiplier}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if not 0 < self.expert_ratio <= 1:
+            raise ConfigError(f"expert_ratio must be in (0, 1], got {self.expert_ratio}")
+        if self.num_experts < 1:
+            raise ConfigError(f"num_experts must be >= 1, got {self.num_experts}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ConfigError(f"top_k must be between 1 and num_experts={self.num_experts}, "
+                              f"got {self.top_k}")
+        if self.router not in ROUTERS:
+            raise ConfigError(f"router must be one of {ROUTERS}, got {self.router!r}")
+        if self.gate not in GATE_TYPES:
+            raise ConfigError(f"gate must be one of {GATE_TYPES}, got {self.gate!r}")
+        if self.gate == "st_top1" and self.top_k != 1:
+            raise ConfigError(f"gate 'st_top1' routes to one expert; got top_k={self.top_k}")
+        if self.router == "global" and self.gate == "noisy_topk":
+            raise ConfigError("a global router takes gate 'topk', 'vmoe' or 'st_top1'")
+        if self.gate == "noisy_topk" and not self.gate_noise_init > 1e-3:
+            raise ConfigError(f"gate_noise_init must be > 1e-3, got {self.gate_noise_init}")
+        if self.gate_softmax not in GATE_SOFTMAX_MODES:
+            raise ConfigError(f"gate_softmax must be one of {GATE_SOFTMAX_MODES}")
+        if self.balance_loss not in BALANCE_LOSSES:
+            raise ConfigError(f"balance_loss must be one of {BALANCE_LOSSES}, got {self.balance_loss!r}")
+        if self.balance_loss == "load" and self.gate != "noisy_topk":
+            raise ConfigError("balance_loss 'load' needs gate 'noisy_topk'")
+        for name in ("balance_weight", "gate_l1", "embedding_ce"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ConfigError(f"capacity_factor must be > 0 or null, got {self.capacity_factor}")
+        if self.overflow not in OVERFLOW_MODES:
+            raise ConfigError(f"overflow must be one of {OVERFLOW_MODES}, got {self.overflow!r}")
+        if self.global_router_blocks < 1 or self.embedding_width < 1:
+            raise ConfigError("global_router_blocks and embedding_width must be >= 1")
+        if self.dispatch not in DISPATCH_MODES:
+            raise ConfigError(f"dispatch must be one of {DISPATCH_MODES}")
+        self.units = resolve_placement(self.placement, self.units_per_stage())
+
+    def units_per_stage(self) -> tuple[int, ...]:
+        """Placement units (blocks or convs) per stage; defined by each backbone."""
+        raise TypeError(f"{type(self).__name__} does not define its placement units")
+
+    def scaled(self, width: int) -> int:
+        """A channel count after the width multiplier."""
+        return max(1, round(width * self.width_multiplier))
+
+    def expert_width(self, width: int) -> int:
+        """Width of a pathway expert in a unit of ``width`` (already scaled) channels."""
+        return max(1, round(width * self.expert_ratio))
+
+    def moe_kwargs(self) -> dict:
+        """Keyword arguments of the MoE layers (router, gate, balancing, dispatch)."""
+        is_global = self.router == "global"
+        return dict(num_experts=self.num_experts, top_k=self.top_k,
+                    balance_loss=self.balance_loss, balance_weight=self.balance_weight,
+                    dispatch=self.dispatch, global_routing=is_global,
+                    scorer="linear" if is_global else self.router, gate=self.gate,
+                    gate_softmax=self.gate_softmax, noise_init=self.gate_noise_init,
+                    capacity_factor=self.capacity_factor, overflow=self.overflow,
+                    batch_priority=self.batch_priority)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of the init fields."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.init}
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def resolve_placement(placement: str, units_per_stage: tuple[int, ...]) -> tuple[bool, ...]:
+    """Which units (blocks or convs) are MoE: a preset or an explicit 0/1 string.
+
+    Presets: ``none``; ``all``; ``last_stage`` (every unit of the last stage); ``last_two``
+    (the last two stages); ``every_other`` (units 1, 3, 5, ... counted from 0);
+    ``all_but_first`` (AdvMoE's VGG: every unit but the first).
+    """
+    stage_of_unit = [s for s, n in enumerate(units_per_stage) for _ in range(n)]
+    n_units, n_stages = len(stage_of_unit), len(units_per_stage)
+    if placement == "none":
+        return (False,) * n_units
+    if placement == "all":
+        return (True,) * n_units
+    if placement == "last_stage":
+        return tuple(s == n_stages - 1 for s in stage_of_unit)
+    if placement == "last_two":
+        return tuple(s >= n_stages - 2 for s in stage_of_unit)
+    if placement == "every_other":
+        return tuple(i % 2 == 1 for i in range(n_units))
+    if placement == "all_but_first":
+        return tuple(i > 0 for i in range(n_units))
+    if set(placement) <= {"0", "1"} and len(placement) == n_units:
+        return tuple(c == "1" for c in placement)
+    raise ConfigError(f"placement {placement!r} is neither a preset ({', '.join(PLACEMENT_PRESETS)}) "
+                      f"nor a 0/1 string of length {n_units} (one bit per unit)")
