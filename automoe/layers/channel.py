@@ -91,6 +91,10 @@ class ChannelGatedConv2d(MoEModule):
             y = F.conv2d(x, self.weight, None, self.stride, self.padding)
             return y * gates[:, :, None, None]
         active = (gates > 0).any(dim=0).nonzero().flatten()  # (A,) channels some sample keeps
+        if active.numel() == 0:  # every channel closed for every sample: nothing to compute
+            out_h = (x.shape[2] + 2 * self.padding - self.kernel_size) // self.stride + 1
+            out_w = (x.shape[3] + 2 * self.padding - self.kernel_size) // self.stride + 1
+            return x.new_zeros(x.shape[0], self.out_channels, out_h, out_w)
         y_active = F.conv2d(x, self.weight.index_select(0, active), None, self.stride,
                             self.padding)  # (B, A, OH, OW)
         y_active = y_active * gates.index_select(1, active)[:, :, None, None]

@@ -91,7 +91,7 @@ def moe_conv2d_sparse(
         y = F.conv2d(x.index_select(0, rows), weight[e],
                      None if bias is None else bias[e], stride, padding)  # (n, O, OH, OW)
         y = y * flat_gates.index_select(0, assignment).view(-1, 1, 1, 1)
-        out = out.index_add(0, rows, y)
+        out.index_add_(0, rows, y)  # in place: one output buffer for all experts
     return out
 
 

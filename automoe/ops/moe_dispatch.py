@@ -51,7 +51,7 @@ def moe_dispatch_sparse(x: torch.Tensor, experts: Sequence[Expert], expert_index
         rows = assignment // k  # (n,) sample ids
         y = experts[e](x.index_select(0, rows))  # (n, *out_shape)
         gate = flat_gates.index_select(0, assignment).view(-1, *([1] * len(out_shape)))
-        out = out.index_add(0, rows, y * gate)
+        out.index_add_(0, rows, y * gate)  # in place: one output buffer for all experts
     return out
 
 

@@ -13,7 +13,7 @@ import torch
 from optuna.artifacts import upload_artifact
 
 from automoe.data import load_dataset
-from automoe.errors import TrainingDivergedError
+from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import robust_accuracy
@@ -69,7 +69,12 @@ class TrialRunner:
         return {"name": self.info.name, "image_size": self.space.dataset["image_size"]}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        candidate = self.space.suggest(trial)
+        nan = float("nan")
+        try:
+            candidate = self.space.suggest(trial)
+        except ConfigError as exc:  # the space check covers the common cases; not all
+            trial.set_user_attr("fail_reason", f"invalid candidate: {exc}")
+            return nan, nan, nan
         seed = self.seed + trial.number
         candidate.train = replace(candidate.train, seed=seed)
         trial.set_user_attr("config", candidate.to_dict())
@@ -96,7 +101,6 @@ class TrialRunner:
             result = train(model, self.train_set, candidate.train, self.device, on_step=on_step)
         except TrainingDivergedError as exc:
             trial.set_user_attr("fail_reason", str(exc))
-            nan = float("nan")
             return nan, nan, nan  # Optuna stores a NaN-valued trial as FAIL
         eval_start = time.perf_counter()
         batch = self.space.eval_batch_size

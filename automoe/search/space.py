@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -79,6 +80,8 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
 _DATA_FIELDS = ("in_channels", "num_classes", "image_size", "input_mean", "input_std")
 _TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "evaluation",
              "sampler")
+# Enough to cover every realistic space; larger products are checked on their first part.
+_MAX_COMBINATIONS = 4096
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
 
 
@@ -271,19 +274,26 @@ class SearchSpace:
                 resolve_placement(placement, blocks)
             except ConfigError as exc:
                 fail("params.placement", str(exc))
-        # Build the smallest and largest candidates once to catch any other invalid value.
-        for pick in (0, -1):
-            values = {**self.fixed}
-            for name, dim in self.dimensions.items():
-                values[name] = (dim.choices[pick] if dim.kind == "categorical"
-                                else (dim.low if pick == 0 else dim.high))
-            if "top_k" in values:
-                values["top_k"] = min(values["top_k"],
-                                      values.get("experts", MoENetConfig.num_experts))
-            try:
-                self._candidate(values)
-            except ConfigError as exc:
-                fail("params", str(exc))
+        # Build candidates at the ends of every range, for every combination of the
+        # categorical choices (router, gate, loss, ...), so no sampled trial is invalid.
+        categorical = [d for d in self.dimensions.values() if d.kind == "categorical"]
+        ranges = [d for d in self.dimensions.values() if d.kind != "categorical"]
+        for combo in itertools.islice(itertools.product(*(d.choices for d in categorical)),
+                                      _MAX_COMBINATIONS):
+            for end in ("low", "high"):
+                values = {**self.fixed, **{d.name: v for d, v in zip(categorical, combo,
+                                                                     strict=True)}}
+                values.update({d.name: getattr(d, end) for d in ranges})
+                if "top_k" in values:
+                    values["top_k"] = min(values["top_k"],
+                                          values.get("experts", MoENetConfig.num_experts))
+                try:
+                    self._candidate(values)
+                except ConfigError as exc:
+                    picked = ", ".join(f"{d.name}={v}" for d, v in zip(categorical, combo,
+                                                                      strict=True))
+                    fail("params", f"{exc} (with {picked or 'the fixed values'}); "
+                         "remove a choice so every combination is valid")
 
     def _blocks_per_stage(self) -> tuple[int, ...]:
         """Placement units per stage of the space's backbone."""

@@ -10,11 +10,14 @@ REPO = Path(__file__).resolve().parents[2]
 # A space that trains in about a second per trial.
 TINY_SPACE = """
 name: tiny
-trials: 4
+trials: 6
 dataset: {name: digits, image_size: 8}
-model: {name: resnet8}
+model: {name: resnet8, embedding_width: 8, global_router_blocks: 1}
 params:
   placement: {choices: [none, last_stage, all]}
+  granularity: {choices: [conv, pathway, block, channel]}
+  router: {choices: [linear, global]}
+  gate: topk
   experts: {low: 2, high: 4}
   top_k: {low: 1, high: 2}
   balance_weight: {low: 1.0e-3, high: 0.1, log: true}

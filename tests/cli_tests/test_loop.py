@@ -17,7 +17,7 @@ def test_search_pareto_export_eval(workdir):
     storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"))
     study = optuna.load_study(study_name="tiny", storage=storage)
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(trials) == 4
+    assert len(trials) == 6
     assert study.metric_names == ["val_accuracy", "mmacs", "robust_accuracy"]
     for t in trials:
         attrs = t.user_attrs
@@ -28,10 +28,13 @@ def test_search_pareto_export_eval(workdir):
         assert attrs["macs"]["active"] <= attrs["macs"]["dense"]
         model = attrs["config"]["model"]
         assert 1 <= model["top_k"] <= model["num_experts"]
-        if model["placement"] != "none":  # usage counts every val sample k times
+        if model["placement"] != "none" and model["granularity"] != "channel":
+            # every val sample counted k times, experts x classes matrices
             assert all(sum(c) == 360 * model["top_k"] for c in attrs["expert_usage"].values())
-            for matrix in attrs["expert_class_usage"].values():  # experts x classes
+            for matrix in attrs["expert_class_usage"].values():
                 assert len(matrix) == model["num_experts"] and len(matrix[0]) == 10
+        elif model["placement"] != "none":  # channel experts: open (sample, channel) pairs
+            assert all(0 < sum(c) <= 360 * len(c) for c in attrs["expert_usage"].values())
 
     rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
     assert rows and {r["trial"] for r in rows} <= {t.number for t in trials}
@@ -83,7 +86,7 @@ def test_resume_adds_trials_and_refuses_another_space(workdir):
 def test_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(workdir):
     text = (workdir / "tiny.yaml").read_text()
     text = text.replace("lr: {low: 0.05, high: 0.2, log: true}", "lr: 1.0e+12")
-    (workdir / "nan.yaml").write_text(text.replace("trials: 4", "trials: 2"))
+    (workdir / "nan.yaml").write_text(text.replace("trials: 6", "trials: 2"))
     proc = run_cli("search", "--space", "nan.yaml", cwd=workdir, check=0)
     assert "failed: training loss became" in proc.stderr
     storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"))

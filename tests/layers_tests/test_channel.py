@@ -52,3 +52,13 @@ def test_embedding_is_shallow_and_non_negative():
     e = emb(torch.rand(2, 3, 32, 32))
     assert e.shape == (2, 16) and (e >= 0).all()
     assert emb.classify(e).shape == (2, 10)
+
+
+def test_all_channels_closed_gives_zeros_in_both_paths():
+    for dispatch in ("sparse", "reference"):
+        layer = ChannelGatedConv2d(3, 4, 3, 2, embedding_width=2, dispatch=dispatch)
+        with torch.no_grad():
+            layer.head.weight.fill_(-1.0)
+        layer.context = torch.rand(2, 2)
+        y = layer(torch.randn(2, 3, 7, 7))
+        assert y.shape == (2, 4, 4, 4) and not y.any()

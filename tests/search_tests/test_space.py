@@ -58,6 +58,21 @@ def test_fingerprint_tracks_meaning_not_run_settings():
     assert a.fingerprint() != a.with_dataset("mnist").fingerprint()
 
 
+def test_every_granularity_router_and_gate_can_be_searched():
+    space = _space(params={
+        "granularity": {"choices": ["conv", "pathway", "block", "channel"]},
+        "router": {"choices": ["linear", "conv", "mlp", "global"]},
+        "gate": {"choices": ["topk", "vmoe"]},
+        "balance_loss": {"choices": ["importance", "switch", "entropy", "supervised"]},
+        "capacity_factor": {"low": 0.5, "high": 2.0},
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(40):
+        trial = study.ask()
+        space.suggest(trial)  # never raises
+        study.tell(trial, 0.0)
+
+
 def test_fractions_and_fixed_values():
     space = _space(evaluation={"attack": {"eps": "8/255", "steps": 3}})
     assert space.attack.eps == pytest.approx(8 / 255) and space.attack.steps == 3
@@ -82,6 +97,11 @@ def test_fractions_and_fixed_values():
     ({"trials": 0}, "trials: must be a positive integer"),
     ({"colour": "blue"}, "colour: unknown key"),
     ({"evaluation": {"attack": {"eps": "eight"}}}, "evaluation.attack.eps: must be a number"),
+    ({"params": {"router": {"choices": ["linear", "global"]}}},
+     "global router takes gate 'topk', 'vmoe' or 'st_top1' (with placement=last_stage, "
+     "router=global)"),
+    ({"params": {"gate": "st_top1"}}, "gate 'st_top1' routes to one expert"),
+    ({"params": {"granularity": {"choices": ["conv", "rows"]}}}, "granularity must be one of"),
 ])
 def test_invalid_spaces_name_file_key_and_value(overrides, message):
     with pytest.raises(ConfigError) as info:
