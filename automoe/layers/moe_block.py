@@ -50,6 +50,7 @@ class MoEBlock(MoEModule):
         self.record(routing)
         out_h = (x.shape[2] - 1) // self.stride + 1
         out_w = (x.shape[3] - 1) // self.stride + 1
-        dispatch = moe_dispatch_sparse if self.dispatch == "sparse" else moe_dispatch_reference
+        # No block kernel: every mode but "reference" runs the sparse gather/scatter path.
+        dispatch = moe_dispatch_reference if self.dispatch == "reference" else moe_dispatch_sparse
         return dispatch(x, self.experts, routing.expert_index, routing.gates,
                         (self.out_channels, out_h, out_w))

@@ -50,7 +50,7 @@ class MoENetConfig:
     embedding_ce: float = 0.1  # mu: cross-entropy of a classifier on the gating embedding
     embedding_width: int = 64  # channels of the gating embedding network
     # --- execution
-    dispatch: str = "sparse"  # "sparse" (only selected experts run) or "reference"
+    dispatch: str = "auto"  # "auto" (Triton on CUDA, else sparse), "sparse", "triton", "reference"
     units: tuple[bool, ...] = field(init=False, repr=False)  # resolved placement per unit
 
     def __post_init__(self):

@@ -11,6 +11,8 @@ from automoe.ops.moe_conv import (
 )
 from automoe.ops.moe_dispatch import moe_dispatch_reference, moe_dispatch_sparse
 
+# moe_conv2d_triton lives in automoe.ops.moe_conv_triton; importing it imports triton.
+
 __all__ = [
     "DISPATCH_MODES",
     "dense_gate_matrix",

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DISPATCH_MODES = ("sparse", "reference")
+# "sparse": gather/conv/scatter in PyTorch; "reference": compute all, mask; "triton": the
+# Triton kernels (CUDA); "auto": "triton" for CUDA tensors, else "sparse".
+DISPATCH_MODES = ("sparse", "reference", "triton", "auto")
 
 
 def _check_args(x, weight, bias, expert_index, gates) -> None:
@@ -126,7 +128,14 @@ def moe_conv2d(
     padding: int = 0,
     dispatch: str = "sparse",
 ) -> torch.Tensor:
-    """Mixture of conv experts; ``dispatch`` picks ``"sparse"`` or ``"reference"``."""
+    """Mixture of conv experts; ``dispatch`` is one of :data:`DISPATCH_MODES`."""
+    if dispatch == "auto":
+        dispatch = "triton" if x.is_cuda else "sparse"
+    if dispatch == "triton":
+        from automoe.ops.moe_conv_triton import moe_conv2d_triton
+
+        return moe_conv2d_triton(x, weight, bias, expert_index, gates, stride, padding,
+                                 allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     if dispatch == "sparse":
         return moe_conv2d_sparse(x, weight, bias, expert_index, gates, stride, padding)
     if dispatch == "reference":

@@ -1,0 +1,17 @@
+"""Triton kernels with shape-checked launchers.
+
+Importing this package imports triton. On a machine without a GPU, set
+``TRITON_INTERPRET=1`` before the import to run the kernels on CPU tensors (slow; for
+tests at tiny shapes).
+"""
+
+from __future__ import annotations
+
+from automoe.kernels.moe_conv import (
+    BLOCK_SIZES,
+    expert_conv_dw,
+    expert_conv_dx,
+    expert_conv_forward,
+)
+
+__all__ = ["BLOCK_SIZES", "expert_conv_dw", "expert_conv_dx", "expert_conv_forward"]

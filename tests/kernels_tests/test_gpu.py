@@ -1,0 +1,76 @@
+"""GPU tests at real shapes (deselected by default; run with ``pytest -m gpu`` on CUDA)."""
+
+import copy
+
+import pytest
+import torch
+
+from automoe.models import create_model
+from automoe.ops import moe_conv2d_reference
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.float16, 2e-2),
+                                       (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("size,stride", [(32, 1), (16, 2), (8, 1), (4, 1)])
+@pytest.mark.parametrize("num_experts,k", [(4, 1), (8, 2)])
+def test_op_matches_reference_on_gpu(dtype, tol, size, stride, num_experts, k):
+    from automoe.ops.moe_conv_triton import moe_conv2d_triton
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 64, size, size, device="cuda", dtype=dtype, requires_grad=True)
+    weight = (0.05 * torch.randn(num_experts, 128, 64, 3, 3, device="cuda", dtype=dtype)
+              ).requires_grad_()
+    index = torch.randn(128, num_experts, device="cuda").topk(k, 1).indices
+    gates = torch.rand(128, k, device="cuda", dtype=dtype, requires_grad=True)
+    y = moe_conv2d_triton(x, weight, None, index, gates, stride, 1)
+    y_ref = moe_conv2d_reference(x, weight, None, index, gates, stride, 1)
+    scale = y_ref.abs().max()
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol * scale)
+    dy = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, weight, gates], dy),
+                    torch.autograd.grad(y_ref, [x, weight, gates], dy), strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max())
+
+
+def test_torch_compile_runs_the_custom_op():
+    from automoe.ops.moe_conv_triton import moe_conv2d_triton
+
+    x = torch.randn(16, 8, 16, 16, device="cuda")
+    weight = torch.randn(4, 8, 8, 3, 3, device="cuda")
+    index = torch.randn(16, 4, device="cuda").topk(2, 1).indices
+    gates = torch.rand(16, 2, device="cuda")
+    compiled = torch.compile(moe_conv2d_triton, fullgraph=False)
+    torch.testing.assert_close(compiled(x, weight, None, index, gates, 1, 1),
+                               moe_conv2d_triton(x, weight, None, index, gates, 1, 1))
+
+
+def test_moe_resnet18_training_step_equals_torch_path():
+    torch.manual_seed(0)
+    model = create_model("resnet18", placement="all", num_experts=4, top_k=2, gate="topk",
+                         dispatch="triton").cuda()
+    reference = copy.deepcopy(model)
+    for layer in reference.moe_layers():
+        layer.dispatch = "sparse"
+    x = torch.rand(64, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (64,), device="cuda")
+    for m in (model, reference):
+        m.train()
+        loss = torch.nn.functional.cross_entropy(m(x), y) + m.aux_loss(y)
+        loss.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if p.grad is None:
+            assert q.grad is None
+            continue
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-2, atol=1e-3 * q.grad.abs().max(),
+                                   msg=name)
