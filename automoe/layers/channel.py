@@ -43,16 +43,23 @@ class ChannelGatedConv2d(MoEModule):
     computed (skipping each sample's own zero channels needs a per-sample kernel);
     ``"reference"`` computes all channels and multiplies by the gates.
 
+    ``dispatch="triton"`` (or ``"auto"`` on CUDA) runs the Triton channel-group kernel,
+    which computes for each sample only its own open groups of ``group_size`` channels; if
+    ``group_size`` does not divide ``out_channels`` it uses the sparse path instead. The
+    gates of channels that are not computed get no gradient: they come from a ReLU that is
+    0 there, so the gradient of everything upstream is exact.
+
     Args:
         in_channels, out_channels, kernel_size, stride, padding: as ``nn.Conv2d``.
         embedding_width: D.
         gate_l1: lambda, weight of the mean L1 norm of the gates.
-        dispatch: ``"sparse"`` or ``"reference"``.
+        dispatch: ``"auto"``, ``"sparse"``, ``"triton"`` or ``"reference"``.
+        group_size: channels per group for the Triton kernel.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int | None = None, *, embedding_width: int, gate_l1: float = 1e-3,
-                 dispatch: str = "sparse"):
+                 dispatch: str = "auto", group_size: int = 16):
         super().__init__(out_channels, out_channels, balance_loss="none",
                          balance_weight=gate_l1, gate="topk")
         if dispatch not in DISPATCH_MODES:
@@ -64,6 +71,8 @@ class ChannelGatedConv2d(MoEModule):
         self.padding = kernel_size // 2 if padding is None else padding
         self.dispatch = dispatch
         self.gate_l1 = gate_l1
+        self.group_size = group_size
+        self._last_mode = "sparse"  # path the last forward took, for FLOPs accounting
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.head = nn.Linear(embedding_width, out_channels, bias=False)  # W_g
@@ -87,9 +96,21 @@ class ChannelGatedConv2d(MoEModule):
         if self.usage_log is not None:  # channel ids, -1 where closed
             ids = torch.arange(self.out_channels, device=gates.device).expand_as(gates)
             self.usage_log.append(torch.where(gates > 0, ids, -1).detach().cpu())
-        if self.dispatch == "reference":
+        mode = self.dispatch
+        if mode == "auto":
+            mode = "triton" if x.is_cuda else "sparse"
+        if mode == "triton" and self.out_channels % self.group_size:
+            mode = "sparse"
+        self._last_mode = mode
+        if mode == "reference":
             y = F.conv2d(x, self.weight, None, self.stride, self.padding)
             return y * gates[:, :, None, None]
+        if mode == "triton":
+            from automoe.ops.channel_gate_triton import channel_gated_conv2d_triton
+
+            return channel_gated_conv2d_triton(
+                x, self.weight, gates, self.stride, self.padding, self.group_size,
+                allow_tf32=torch.backends.cuda.matmul.allow_tf32)
         active = (gates > 0).any(dim=0).nonzero().flatten()  # (A,) channels some sample keeps
         if active.numel() == 0:  # every channel closed for every sample: nothing to compute
             out_h = (x.shape[2] + 2 * self.padding - self.kernel_size) // self.stride + 1

@@ -22,7 +22,8 @@ def make_conv(config: MoENetConfig, in_channels: int, out_channels: int, kernel_
     if config.granularity == "channel":
         return ChannelGatedConv2d(in_channels, out_channels, kernel_size, stride, padding,
                                   embedding_width=config.embedding_width,
-                                  gate_l1=config.gate_l1, dispatch=config.dispatch)
+                                  gate_l1=config.gate_l1, dispatch=config.dispatch,
+                                  group_size=config.channel_group)
     return MoEConv2d(in_channels, out_channels, kernel_size, stride, padding,
                      **config.moe_kwargs())
 

@@ -49,6 +49,7 @@ class MoENetConfig:
     gate_l1: float = 1e-3  # lambda: L1 penalty on the channel gates (sparsity vs accuracy)
     embedding_ce: float = 0.1  # mu: cross-entropy of a classifier on the gating embedding
     embedding_width: int = 64  # channels of the gating embedding network
+    channel_group: int = 16  # channels per group of the Triton channel-gating kernel
     # --- execution
     dispatch: str = "auto"  # "auto" (Triton on CUDA, else sparse), "sparse", "triton", "reference"
     units: tuple[bool, ...] = field(init=False, repr=False)  # resolved placement per unit
@@ -98,8 +99,8 @@ class MoENetConfig:
             raise ConfigError(f"capacity_factor must be > 0 or null, got {self.capacity_factor}")
         if self.overflow not in OVERFLOW_MODES:
             raise ConfigError(f"overflow must be one of {OVERFLOW_MODES}, got {self.overflow!r}")
-        if self.global_router_blocks < 1 or self.embedding_width < 1:
-            raise ConfigError("global_router_blocks and embedding_width must be >= 1")
+        if min(self.global_router_blocks, self.embedding_width, self.channel_group) < 1:
+            raise ConfigError("global_router_blocks, embedding_width and channel_group must be >= 1")
         if self.dispatch not in DISPATCH_MODES:
             raise ConfigError(f"dispatch must be one of {DISPATCH_MODES}")
         self.units = resolve_placement(self.placement, self.units_per_stage())

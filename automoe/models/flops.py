@@ -56,11 +56,14 @@ def _count(model: nn.Module, x: torch.Tensor, per_sample_channels: bool) -> floa
         nonlocal total
         per_channel = module.channel_macs(output.shape[-2], output.shape[-1])
         open_ = module._last_open  # (B, O) bool
-        if module.dispatch == "reference":
+        if module._last_mode == "reference":
             channels = open_.numel()
         elif per_sample_channels:
             channels = int(open_.sum())
-        else:
+        elif module._last_mode == "triton":  # each sample's open groups, whole
+            groups = open_.view(open_.shape[0], -1, module.group_size).any(dim=2)
+            channels = int(groups.sum()) * module.group_size
+        else:  # the union of the batch's open channels, for every sample
             channels = int(open_.any(0).sum()) * open_.shape[0]
         total += channels * per_channel
 
