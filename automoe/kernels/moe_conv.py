@@ -5,15 +5,18 @@ Notation: ``A`` valid assignments sorted by expert, ``x`` (B, C, H, W), ``weight
 (E, O, C, KH, KW), output map OH x OW. Any memory layout works (strides are passed), so
 channels-last tensors need no copy.
 
+Rows of the implicit GEMMs are (assignment, pixel) pairs of one expert's sorted run, cut into
+expert-aligned tiles: a tile has one expert (one weight tile) but spans several samples
+when maps are small (8x8, 4x4), so no rows are wasted on per-sample padding.
+
 * :func:`expert_conv_forward`: ``y[a] = conv(x[sample[a]], weight[expert[a]])`` -> (A, O, OH, OW).
-  Grid (assignment, output-pixel tile, out-channel tile); the reduction runs over
-  (c, kh, kw) with border masks.
+  Grid (row tile, out-channel tile); the reduction runs over (c, kh, kw) with border masks.
 * :func:`expert_conv_dx`: ``dx[a] = conv_transpose(dy[a], weight[expert[a]])`` -> (A, C, H, W).
-  Grid (assignment, input-pixel tile, in-channel tile); an (o, kh, kw) term contributes
-  where ``ih + pad - kh`` is a non-negative multiple of the stride.
-* :func:`expert_conv_dw`: ``dw[e] = sum over e's assignments of dy[a] x patches(x[sample[a]])``
-  -> (E, O, C, KH, KW). Grid (expert, out-channel tile, (c, kh, kw) tile); each program loops
-  over its expert's contiguous run of assignments, so no atomics are needed.
+  Grid (row tile over input pixels, in-channel tile); an (o, kh, kw) term contributes where
+  ``ih + pad - kh`` is a non-negative multiple of the stride.
+* :func:`expert_conv_dw`: ``dw[e] = sum over e's rows of dy x patches(x)`` -> (E, O, C, KH, KW).
+  Grid (expert, out-channel tile, (c, kh, kw) tile); each program loops over its expert's
+  contiguous rows, so no atomics are needed.
 """
 
 from __future__ import annotations
@@ -36,26 +39,27 @@ def _dot(a, b, USE_IEEE: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, w_ptr, y_ptr, sample_ptr, expert_ptr,
-                    C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
+def _forward_kernel(x_ptr, w_ptr, y_ptr, sample_ptr, tile_expert_ptr, tile_start_ptr,
+                    tile_end_ptr, C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
                     STRIDE: tl.constexpr, PAD: tl.constexpr,
                     sxb, sxc, sxh, sxw, swe, swo, swc, swh, sww, sya, syo, syh, syw,
                     USE_IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr):
-    pid_a = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    sample = tl.load(sample_ptr + pid_a).to(tl.int64)
-    expert = tl.load(expert_ptr + pid_a).to(tl.int64)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
+    tile = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(tile_expert_ptr + tile).to(tl.int64)
+    rows = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_M)  # (assignment, pixel)
+    m_ok = rows < tl.load(tile_end_ptr + tile)
+    P = OH * OW
+    assign = rows // P
+    pix = rows % P
+    sample = tl.load(sample_ptr + assign, mask=m_ok, other=0).to(tl.int64)
+    oh = pix // OW
+    ow = pix % OW
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels
-    oh = rm // OW
-    ow = rm % OW
-    m_ok = rm < OH * OW
     n_ok = rn < O
     K = C * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    x_base = x_ptr + sample * sxb
     w_base = w_ptr + expert * swe
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # (c, kh, kw) flattened
@@ -66,34 +70,37 @@ def _forward_kernel(x_ptr, w_ptr, y_ptr, sample_ptr, expert_ptr,
         ih = oh[:, None] * STRIDE - PAD + kh[None, :]
         iw = ow[:, None] * STRIDE - PAD + kw[None, :]
         x_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xv = tl.load(x_base + c[None, :] * sxc + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
+        xv = tl.load(x_ptr + sample[:, None] * sxb + c[None, :] * sxc + ih * sxh + iw * sxw,
+                     mask=x_ok, other=0.0)
         wv = tl.load(w_base + rn[None, :] * swo + c[:, None] * swc + kh[:, None] * swh
                      + kw[:, None] * sww, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc += _dot(xv, wv, USE_IEEE)
-    y = y_ptr + pid_a * sya + rn[None, :] * syo + oh[:, None] * syh + ow[:, None] * syw
+    y = (y_ptr + assign[:, None].to(tl.int64) * sya + rn[None, :] * syo + oh[:, None] * syh
+         + ow[:, None] * syw)
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _dx_kernel(dy_ptr, w_ptr, dx_ptr, expert_ptr,
+def _dx_kernel(dy_ptr, w_ptr, dx_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
                STRIDE: tl.constexpr, PAD: tl.constexpr,
                sda, sdo, sdh, sdw, swe, swo, swc, swh, sww, sxa, sxc, sxh, sxw,
                USE_IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr):
-    pid_a = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    expert = tl.load(expert_ptr + pid_a).to(tl.int64)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels
+    tile = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(tile_expert_ptr + tile).to(tl.int64)
+    rows = tl.load(tile_start_ptr + tile) + tl.arange(0, BLOCK_M)  # (assignment, input pixel)
+    m_ok = rows < tl.load(tile_end_ptr + tile)
+    P_in = H * W
+    assign = (rows // P_in).to(tl.int64)
+    pix = rows % P_in
+    ih = pix // W
+    iw = pix % W
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels
-    ih = rm // W
-    iw = rm % W
-    m_ok = rm < H * W
     n_ok = rn < C
     K = O * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    dy_base = dy_ptr + pid_a * sda
     w_base = w_ptr + expert * swe
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # (o, kh, kw) flattened
@@ -107,11 +114,13 @@ def _dx_kernel(dy_ptr, w_ptr, dx_ptr, expert_ptr,
         ow = tw // STRIDE
         d_ok = (m_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0)
                 & (th % STRIDE == 0) & (tw % STRIDE == 0) & (oh < OH) & (ow < OW))
-        dyv = tl.load(dy_base + o[None, :] * sdo + oh * sdh + ow * sdw, mask=d_ok, other=0.0)
+        dyv = tl.load(dy_ptr + assign[:, None] * sda + o[None, :] * sdo + oh * sdh + ow * sdw,
+                      mask=d_ok, other=0.0)
         wv = tl.load(w_base + o[:, None] * swo + rn[None, :] * swc + kh[:, None] * swh
                      + kw[:, None] * sww, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc += _dot(dyv, wv, USE_IEEE)
-    dx = dx_ptr + pid_a * sxa + rn[None, :] * sxc + ih[:, None] * sxh + iw[:, None] * sxw
+    dx = (dx_ptr + assign[:, None] * sxa + rn[None, :] * sxc + ih[:, None] * sxh
+          + iw[:, None] * sxw)
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -125,8 +134,10 @@ def _dw_kernel(dy_ptr, x_ptr, dw_ptr, sample_ptr, offsets_ptr,
     expert = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
-    start = tl.load(offsets_ptr + expert)
-    end = tl.load(offsets_ptr + expert + 1)
+    P = OH * OW
+    # this expert's rows: (assignment, output pixel) over its contiguous run of assignments
+    row_start = tl.load(offsets_ptr + expert) * P
+    row_end = tl.load(offsets_ptr + expert + 1) * P
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channels
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (c, kh, kw) flattened
     m_ok = rm < O
@@ -135,26 +146,47 @@ def _dw_kernel(dy_ptr, x_ptr, dw_ptr, sample_ptr, offsets_ptr,
     c = rn // (KH * KW)
     kh = (rn // KW) % KH
     kw = rn % KW
-    P = OH * OW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for a in range(start, end):
-        sample = tl.load(sample_ptr + a).to(tl.int64)
-        for p0 in range(0, P, BLOCK_K):
-            rp = p0 + tl.arange(0, BLOCK_K)  # output pixels
-            p_ok = rp < P
-            oh = rp // OW
-            ow = rp % OW
-            dyv = tl.load(dy_ptr + a * sda + rm[:, None] * sdo + oh[None, :] * sdh
-                          + ow[None, :] * sdw, mask=m_ok[:, None] & p_ok[None, :], other=0.0)
-            ih = oh[:, None] * STRIDE - PAD + kh[None, :]
-            iw = ow[:, None] * STRIDE - PAD + kw[None, :]
-            x_ok = p_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.load(x_ptr + sample * sxb + c[None, :] * sxc + ih * sxh + iw * sxw,
-                         mask=x_ok, other=0.0)
-            acc += _dot(dyv, xv, USE_IEEE)
+    for r0 in range(row_start, row_end, BLOCK_K):
+        rows = r0 + tl.arange(0, BLOCK_K)  # spans several samples when maps are small
+        r_ok = rows < row_end
+        assign = (rows // P).to(tl.int64)
+        pix = rows % P
+        sample = tl.load(sample_ptr + assign, mask=r_ok, other=0).to(tl.int64)
+        oh = pix // OW
+        ow = pix % OW
+        dyv = tl.load(dy_ptr + assign[None, :] * sda + rm[:, None] * sdo + oh[None, :] * sdh
+                      + ow[None, :] * sdw, mask=m_ok[:, None] & r_ok[None, :], other=0.0)
+        ih = oh[:, None] * STRIDE - PAD + kh[None, :]
+        iw = ow[:, None] * STRIDE - PAD + kw[None, :]
+        x_ok = r_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xv = tl.load(x_ptr + sample[:, None] * sxb + c[None, :] * sxc + ih * sxh + iw * sxw,
+                     mask=x_ok, other=0.0)
+        acc += _dot(dyv, xv, USE_IEEE)
     dw = (dw_ptr + expert * swe + rm[:, None] * swo + c[None, :] * swc + kh[None, :] * swh
           + kw[None, :] * sww)
     tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _row_tiles(expert_ids: torch.Tensor, num_experts: int, rows_per_assignment: int,
+               block_m: int):
+    """Expert-aligned row tiles over the (assignment, pixel) rows of assignments sorted by
+    expert: a tile never straddles two experts, but spans several samples of one expert
+    when maps are small. Returns (tile_expert, tile_start, tile_end) on the ids' device."""
+    counts = torch.bincount(expert_ids, minlength=num_experts).tolist()
+    experts, starts, ends = [], [], []
+    row = 0
+    for e, n in enumerate(counts):
+        end = row + n * rows_per_assignment
+        for start in range(row, end, block_m):
+            experts.append(e)
+            starts.append(start)
+            ends.append(end)
+        row = end
+    device = expert_ids.device
+    return (torch.tensor(experts, dtype=torch.int32, device=device),
+            torch.tensor(starts, dtype=torch.int64, device=device),
+            torch.tensor(ends, dtype=torch.int64, device=device))
 
 
 # ------------------------------------------------------------------------- launchers
@@ -201,6 +233,8 @@ def expert_conv_forward(x: torch.Tensor, weight: torch.Tensor, sample_ids: torch
                         allow_tf32: bool = False) -> torch.Tensor:
     """``y[a] = conv(x[sample_ids[a]], weight[expert_ids[a]])`` -> (A, O, OH, OW), x's dtype.
 
+    Assignments must be sorted by expert.
+
     ``allow_tf32``: fp32 inputs use TF32 tensor cores (faster, ~1e-3 relative error).
     """
     _check_common(x, weight, stride, padding)
@@ -213,9 +247,12 @@ def expert_conv_forward(x: torch.Tensor, weight: torch.Tensor, sample_ids: torch
     y = torch.empty(num_assign, O, OH, OW, device=x.device, dtype=x.dtype)
     if num_assign == 0:
         return y
+    if bool((expert_ids[1:] < expert_ids[:-1]).any()):
+        raise ValueError("assignments must be sorted by expert")
     bm, bn, bk = BLOCK_SIZES["BLOCK_M"], BLOCK_SIZES["BLOCK_N"], BLOCK_SIZES["BLOCK_K"]
-    grid = (num_assign, triton.cdiv(OH * OW, bm), triton.cdiv(O, bn))
-    _forward_kernel[grid](x, weight, y, sample_ids, expert_ids, C, H, W, O, OH, OW, KH, KW,
+    tiles = _row_tiles(expert_ids, E, OH * OW, bm)
+    grid = (tiles[0].shape[0], triton.cdiv(O, bn))
+    _forward_kernel[grid](x, weight, y, sample_ids, *tiles, C, H, W, O, OH, OW, KH, KW,
                           stride, padding, *x.stride(), *weight.stride(), *y.stride(),
                           USE_IEEE=_use_ieee(x.dtype, allow_tf32), BLOCK_M=bm, BLOCK_N=bn,
                           BLOCK_K=bk)
@@ -239,9 +276,12 @@ def expert_conv_dx(dy: torch.Tensor, weight: torch.Tensor, expert_ids: torch.Ten
     dx = torch.empty(dy.shape[0], C, H, W, device=dy.device, dtype=dy.dtype)
     if dy.shape[0] == 0:
         return dx
+    if bool((expert_ids[1:] < expert_ids[:-1]).any()):
+        raise ValueError("assignments must be sorted by expert")
     bm, bn, bk = BLOCK_SIZES["BLOCK_M"], BLOCK_SIZES["BLOCK_N"], BLOCK_SIZES["BLOCK_K"]
-    grid = (dy.shape[0], triton.cdiv(H * W, bm), triton.cdiv(C, bn))
-    _dx_kernel[grid](dy, weight, dx, expert_ids, C, H, W, O, OH, OW, KH, KW, stride, padding,
+    tiles = _row_tiles(expert_ids, E, H * W, bm)
+    grid = (tiles[0].shape[0], triton.cdiv(C, bn))
+    _dx_kernel[grid](dy, weight, dx, *tiles, C, H, W, O, OH, OW, KH, KW, stride, padding,
                      *dy.stride(), *weight.stride(), *dx.stride(),
                      USE_IEEE=_use_ieee(dy.dtype, allow_tf32), BLOCK_M=bm, BLOCK_N=bn,
                      BLOCK_K=bk)

@@ -68,6 +68,22 @@ def test_op_matches_reference_outputs_and_gradients(num_experts, k, stride):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("size,stride", [(4, 1), (2, 1), (5, 2)])
+def test_small_maps_tiles_span_several_samples(size, stride):
+    # 4x4 -> 16 rows per assignment: one 32-row tile covers two samples of one expert
+    torch.manual_seed(5)
+    x = torch.randn(9, 3, size, size, requires_grad=True)
+    weight = torch.randn(2, 4, 3, 3, 3, requires_grad=True)
+    index, gates = _routing(9, 2, 1), torch.rand(9, 1, requires_grad=True)
+    y = moe_conv2d_triton(x, weight, None, index, gates, stride, 1)
+    y_ref = moe_conv2d_reference(x, weight, None, index, gates, stride, 1)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    dy = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, weight, gates], dy),
+                    torch.autograd.grad(y_ref, [x, weight, gates], dy), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_channels_last_inputs_need_no_copy():
     torch.manual_seed(2)
     x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)
@@ -108,6 +124,8 @@ def test_launchers_reject_bad_shapes_and_types():
         expert_conv_forward(x, weight, ids, ids[:1])
     with pytest.raises(ValueError, match="1-D int32/int64"):
         expert_conv_forward(x, weight, ids.float(), ids)
+    with pytest.raises(ValueError, match="sorted by expert"):
+        expert_conv_forward(x, weight, ids, torch.tensor([1, 0]))
     with pytest.raises(ValueError, match=r"dy must be \(A, 4, 5, 5\)"):
         expert_conv_dx(torch.randn(2, 4, 4, 4), weight, ids, (5, 5), 1, 1)
 
