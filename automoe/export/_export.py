@@ -18,7 +18,7 @@ from torch import nn
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError
 from automoe.models import count_flops, count_params, create_model
-from automoe.robustness import PGDConfig, robust_accuracy
+from automoe.robustness import AttackConfig, robust_accuracy
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
 from automoe.training import evaluate_accuracy
 
@@ -153,8 +153,8 @@ def evaluate_export(path: str | os.PathLike[str], *, data_root: str | None = Non
                            f"{test_set.info.num_classes} classes; the model expects "
                            f"{cfg.in_channels} and {cfg.num_classes}")
     attack_cfg = {k: v for k, v in (config.get("attack") or {}).items()
-                  if k in PGDConfig.__dataclass_fields__}
-    attack = PGDConfig(**attack_cfg)
+                  if k in AttackConfig.__dataclass_fields__}
+    attack = AttackConfig(**attack_cfg)
     probe = torch.stack([val_set[i][0] for i in range(min(len(val_set), 256))])
     macs = count_flops(model, (cfg.in_channels, cfg.image_size, cfg.image_size), inputs=probe)
     result = {

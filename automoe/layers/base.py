@@ -38,6 +38,7 @@ class MoEModule(nn.Module):
         self.balance_loss = balance_loss
         self.balance_weight = balance_weight
         self.last_routing: Routing | None = None
+        self.keep_routing = False  # keep the last routing in eval mode too (router-aware attacks)
         self.usage_log: list[torch.Tensor] | None = None  # (B, k) expert ids per forward
 
     # Per-forward state: graph tensors that must not travel with copies or pickles.
@@ -50,13 +51,13 @@ class MoEModule(nn.Module):
 
     def record(self, routing: Routing) -> None:
         keep = self.training and self.balance_weight > 0 and self.balance_loss != "none"
-        self.last_routing = routing if keep else None
+        self.last_routing = routing if keep or self.keep_routing else None
         if self.usage_log is not None:
             self.usage_log.append(routing.expert_index.detach().cpu())
 
     def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
         """``balance_weight * loss`` of the last training forward, or None."""
-        if self.last_routing is None:
+        if self.last_routing is None or not self.training or self.balance_weight == 0:
             return None
         loss = balancing_loss(self.balance_loss, self.last_routing, self.num_experts,
                               self.top_k, targets)

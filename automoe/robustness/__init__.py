@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
-from automoe.robustness.pgd import PGDConfig, pgd_attack, robust_accuracy
+from automoe.robustness.attacks import (
+    ATTACKS,
+    NORMS,
+    AttackConfig,
+    Normalized,
+    PGDConfig,
+    attack_batch,
+    dlr_loss,
+    pgd_attack,
+    robust_accuracy,
+)
 
-__all__ = ["PGDConfig", "pgd_attack", "robust_accuracy"]
+__all__ = [
+    "ATTACKS",
+    "NORMS",
+    "AttackConfig",
+    "Normalized",
+    "PGDConfig",
+    "attack_batch",
+    "dlr_loss",
+    "pgd_attack",
+    "robust_accuracy",
+]

@@ -43,7 +43,7 @@ import yaml
 
 from automoe.errors import ConfigError
 from automoe.models import MoENetConfig, default_config, list_models, resolve_placement
-from automoe.robustness import PGDConfig
+from automoe.robustness import AttackConfig
 from automoe.training import TrainConfig
 
 # name -> (which config it sets, field in that config, value type)
@@ -130,7 +130,7 @@ class SearchSpace:
     dimensions: dict[str, Dimension]  # searched parameters, in file order
     fixed: dict[str, Any]  # fixed parameters by space name
     eval_batch_size: int
-    attack: PGDConfig
+    attack: AttackConfig
     sampler: dict  # {"name", "population_size"}
     source: str = "<dict>"  # file the space came from, for messages
 
@@ -215,8 +215,10 @@ class SearchSpace:
         if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
             fail("evaluation.batch_size", f"must be a positive integer, got {eval_batch_size!r}")
         attack_raw = _mapping(evaluation.get("attack", {}), "evaluation.attack", fail)
-        attack_types = {"eps": float, "step_size": float, "steps": int, "random_start": bool,
-                        "max_samples": int, "seed": int}
+        attack_types = {"attack": str, "norm": str, "eps": float, "step_size": float,
+                        "steps": int, "restarts": int, "random_start": bool,
+                        "router_weight": float, "router_target": str, "max_samples": int,
+                        "seed": int}
         attack_kwargs = {}
         for key, value in attack_raw.items():
             if key not in attack_types:
@@ -225,7 +227,7 @@ class SearchSpace:
             attack_kwargs[key] = _value(value, attack_types[key],
                                         lambda m, k=key: fail(f"evaluation.attack.{k}", m))
         try:
-            attack = PGDConfig(**attack_kwargs)
+            attack = AttackConfig(**attack_kwargs)
         except ConfigError as exc:
             fail("evaluation.attack", str(exc))
 

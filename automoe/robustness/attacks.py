@@ -1,0 +1,314 @@
+"""White-box attacks on models that take ``[0, 1]`` images.
+
+All budgets (``eps``, ``step_size``) are in ``[0, 1]`` pixel units. A model that expects
+normalised inputs is wrapped with :class:`Normalized` so the attack still works in pixels.
+
+* FGSM (Goodfellow et al. 2015), PGD with random start and restarts under L-inf or L2
+  (Madry et al. 2018).
+* APGD with cross-entropy or DLR loss (Croce & Hein 2020, the two white-box attacks of
+  AutoAttack): step-size halving at checkpoints, momentum 0.75, best point kept.
+* Router-aware PGD: the loss adds ``router_weight`` x the routers' cross-entropy against
+  their decision on the clean input (or ``y mod E``, AdvMoE's expert labels), so the attack
+  also moves the routing. Hard top-k routing passes gradient only through the gate values,
+  which can hide weaknesses from a plain attack.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from automoe.errors import ConfigError
+from automoe.layers import MoEModule
+
+ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd")
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class AttackConfig:
+    """An attack and its budget."""
+
+    attack: str = "pgd"  # one of ATTACKS
+    norm: str = "linf"  # "linf" or "l2" (APGD and FGSM: linf)
+    eps: float = 8 / 255  # radius of the ball, [0, 1] pixel units
+    step_size: float = 2 / 255  # PGD step (APGD adapts its own, starting at 2 eps)
+    steps: int = 10  # gradient steps per restart
+    restarts: int = 1  # independent random starts; a sample is robust only if all fail
+    random_start: bool = True  # start from a random point in the ball
+    router_weight: float = 1.0  # router-pgd: weight of the routers' loss
+    router_target: str = "clean"  # router-pgd: "clean" routing decision or "label" (y mod E)
+    max_samples: int | None = None  # attack only the first N samples of a dataset
+    seed: int = 0  # seeds the random starts
+
+    def __post_init__(self):
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"attack must be one of {ATTACKS}, got {self.attack!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "l2" and self.attack in ("fgsm", "apgd-ce", "apgd-dlr"):
+            raise ConfigError(f"{self.attack} is implemented for the linf norm only")
+        if self.eps < 0 or self.step_size < 0:
+            raise ConfigError(f"eps and step_size must be >= 0, got {self.eps}, {self.step_size}")
+        if self.steps < 0 or self.restarts < 1:
+            raise ConfigError(f"steps must be >= 0 and restarts >= 1, got {self.steps}, "
+                              f"{self.restarts}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1, got {self.max_samples}")
+        if self.router_target not in ("clean", "label"):
+            raise ConfigError(f"router_target must be 'clean' or 'label', got {self.router_target!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        extra = f", {self.restarts} restarts" if self.restarts > 1 else ""
+        return (f"{self.attack} {self.norm} eps={self.eps:.4g}, {self.steps} steps"
+                f"{extra}")
+
+
+class Normalized(nn.Module):
+    """Wraps a model that expects ``(x - mean) / std`` so that it takes [0, 1] pixels."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _project(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Back into the eps-ball around x and the [0, 1] box."""
+    if norm == "linf":
+        adv = torch.min(torch.max(adv, x - eps), x + eps)
+    else:
+        delta = adv - x
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        adv = x + delta * torch.clamp(eps / norms, max=1.0)
+    return adv.clamp(0.0, 1.0)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, generator) -> torch.Tensor:
+    if norm == "linf":
+        noise = 2 * torch.rand(x.shape, generator=generator, device=x.device) - 1
+        return _project(x + eps * noise, x, eps, norm)
+    direction = torch.randn(x.shape, generator=generator, device=x.device)
+    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    radius = torch.rand(x.shape[0], generator=generator, device=x.device).view(-1, 1, 1, 1)
+    return _project(x + eps * radius * direction, x, eps, norm)
+
+
+def _step(grad: torch.Tensor, size: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return size * grad.sign()
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return size * grad / norms
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein 2020), per sample; needs >= 3 classes."""
+    sorted_logits, order = logits.sort(dim=1)
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    top_is_true = (order[:, -1] == labels).float()
+    best_other = sorted_logits[:, -2] * top_is_true + sorted_logits[:, -1] * (1 - top_is_true)
+    return -(true - best_other) / (sorted_logits[:, -1] - sorted_logits[:, -3] + 1e-12)
+
+
+@contextmanager
+def _routing_kept(model: nn.Module):
+    """Keep every MoE layer's last routing, also in eval mode (for router-aware losses)."""
+    layers = [m for m in model.modules() if isinstance(m, MoEModule)]
+    for layer in layers:
+        layer.keep_routing = True
+    try:
+        yield layers
+    finally:
+        for layer in layers:
+            layer.keep_routing = False
+            layer.last_routing = None
+
+
+def _router_loss(layers: list[MoEModule], targets: list[torch.Tensor]) -> torch.Tensor:
+    losses = [F.cross_entropy(layer.last_routing.clean_logits, target, reduction="none")
+              for layer, target in zip(layers, targets, strict=True)
+              if layer.last_routing is not None]
+    return torch.stack(losses).mean(0) if losses else torch.zeros(())
+
+
+def _loss_fn(model: nn.Module, labels: torch.Tensor, kind: str, router_layers=None,
+             router_targets=None, router_weight: float = 0.0) -> Callable:
+    """Per-sample loss the attack maximises."""
+    def loss(adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(adv)
+        value = (dlr_loss(logits, labels) if kind == "dlr"
+                 else F.cross_entropy(logits, labels, reduction="none"))
+        if router_layers:
+            value = value + router_weight * _router_loss(router_layers, router_targets)
+        return value, logits
+
+    return loss
+
+
+# ------------------------------------------------------------------------------ attacks
+
+
+def _pgd(loss, x, labels, cfg: AttackConfig, generator, steps: int, step_size: float):
+    adv = _random_start(x, cfg.eps, cfg.norm, generator) if cfg.random_start else x.clone()
+    fooled = torch.zeros_like(labels, dtype=torch.bool)
+    best = adv.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad():
+            value, logits = loss(adv)
+            (grad,) = torch.autograd.grad(value.sum(), adv)
+        wrong = logits.argmax(1) != labels
+        best[wrong & ~fooled] = adv.detach()[wrong & ~fooled]  # keep the first fooling point
+        fooled |= wrong
+        adv = _project(adv.detach() + _step(grad, step_size, cfg.norm), x, cfg.eps, cfg.norm)
+    with torch.no_grad():
+        wrong = loss(adv)[1].argmax(1) != labels
+    best[wrong & ~fooled] = adv[wrong & ~fooled]
+    best[~(fooled | wrong)] = adv[~(fooled | wrong)]
+    return best
+
+
+def _apgd(loss, x, labels, cfg: AttackConfig, generator):
+    """APGD (L-inf), per-sample step sizes; returns the best (fooling if any) points."""
+    n_iter = max(cfg.steps, 1)
+    checkpoints, p, p_prev = [0], 0.22, 0.0
+    while math.ceil(p * n_iter) < n_iter:
+        checkpoints.append(math.ceil(p * n_iter))
+        p, p_prev = p + max(p - p_prev - 0.03, 0.06), p
+    batch = x.shape[0]
+    view = (-1, 1, 1, 1)
+    step = torch.full((batch,), 2 * cfg.eps, device=x.device)
+    adv = _random_start(x, cfg.eps, "linf", generator) if cfg.random_start else x.clone()
+
+    def value_grad(point):
+        point = point.clone().requires_grad_(True)
+        with torch.enable_grad():
+            value, logits = loss(point)
+            (grad,) = torch.autograd.grad(value.sum(), point)
+        return value.detach(), logits.detach(), grad
+
+    value, logits, grad = value_grad(adv)
+    best_value, best_point = value.clone(), adv.clone()
+    fooled = logits.argmax(1) != labels
+    fooling_point = adv.clone()
+    prev = adv.clone()
+    successes = torch.zeros(batch, device=x.device)
+    value_at_checkpoint = best_value.clone()
+    step_reduced = torch.ones(batch, dtype=torch.bool, device=x.device)
+    for k in range(n_iter):
+        z = _project(adv + step.view(view) * grad.sign(), x, cfg.eps, "linf")
+        momentum = 0.75 if k > 0 else 1.0
+        new = _project(adv + momentum * (z - adv) + (1 - momentum) * (adv - prev), x, cfg.eps,
+                       "linf")
+        prev, adv = adv, new
+        value, logits, grad = value_grad(adv)
+        wrong = logits.argmax(1) != labels
+        fooling_point[wrong & ~fooled] = adv[wrong & ~fooled]
+        fooled |= wrong
+        improved = value > best_value
+        successes += improved.float()
+        best_value = torch.where(improved, value, best_value)
+        best_point[improved] = adv[improved]
+        if k + 1 in checkpoints[1:]:
+            j = checkpoints.index(k + 1)
+            window = checkpoints[j] - checkpoints[j - 1]
+            too_few = successes < 0.75 * window
+            stalled = (~step_reduced) & (best_value <= value_at_checkpoint)
+            reduce = too_few | stalled
+            step = torch.where(reduce, step / 2, step)
+            adv[reduce] = best_point[reduce]  # restart from the best point
+            if reduce.any():
+                value_r, _, grad_r = value_grad(adv)
+                grad[reduce] = grad_r[reduce]
+                del value_r
+            step_reduced = reduce
+            successes.zero_()
+            value_at_checkpoint = best_value.clone()
+    return torch.where(fooled.view(view), fooling_point, best_point)
+
+
+def attack_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 config: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial images within ``eps`` of ``images`` (one restart; see
+    :func:`robust_accuracy` for restarts). The model should be in eval mode."""
+    x = images.detach()
+    if config.eps == 0 or config.steps == 0 and config.attack != "fgsm":
+        return x.clone()
+    if config.attack == "fgsm":
+        loss = _loss_fn(model, labels, "ce")
+        adv = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(loss(adv)[0].sum(), adv)
+        return _project(x + config.eps * grad.sign(), x, config.eps, "linf").detach()
+    if config.attack in ("apgd-ce", "apgd-dlr"):
+        kind = "dlr" if config.attack == "apgd-dlr" else "ce"
+        return _apgd(_loss_fn(model, labels, kind), x, labels, config, generator).detach()
+    if config.attack == "pgd":
+        return _pgd(_loss_fn(model, labels, "ce"), x, labels, config, generator, config.steps,
+                    config.step_size).detach()
+    with _routing_kept(model) as layers:  # router-pgd
+        with torch.no_grad():
+            model(x)
+        if config.router_target == "label":
+            targets = [labels % layer.num_experts for layer in layers]
+        else:
+            targets = [layer.last_routing.expert_index[:, 0].clamp_min(0) for layer in layers
+                       if layer.last_routing is not None]
+        layers = [layer for layer in layers if layer.last_routing is not None]
+        loss = _loss_fn(model, labels, "ce", layers, targets, config.router_weight)
+        return _pgd(loss, x, labels, config, generator, config.steps, config.step_size).detach()
+
+
+def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
+                    batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+    """Accuracy in ``[0, 1]`` under the attack: a sample counts only if every restart fails.
+
+    The model runs in eval mode; only the first ``max_samples`` samples when set.
+    """
+    device = torch.device(device)
+    model.to(device).eval()
+    if config.max_samples is not None and config.max_samples < len(dataset):
+        dataset = Subset(dataset, range(config.max_samples))
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    correct = total = 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images, labels = images.to(device), labels.to(device)
+        robust = torch.ones_like(labels, dtype=torch.bool)
+        for _ in range(config.restarts if config.random_start else 1):
+            adv = attack_batch(model, images, labels, config, generator)
+            with torch.no_grad():
+                robust &= model(adv).argmax(1) == labels
+            if not robust.any():
+                break
+        correct += int(robust.sum())
+        total += labels.shape[0]
+    return correct / max(total, 1)
+
+
+# PGD is the default attack; this name reads well where only PGD is meant.
+PGDConfig = AttackConfig
+
+
+def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               config: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD adversarial images (``config.attack`` is ignored)."""
+    from dataclasses import replace
+
+    return attack_batch(model, images, labels, replace(config, attack="pgd"), generator)

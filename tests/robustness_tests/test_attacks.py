@@ -1,0 +1,138 @@
+import pytest
+import torch
+
+from automoe.data import load_dataset
+from automoe.errors import ConfigError
+from automoe.models import create_model
+from automoe.robustness import AttackConfig, Normalized, attack_batch, dlr_loss, robust_accuracy
+from automoe.training import TrainConfig, evaluate_accuracy, train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    train_set = load_dataset("digits", "train")
+    val_set = load_dataset("digits", "val")
+    info = train_set.info
+    model = create_model("resnet8", in_channels=1, num_classes=10, image_size=8,
+                         input_mean=info.mean, input_std=info.std, placement="last_stage",
+                         num_experts=4, top_k=1, width_multiplier=0.5)
+    train(model, train_set, TrainConfig(epochs=4, lr=0.1))
+    return model.eval(), val_set
+
+
+def _batch(dataset, n=64):
+    return (torch.stack([dataset[i][0] for i in range(n)]),
+            torch.tensor([dataset[i][1] for i in range(n)]))
+
+
+@pytest.mark.parametrize("cfg", [
+    AttackConfig(attack="fgsm", eps=0.1),
+    AttackConfig(attack="pgd", eps=0.1, step_size=0.03, steps=5),
+    AttackConfig(attack="pgd", norm="l2", eps=0.5, step_size=0.2, steps=5),
+    AttackConfig(attack="apgd-ce", eps=0.1, steps=8),
+    AttackConfig(attack="apgd-dlr", eps=0.1, steps=8),
+    AttackConfig(attack="router-pgd", eps=0.1, step_size=0.03, steps=5),
+], ids=lambda c: f"{c.attack}-{c.norm}")
+def test_attacks_stay_in_the_ball_and_the_pixel_range(trained, cfg):
+    model, val_set = trained
+    x, y = _batch(val_set)
+    adv = attack_batch(model, x, y, cfg, torch.Generator().manual_seed(0))
+    delta = (adv - x).flatten(1)
+    bound = delta.abs().max(1).values if cfg.norm == "linf" else delta.norm(dim=1)
+    assert (bound <= cfg.eps + 1e-5).all()
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert (model(adv).argmax(1) == y).float().mean() < (model(x).argmax(1) == y).float().mean()
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "apgd-dlr", "router-pgd", "fgsm"])
+def test_safety_checks_against_gradient_masking(trained, attack):
+    model, val_set = trained
+    clean = evaluate_accuracy(model, val_set)
+    assert robust_accuracy(model, val_set, AttackConfig(attack=attack, eps=0.0)) == clean
+    big = AttackConfig(attack=attack, eps=0.5, step_size=0.1, steps=10, max_samples=200)
+    assert robust_accuracy(model, val_set, big) < 0.1
+    if attack == "fgsm":
+        return
+    weak = robust_accuracy(model, val_set, AttackConfig(attack=attack, steps=2, max_samples=200))
+    strong = robust_accuracy(model, val_set, AttackConfig(attack=attack, steps=20,
+                                                          max_samples=200))
+    assert strong <= weak + 0.02  # more steps never help the model beyond noise
+
+
+def test_restarts_never_increase_robust_accuracy(trained):
+    model, val_set = trained
+    one = robust_accuracy(model, val_set, AttackConfig(steps=5, max_samples=200, restarts=1))
+    five = robust_accuracy(model, val_set, AttackConfig(steps=5, max_samples=200, restarts=5))
+    assert five <= one
+    cfg = AttackConfig(steps=3, max_samples=100, seed=7)
+    assert robust_accuracy(model, val_set, cfg) == robust_accuracy(model, val_set, cfg)
+
+
+def test_pgd_agrees_with_foolbox(trained):
+    foolbox = pytest.importorskip("foolbox")
+    model, val_set = trained
+    eps, step, steps = 8 / 255, 2 / 255, 20
+    ours = robust_accuracy(model, val_set, AttackConfig(eps=eps, step_size=step, steps=steps))
+    fmodel = foolbox.PyTorchModel(model, bounds=(0, 1))
+    attack = foolbox.attacks.LinfPGD(abs_stepsize=step, steps=steps, random_start=True)
+    x, y = _batch(val_set, len(val_set))
+    _, _, success = attack(fmodel, x, y, epsilons=eps)
+    theirs = 1 - success.float().mean().item()
+    assert abs(ours - theirs) <= 0.01, (ours, theirs)
+
+
+def test_normalised_models_are_attacked_in_pixel_units(trained):
+    model, val_set = trained
+    mean, std = model.input_mean.flatten().tolist(), model.input_std.flatten().tolist()
+    # the same network, but taking normalised inputs, wrapped back to pixels
+    inner = create_model("resnet8", **{**model.config.to_dict(), "input_mean": (0.0,),
+                                       "input_std": (1.0,)})
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("input_")}
+    inner.load_state_dict(weights, strict=False)
+    wrapped = Normalized(inner.eval(), mean, std)
+    cfg = AttackConfig(steps=5, max_samples=128)
+    assert robust_accuracy(wrapped, val_set, cfg) == robust_accuracy(model, val_set, cfg)
+
+
+def test_router_aware_attack_moves_the_routing(trained):
+    model, val_set = trained
+    x, y = _batch(val_set, 128)
+    layer = model.moe_layers()[0]
+
+    def routes(images):
+        layer.keep_routing = True
+        with torch.no_grad():
+            model(images)
+        route = layer.last_routing.expert_index[:, 0].clone()
+        layer.keep_routing = False
+        return route
+
+    clean = routes(x)
+    budget = dict(eps=0.1, step_size=0.03, steps=10)
+    plain = attack_batch(model, x, y, AttackConfig(**budget), torch.Generator().manual_seed(0))
+    aware = attack_batch(model, x, y, AttackConfig(attack="router-pgd", router_weight=10.0,
+                                                   **budget), torch.Generator().manual_seed(0))
+    assert (routes(aware) != clean).float().mean() >= (routes(plain) != clean).float().mean()
+    model(x)
+    assert layer.last_routing is None and not layer.keep_routing
+
+
+def test_dlr_loss_matches_its_definition():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 5.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    # sample 0 is correct: -(3 - 1) / (3 - 0); sample 1 is wrong: -(2 - 5) / (5 - 1)
+    torch.testing.assert_close(dlr_loss(logits, labels), torch.tensor([-2 / 3, 3 / 4]))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(attack="cw"), "attack must be one of"),
+    (dict(norm="l1"), "norm must be one of"),
+    (dict(attack="apgd-ce", norm="l2"), "linf norm only"),
+    (dict(eps=-1), "eps and step_size"),
+    (dict(restarts=0), "restarts >= 1"),
+])
+def test_invalid_attack_configs(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        AttackConfig(**kwargs)
