@@ -71,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
+    p = add("robustness", c.cmd_robustness, [common], "attack an exported model: a report")
+    p.add_argument("path", metavar="DIR", help="directory written by `automoe export`")
+    p.add_argument("--attack", action="append", default=None, metavar="NAME",
+                   help="fgsm, pgd, apgd-ce, apgd-dlr or router-pgd; repeat for several "
+                        "(default: pgd, router-pgd, apgd-ce, apgd-dlr)")
+    p.add_argument("--norm", default="linf", help="linf or l2 (pgd, router-pgd)")
+    p.add_argument("--eps", default="8/255", help="budget in [0, 1] pixel units, e.g. 8/255")
+    p.add_argument("--step-size", default=None,
+                   help="PGD step in pixel units (default: eps/4; APGD adapts its own)")
+    p.add_argument("--steps", type=int, default=50, help="gradient steps per restart")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="split to attack")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="attack only the first N samples")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--device", default="auto", help="torch device")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = add("eval", c.cmd_eval, [common], "evaluate an exported model")
     p.add_argument("path", metavar="DIR", help="directory written by `automoe export`")
     p.add_argument("--dataset", default=None, metavar="NAME",

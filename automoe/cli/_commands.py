@@ -190,3 +190,79 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.print(table)
     return 0
 
+
+
+def _pixels(value: str, flag: str) -> float:
+    """A budget given as a number or a fraction like 8/255."""
+    try:
+        if "/" in value:
+            num, den = value.split("/", 1)
+            return float(num) / float(den)
+        return float(value)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{flag} must be a number or a fraction like 8/255, got {value!r}") from None
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """Attack an exported model with strong attacks and report robust accuracy per attack.
+
+    Every attack runs on the same samples; the last row is the worst case over all of them
+    (a sample counts as robust only if no attack fooled it).
+    """
+    import torch
+    from rich.table import Table
+
+    from automoe.data import load_dataset
+    from automoe.export import load, read_export_config
+    from automoe.robustness import AttackConfig, attack_batch
+    from automoe.training import make_loader
+
+    config = read_export_config(args.path)
+    model = load(args.path)
+    device = _device(args.device)
+    model.to(device).eval()
+    data = config.get("data") or {}
+    dataset = load_dataset(data.get("name", "digits"), args.split, args.data_root,
+                           image_size=data.get("image_size"))
+    if args.max_samples is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.max_samples, len(dataset))))
+    eps = _pixels(args.eps, "--eps")
+    step = _pixels(args.step_size, "--step-size") if args.step_size else eps / 4
+    attacks = args.attack or ["pgd", "router-pgd", "apgd-ce", "apgd-dlr"]
+    configs = [AttackConfig(attack=a, norm=args.norm if a in ("pgd", "router-pgd") else "linf",
+                            eps=eps, step_size=step, steps=args.steps, restarts=args.restarts)
+               for a in attacks]
+    robust = {c.attack: [] for c in configs}
+    clean = []
+    generator = torch.Generator(device=device).manual_seed(0)
+    for images, labels in make_loader(dataset, 256):
+        images, labels = images.to(device), labels.to(device)
+        with torch.no_grad():
+            clean.append(model(images).argmax(1) == labels)
+        for cfg in configs:
+            ok = torch.ones_like(labels, dtype=torch.bool)
+            for _ in range(cfg.restarts):
+                adv = attack_batch(model, images, labels, cfg, generator)
+                with torch.no_grad():
+                    ok &= model(adv).argmax(1) == labels
+            robust[cfg.attack].append(ok)
+    clean_ok = torch.cat(clean)
+    per_attack = {name: torch.cat(v) for name, v in robust.items()}
+    worst = clean_ok.clone()
+    for ok in per_attack.values():
+        worst &= ok
+    rows = {"clean": 100 * clean_ok.float().mean().item(),
+            **{c.describe(): 100 * per_attack[c.attack].float().mean().item() for c in configs},
+            "worst case over the attacks": 100 * worst.float().mean().item()}
+    if args.json:
+        print_json({"model": args.path, "split": args.split, "samples": int(clean_ok.numel()),
+                    "accuracy": rows})
+        return 0
+    table = Table(title=f"{args.path}: robust accuracy on {data.get('name')} {args.split} "
+                        f"({clean_ok.numel()} samples)", title_justify="left")
+    table.add_column("attack")
+    table.add_column("accuracy %", justify="right")
+    for name, value in rows.items():
+        table.add_row(name, f"{value:.2f}")
+    out.print(table)
+    return 0

@@ -69,9 +69,10 @@ class AttackConfig:
         return asdict(self)
 
     def describe(self) -> str:
+        if self.attack == "fgsm":
+            return f"fgsm linf eps={self.eps:.4g}"
         extra = f", {self.restarts} restarts" if self.restarts > 1 else ""
-        return (f"{self.attack} {self.norm} eps={self.eps:.4g}, {self.steps} steps"
-                f"{extra}")
+        return f"{self.attack} {self.norm} eps={self.eps:.4g}, {self.steps} steps{extra}"
 
 
 class Normalized(nn.Module):

@@ -65,6 +65,12 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "expert_ratio": ("model", "expert_ratio", float),
     "gate_l1": ("model", "gate_l1", float),
     "embedding_ce": ("model", "embedding_ce", float),
+    "scheme": ("train", "scheme", str),
+    "adv_eps": ("train", "adv_eps", float),
+    "adv_step_size": ("train", "adv_step_size", float),
+    "adv_steps": ("train", "adv_steps", int),
+    "trades_beta": ("train", "trades_beta", float),
+    "advmoe_alpha": ("train", "advmoe_alpha", float),
     "lr": ("train", "lr", float),
     "epochs": ("train", "epochs", int),
     "batch_size": ("train", "batch_size", int),
@@ -347,8 +353,12 @@ class SearchSpace:
             (model if target == "model" else train_kwargs)[field_name] = value
         if not is_moe:  # a dense net: record it as one expert, top-1
             model.update(num_experts=1, top_k=1)
-        default_config(self.model_name, **model)  # validates every model field
-        return Candidate(self.model_name, model, TrainConfig(**train_kwargs),
+        config = default_config(self.model_name, **model)  # validates every model field
+        train = TrainConfig(**train_kwargs)
+        if train.scheme == "advmoe" and (not is_moe or config.granularity == "channel"):
+            raise ConfigError("the advmoe scheme needs routed experts: a placement with MoE "
+                              "units and granularity conv, pathway or block")
+        return Candidate(self.model_name, model, train,
                          dict(sampled if sampled is not None else values))
 
     # ------------------------------------------------------------- identity

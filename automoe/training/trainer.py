@@ -26,6 +26,13 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 on every parameter
     seed: int = 0  # seeds batch order and gate noise
     num_workers: int = 0  # DataLoader workers; 0 loads in the main process
+    # --- robust training
+    scheme: str = "standard"  # "standard", "pgd_at", "trades" or "advmoe"
+    adv_eps: float = 8 / 255  # training attack budget, [0, 1] pixel units
+    adv_step_size: float = 2 / 255  # training attack step (advmoe uses 5/255)
+    adv_steps: int = 7  # training attack steps (advmoe uses 2)
+    trades_beta: float = 6.0  # TRADES / AdvMoE weight of the KL term
+    advmoe_alpha: float = 6.0  # AdvMoE weight of the routers' y-mod-E cross-entropy
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -38,6 +45,14 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        from automoe.training.robust import SCHEMES
+
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.adv_eps < 0 or self.adv_step_size < 0 or self.adv_steps < 1:
+            raise ConfigError("adv_eps and adv_step_size must be >= 0 and adv_steps >= 1")
+        if self.trades_beta < 0 or self.advmoe_alpha < 0:
+            raise ConfigError("trades_beta and advmoe_alpha must be >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,10 +95,26 @@ def train(
     loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                          num_workers=config.num_workers)
     total_steps = config.epochs * len(loader)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     aux_loss_fn = getattr(model, "aux_loss", None)
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+
+    advmoe = None
+    if config.scheme == "advmoe":
+        from automoe.training.robust import AdvMoEStep, router_parameters
+
+        routers = {id(p) for p in router_parameters(model)}
+        optimizers = [sgd([p for p in model.parameters() if id(p) not in routers]),
+                      sgd([p for p in model.parameters() if id(p) in routers] or
+                          [torch.zeros(0, requires_grad=True)])]
+        advmoe = AdvMoEStep(model, *optimizers, eps=config.adv_eps, alpha=config.advmoe_alpha,
+                            beta=config.trades_beta)
+    else:
+        optimizers = [sgd(model.parameters())]
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(1, total_steps))
+                  for o in optimizers]
     result = TrainResult()
     start = time.perf_counter()
     step = 0
@@ -94,18 +125,20 @@ def train(
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            logits = model(images)
-            task_loss = F.cross_entropy(logits, labels)
-            aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
-            loss = task_loss + aux
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(lr={config.lr:g}); lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            if advmoe is not None:  # two optimiser steps of its own
+                task_loss, logits = advmoe(images, labels, aux_loss_fn)
+                aux = task_loss.new_zeros(())
+                _check_finite(task_loss, epoch, step, config)
+            else:
+                task_loss, logits = _task_loss(model, images, labels, config)
+                aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
+                loss = task_loss + aux
+                _check_finite(loss, epoch, step, config)
+                optimizers[0].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers[0].step()
+            for scheduler in schedulers:
+                scheduler.step()
             step += 1
             n = labels.shape[0]
             sums += torch.tensor([task_loss.item() * n, float(aux.detach()) * n,
@@ -118,6 +151,30 @@ def train(
                                "train_accuracy": correct})
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _task_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scheme's loss (without balancing terms) and the logits it was computed on."""
+    if config.scheme == "pgd_at":
+        from automoe.training.robust import pgd_at_loss
+
+        return pgd_at_loss(model, images, labels, config.adv_eps, config.adv_step_size,
+                           config.adv_steps)
+    if config.scheme == "trades":
+        from automoe.training.robust import trades_loss
+
+        return trades_loss(model, images, labels, config.adv_eps, config.adv_step_size,
+                           config.adv_steps, config.trades_beta)
+    logits = model(images)
+    return F.cross_entropy(logits, labels), logits
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, config: TrainConfig) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(
+            f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+            f"(lr={config.lr:g}); lower the learning rate")
 
 
 @torch.no_grad()

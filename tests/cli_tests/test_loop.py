@@ -54,6 +54,15 @@ def test_search_pareto_export_eval(workdir):
         assert abs(result["robust_accuracy"] - row["values"]["robust_accuracy"]) <= 0.5
         assert result["mmacs"] == row["values"]["mmacs"]
 
+    # a robustness report: every attack at most the clean accuracy, worst case at most each
+    report = json.loads(run_cli("robustness", str(workdir / f"export-{rows[0]['trial']}"),
+                                "--steps", "3", "--max-samples", "64", "--attack", "pgd",
+                                "--attack", "apgd-dlr", "--json", cwd=workdir, check=0).stdout)
+    accuracy = report["accuracy"]
+    assert report["samples"] == 64 and len(accuracy) == 4
+    worst = accuracy.pop("worst case over the attacks")
+    assert all(worst <= v <= accuracy["clean"] for v in accuracy.values())
+
     # the exported model loads back through the public API alone
     import torch
 

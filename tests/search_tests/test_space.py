@@ -73,6 +73,27 @@ def test_every_granularity_router_and_gate_can_be_searched():
         study.tell(trial, 0.0)
 
 
+def test_robust_training_and_attacks_are_search_dimensions():
+    space = _space(params={"placement": {"choices": ["last_stage", "all"]},
+                           "scheme": {"choices": ["standard", "pgd_at", "trades", "advmoe"]},
+                           "trades_beta": {"low": 1.0, "high": 6.0}},
+                   evaluation={"attack": {"attack": "apgd-ce", "steps": 5, "max_samples": 64}})
+    assert space.attack.attack == "apgd-ce"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    schemes = set()
+    for _ in range(20):
+        trial = study.ask()
+        schemes.add(space.suggest(trial).train.scheme)
+        study.tell(trial, 0.0)
+    assert schemes == {"standard", "pgd_at", "trades", "advmoe"}
+    # the attack defines the objective: another attack is another study
+    other = _space(params={"placement": {"choices": ["last_stage", "all"]},
+                           "scheme": {"choices": ["standard", "pgd_at", "trades", "advmoe"]},
+                           "trades_beta": {"low": 1.0, "high": 6.0}},
+                   evaluation={"attack": {"attack": "pgd", "steps": 5, "max_samples": 64}})
+    assert other.fingerprint() != space.fingerprint()
+
+
 def test_fractions_and_fixed_values():
     space = _space(evaluation={"attack": {"eps": "8/255", "steps": 3}})
     assert space.attack.eps == pytest.approx(8 / 255) and space.attack.steps == 3
@@ -102,6 +123,9 @@ def test_fractions_and_fixed_values():
      "router=global)"),
     ({"params": {"gate": "st_top1"}}, "gate 'st_top1' routes to one expert"),
     ({"params": {"granularity": {"choices": ["conv", "rows"]}}}, "granularity must be one of"),
+    ({"params": {"scheme": "advmoe"}}, "(with placement=none); remove a choice"),
+    ({"params": {"scheme": "madry"}}, "scheme must be one of"),
+    ({"evaluation": {"attack": {"attack": "apgd-ce", "norm": "l2"}}}, "linf norm only"),
 ])
 def test_invalid_spaces_name_file_key_and_value(overrides, message):
     with pytest.raises(ConfigError) as info:

@@ -1,0 +1,71 @@
+import copy
+
+import pytest
+import torch
+
+from automoe.data import load_dataset
+from automoe.errors import ConfigError
+from automoe.models import create_model
+from automoe.training import TrainConfig, train
+from automoe.training.robust import SCHEMES, AdvMoEStep, router_parameters
+
+
+def _model(**cfg):
+    return create_model("resnet8", in_channels=1, image_size=8, width_multiplier=0.5,
+                        **{"placement": "last_stage", "num_experts": 3, "top_k": 1,
+                           "gate": "topk", **cfg})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "train")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_trains(digits, scheme):
+    torch.manual_seed(0)
+    subset = torch.utils.data.Subset(digits, range(256))
+    result = train(_model(), subset, TrainConfig(epochs=2, lr=0.1, scheme=scheme, adv_steps=2))
+    losses = [h["loss"] for h in result.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[1] < losses[0]
+
+
+def _sgd(params, lr):
+    return torch.optim.SGD(params, lr=lr)
+
+
+def test_advmoe_alternates_experts_and_routers():
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for main_lr, router_lr in ((0.1, 0.0), (0.0, 0.1)):
+        model = _model()
+        routers = {id(p) for p in router_parameters(model)}
+        others = [p for p in model.parameters() if id(p) not in routers]
+        step = AdvMoEStep(model, _sgd(others, main_lr),
+                          _sgd([p for p in model.parameters() if id(p) in routers], router_lr),
+                          eps=8 / 255, alpha=6.0, beta=6.0)
+        before = copy.deepcopy(model.state_dict())
+        model.train()
+        step(x, y, model.aux_loss)
+        changed = {name for name, v in model.state_dict().items()
+                   if v.dtype.is_floating_point and not torch.equal(v, before[name])}
+        router_changed = {n for n in changed if ".router." in n}
+        weights_changed = {n for n in changed if ".router." not in n
+                           and not n.endswith(("running_mean", "running_var"))}
+        if router_lr == 0.0:  # step A only: experts and backbone move, routers stay
+            assert weights_changed and not router_changed
+        else:  # step B only: routers move
+            assert router_changed and not weights_changed
+
+
+def test_advmoe_needs_routed_experts(digits):
+    with pytest.raises(ConfigError, match="routed experts"):
+        train(_model(placement="none"), digits, TrainConfig(epochs=1, scheme="advmoe"))
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(scheme="free"), "scheme must be one of"),
+                                            (dict(adv_steps=0), "adv_steps"),
+                                            (dict(trades_beta=-1), "trades_beta")])
+def test_invalid_robust_training_configs(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
