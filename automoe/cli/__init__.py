@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("pareto", c.cmd_pareto, [common, storage], "show the Pareto front of a study")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.add_argument("--reference", default=None, metavar="ACC,MMACS,ROBUST",
+                   help="hypervolume reference point (default: 0 %%, 1.1 x the largest MMACs "
+                        "of the study's complete trials, 0 %%)")
+
+    p = add("spaces", c.cmd_spaces, [common], "list, validate or show search spaces")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "validate", "show"],
+                   help="list the shipped spaces, validate a file, or show its dimensions")
+    p.add_argument("space", nargs="?", default=None, metavar="FILE|NAME",
+                   help="space file or name (validate, show)")
 
     p = add("export", c.cmd_export, [common, storage], "export a trial's model to a directory")
     p.add_argument("--trial", type=int, required=True, metavar="N", help="trial number")

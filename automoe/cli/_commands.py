@@ -52,12 +52,31 @@ def _existing_study(args: argparse.Namespace):
     return load_study(open_storage(_storage_url(args), create=False), args.study)
 
 
-def _print_front(study, note: str = "") -> None:
-    from automoe.search import pareto_trials, trial_row
+def _reference(study, text: str | None) -> tuple[float, float, float]:
+    if text:
+        try:
+            acc, mmacs, robust = (float(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"--reference must be ACC,MMACS,ROBUST, got {text!r}") from None
+        return acc, mmacs, robust
+    complete = [t.values[1] for t in study.get_trials(deepcopy=False) if t.values is not None
+                and all(v == v for v in t.values)]
+    return 0.0, 1.1 * max(complete, default=1.0), 0.0
 
-    rows = [trial_row(t) for t in pareto_trials(study)]
-    out.print(pareto_table(rows, f"Pareto front of {study.study_name!r} "
-                                 f"({len(study.trials)} trials{note})"))
+
+def _print_front(study, note: str = "", reference: str | None = None) -> None:
+    from automoe.search import pareto_trials, trial_row
+    from automoe.search.hypervolume import study_hypervolume
+
+    front = pareto_trials(study)
+    rows = [trial_row(t) for t in front]
+    table = pareto_table(rows, f"Pareto front of {study.study_name!r} "
+                               f"({len(study.trials)} trials{note})")
+    ref = _reference(study, reference)
+    hv = study_hypervolume([tuple(t.values) for t in front], ref)
+    table.caption = (f"hypervolume {hv:,.1f} (% x MMACs x %) against the reference "
+                     f"val {ref[0]:g} %, {ref[1]:.3f} MMACs, robust {ref[2]:g} %")
+    out.print(table)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -146,7 +165,66 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if args.json:
         print_json([trial_row(t) for t in pareto_trials(study)])
     else:
-        _print_front(study)
+        _print_front(study, reference=args.reference)
+    return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    """List the shipped search spaces, validate a space file, or show its dimensions."""
+    from rich.table import Table
+
+    from automoe.search import SearchSpace, resolve_space_path
+
+    if args.action == "list":
+        folders = [Path.cwd() / "search_spaces",
+                   Path(__file__).resolve().parents[2] / "search_spaces"]
+        seen: dict[str, Path] = {}
+        for folder in folders:
+            for path in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:
+                seen.setdefault(path.stem, path)
+        table = Table(title="search spaces", title_justify="left")
+        for col in ("name", "dataset", "model", "searched", "trials", "description"):
+            table.add_column(col)
+        for name, path in seen.items():
+            try:
+                space = SearchSpace.from_file(path)
+            except ConfigError as exc:
+                table.add_row(name, "-", "-", "-", "-", f"[red]invalid[/]: {exc}")
+                continue
+            table.add_row(name, space.dataset["name"], space.model_name,
+                          ", ".join(space.dimensions), str(space.trials), space.description)
+        out.print(table)
+        return 0
+    if args.space is None:
+        raise ConfigError(f"`automoe spaces {args.action}` needs a space file or name")
+    space = SearchSpace.from_file(resolve_space_path(args.space))
+    if args.action == "validate":
+        out.print(f"{space.source}: valid ({len(space.dimensions)} searched, "
+                  f"{len(space.fixed)} fixed parameters; fingerprint {space.fingerprint()})")
+        return 0
+    table = Table(title=f"{space.name}: {space.description}", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("values")
+    for name, dim in space.dimensions.items():
+        if dim.kind == "categorical":
+            values = ", ".join(map(str, dim.choices))
+        else:
+            values = f"{dim.kind} [{dim.low}, {dim.high}]" + (f" step {dim.step}" if dim.step
+                                                              else "") + (" log" if dim.log
+                                                                         else "")
+            if name == "top_k":
+                values += ", capped at experts"
+        table.add_row(name, values)
+    for name, value in space.fixed.items():
+        table.add_row(name, f"{value} (fixed)")
+    table.add_row("dataset", f"{space.dataset['name']} (image_size {space.dataset['image_size']})")
+    table.add_row("model", f"{space.model_name} {space.model_fixed or ''}")
+    table.add_row("robustness objective", space.attack.describe())
+    if space.constraints:
+        table.add_row("constraints", ", ".join(f"{k} {v:g}" for k, v in space.constraints.items()))
+    table.add_row("sampler", f"{space.sampler['name']} (population {space.sampler['population_size']})")
+    table.add_row("fingerprint", space.fingerprint())
+    out.print(table)
     return 0
 
 

@@ -17,7 +17,7 @@ from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import robust_accuracy
-from automoe.search.space import Candidate, SearchSpace
+from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.storage import save_checkpoint, sha256_file
 from automoe.training import evaluate_accuracy, train
 
@@ -136,7 +136,21 @@ class TrialRunner:
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
         self._store_checkpoint(trial, model, candidate, metrics)
+        self._set_constraints(trial, {**metrics, "params": trial.user_attrs["params"]})
         return metrics["val_accuracy"], metrics["mmacs"], metrics["robust_accuracy"]
+
+    def _set_constraints(self, trial: optuna.Trial, measured: dict) -> None:
+        """Optuna 5 constraints (feasible when <= 0), mirrored in user attrs because
+        optuna-dashboard 0.21 does not show them."""
+        if not self.space.constraints:
+            return
+        values = {}
+        for key, bound in self.space.constraints.items():
+            metric, kind = CONSTRAINTS[key]
+            values[key] = measured[metric] - bound if kind == "max" else bound - measured[metric]
+            trial.set_constraint(key, values[key])
+        trial.set_user_attr("constraints", values)
+        trial.set_user_attr("feasible", all(v <= 0 for v in values.values()))
 
     def _store_checkpoint(self, trial: optuna.Trial, model, candidate: Candidate,
                           metrics: dict) -> None:

@@ -17,6 +17,7 @@ A space file::
     evaluation:
       batch_size: 256
       attack: {eps: 8/255, step_size: 2/255, steps: 10, max_samples: 360}
+    constraints: {mmacs_max: 2.5}  # feasible trials only on the front (also params_max, ...)
     sampler: {name: nsga2, population_size: 8}
 
 A searched parameter is ``{choices: [...]}`` (categorical) or ``{low, high[, step][, log]}``
@@ -85,7 +86,11 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
 # Model-config fields that come from the dataset, not from the space.
 _DATA_FIELDS = ("in_channels", "num_classes", "image_size", "input_mean", "input_std")
 _TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "evaluation",
-             "sampler")
+             "constraints", "sampler")
+# Constraint name -> (measured value it bounds, "max" or "min")
+CONSTRAINTS = {"mmacs_max": ("mmacs", "max"), "params_max": ("params", "max"),
+               "val_accuracy_min": ("val_accuracy", "min"),
+               "robust_accuracy_min": ("robust_accuracy", "min")}
 # Enough to cover every realistic space; larger products are checked on their first part.
 _MAX_COMBINATIONS = 4096
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
@@ -138,6 +143,8 @@ class SearchSpace:
     eval_batch_size: int
     attack: AttackConfig
     sampler: dict  # {"name", "population_size"}
+    constraints: dict = field(default_factory=dict)  # name in CONSTRAINTS -> bound
+    description: str = ""  # one line for `automoe spaces`
     source: str = "<dict>"  # file the space came from, for messages
 
     # ---------------------------------------------------------------- loading
@@ -249,10 +256,19 @@ class SearchSpace:
         if not isinstance(sampler["population_size"], int) or sampler["population_size"] < 2:
             fail("sampler.population_size", "must be an integer >= 2")
 
+        constraints = {}
+        for key, bound in _mapping(raw.get("constraints", {}), "constraints", fail).items():
+            if key not in CONSTRAINTS:
+                fail(f"constraints.{key}", f"unknown constraint; expected one of "
+                     f"{', '.join(CONSTRAINTS)}")
+            constraints[key] = _value(bound, float, lambda m, k=key: fail(f"constraints.{k}", m))
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            fail("description", "must be a string")
         space = cls(name=name, trials=trials, dataset=dataset, model_name=model_name,
                     model_fixed=model, dimensions=dimensions, fixed=fixed,
                     eval_batch_size=eval_batch_size, attack=attack, sampler=sampler,
-                    source=source)
+                    constraints=constraints, description=description, source=source)
         space._check_consistency(fail)
         return space
 
@@ -371,6 +387,7 @@ class SearchSpace:
             "params": {**{k: _jsonable(v) for k, v in self.fixed.items()},
                        **{k: _dim_dict(d) for k, d in self.dimensions.items()}},
             "evaluation": {"batch_size": self.eval_batch_size, "attack": self.attack.to_dict()},
+            "constraints": self.constraints,
         }
 
     def fingerprint(self) -> str:

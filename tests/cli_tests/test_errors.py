@@ -66,3 +66,15 @@ def test_version_and_help(workdir):
     for flag in ("--space", "--study", "--storage", "--trials", "--sampler", "--dataset",
                  "--data-root", "--device", "--seed"):
         assert flag in help_text
+
+
+def test_spaces_list_validate_show(workdir):
+    listing = run_cli("spaces", cwd=workdir, check=0).stdout
+    for name in ("default", "cifar10_resnet18", "cifar100_last_stage", "deepmoe_channel"):
+        assert name in listing
+    assert "valid" in run_cli("spaces", "validate", "tiny.yaml", cwd=workdir, check=0).stdout
+    shown = run_cli("spaces", "show", "default", cwd=workdir, check=0).stdout
+    assert "capped at experts" in shown and "fingerprint" in shown
+    (workdir / "bad.yaml").write_text("name: x\nparams: {experts: 2, top_k: 3}\n")
+    proc = run_cli("spaces", "validate", "bad.yaml", cwd=workdir, check=1)
+    assert proc.stderr.strip().count("\n") == 0 and "top-k 3 exceeds 2 experts" in proc.stderr
