@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download a missing dataset into --data-root")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+    p.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                   help="trial heartbeat; a trial silent for 3 beats is failed and retried "
+                        "(0: off)")
+
+    p = add("worker", c.cmd_worker, [common, storage], "join a study as one more worker")
+    p.add_argument("--until", type=int, required=True, metavar="N",
+                   help="stop once the study has N complete trials")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--download", action="store_true", help="let torchvision download it")
+    p.add_argument("--device", default="auto", help="torch device")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampler seed of this worker (default: random, so workers differ)")
+    p.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                   help="trial heartbeat; a trial silent for 3 beats is failed and retried")
 
     p = add("pareto", c.cmd_pareto, [common, storage], "show the Pareto front of a study")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -79,14 +80,59 @@ def _print_front(study, note: str = "", reference: str | None = None) -> None:
     out.print(table)
 
 
+class _TrialProgress:
+    """Rich progress for a run of trials: a bar of trials, a bar of the current trial's
+    training steps, and one line per finished trial."""
+
+    def __init__(self, quiet: bool, total: int | None):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                                 disable=quiet, transient=False)
+        self.trials = self.progress.add_task("trials", total=total)
+        self.steps = self.progress.add_task("  trial", total=1, visible=False)
+
+    def on_step(self, number: int, step: int, total: int) -> None:
+        self.progress.update(self.steps, description=f"  trial {number} (train steps)",
+                             completed=step, total=total, visible=True)
+
+    def after_trial(self, study, trial) -> None:
+        from automoe.search import trial_row
+
+        self.progress.advance(self.trials)
+        self.progress.update(self.steps, visible=False)
+        if self.quiet:
+            return
+        if trial.values is None or trial.state.name != "COMPLETE":
+            reason = trial.user_attrs.get("fail_reason", trial.state.name.lower())
+            self.progress.console.print(f"trial {trial.number:>3} [red]failed[/]: {reason}")
+            return
+        row = trial_row(trial)
+        v = row["values"]
+        seconds = trial.user_attrs.get("train_seconds", 0) + trial.user_attrs.get(
+            "eval_seconds", 0)
+        infeasible = "" if trial.user_attrs.get("feasible", True) else " [yellow]infeasible[/]"
+        self.progress.console.print(
+            f"trial {trial.number:>3} val {v['val_accuracy']:5.1f}% robust "
+            f"{v['robust_accuracy']:5.1f}% {v['mmacs']:6.3f} MMACs {architecture(row)} "
+            f"{seconds:.0f}s{infeasible}")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Run (or resume) a multi-objective search over MoE-CNN designs.
 
-    Objectives: validation accuracy (max), active-path MMACs per sample (min), PGD robust
-    accuracy (max). Every trial lands in the study DB; its checkpoint in the artifact dir.
+    Objectives: validation accuracy (max), active-path MMACs per sample (min), robust
+    accuracy under the space's attack (max). Every trial lands in the study DB; its
+    checkpoint in the artifact dir.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from automoe.search import (
         SearchSpace,
         TrialRunner,
@@ -94,7 +140,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         make_sampler,
         resolve_space_path,
         run_trials,
-        trial_row,
     )
     from automoe.storage import describe_url, open_storage
     from automoe.storage.study_db import parse_url
@@ -110,50 +155,66 @@ def cmd_search(args: argparse.Namespace) -> int:
     url = _storage_url(args)
     parse_url(url)
     device = _device(args.device)
-    runner_kwargs = dict(device=device, seed=args.seed, data_root=args.data_root,
-                         download=args.download)
     started = time.perf_counter()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, disable=args.quiet, transient=False)
-    trial_task = progress.add_task("trials", total=n_trials)
-    step_task = progress.add_task("  trial", total=1, visible=False)
-
-    def on_step(number: int, step: int, total: int) -> None:
-        progress.update(step_task, description=f"  trial {number} (train steps)",
-                        completed=step, total=total, visible=True)
-
-    runner = TrialRunner(space, _artifact_store(args), on_step=on_step, **runner_kwargs)
-    storage = open_storage(url, create=True)
+    progress = _TrialProgress(args.quiet, n_trials)
+    runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
+                         seed=args.seed, data_root=args.data_root, download=args.download)
+    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None)
     study_name = args.study or space.name
-    study, resumed = create_or_resume_study(storage, study_name, space, sampler)
+    study, resumed = create_or_resume_study(storage, study_name, space, sampler, args.seed)
     if not args.quiet:
         what = "resuming" if resumed else "created"
         err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {describe_url(url)} "
                   f"({len(study.trials)} trials so far); space {space.source}, dataset "
                   f"{space.dataset['name']}, sampler {args.sampler or space.sampler['name']}, "
                   f"device {device}")
-
-    def after_trial(study, trial) -> None:
-        progress.advance(trial_task)
-        progress.update(step_task, visible=False)
-        if args.quiet:
-            return
-        if trial.values is None or trial.state.name != "COMPLETE":
-            reason = trial.user_attrs.get("fail_reason", trial.state.name.lower())
-            progress.console.print(f"trial {trial.number:>3} [red]failed[/]: {reason}")
-            return
-        row = trial_row(trial)
-        v = row["values"]
-        seconds = trial.user_attrs.get("train_seconds", 0) + trial.user_attrs.get(
-            "eval_seconds", 0)
-        progress.console.print(
-            f"trial {trial.number:>3} val {v['val_accuracy']:5.1f}% robust "
-            f"{v['robust_accuracy']:5.1f}% {v['mmacs']:6.3f} MMACs {architecture(row)} {seconds:.0f}s")
-
-    with progress:
-        run_trials(study, runner, n_trials, callbacks=[after_trial])
+    with progress.progress:
+        run_trials(study, runner, n_trials, callbacks=[progress.after_trial])
     _print_front(study, f", this run {time.perf_counter() - started:.0f}s")
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join an existing study as one more worker, until it has --until complete trials.
+
+    Run it on as many processes and machines as share the storage (PostgreSQL for many
+    machines). Trials of a worker that died are failed and retried by the others.
+    """
+    import optuna
+
+    from automoe.search import TrialRunner, make_sampler, space_of_study
+    from automoe.storage import load_study, open_storage
+
+    _quiet_optuna()
+    if args.until < 1:
+        raise ConfigError(f"--until must be >= 1, got {args.until}")
+    device = _device(args.device)
+    storage = open_storage(_storage_url(args), create=False,
+                           heartbeat_interval=args.heartbeat or None)
+    study = load_study(storage, args.study)
+    space = space_of_study(study)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    study.sampler = make_sampler(space.sampler["name"], seed, space.sampler["population_size"])
+    complete = optuna.trial.TrialState.COMPLETE
+    done = len(study.get_trials(deepcopy=False, states=(complete,)))
+    progress = _TrialProgress(args.quiet, max(args.until - done, 0))
+    runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
+                         seed=space_seed(study), data_root=args.data_root,
+                         download=args.download)
+    if not args.quiet:
+        err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {done} complete, "
+                  f"until {args.until}; device {device}")
+    if done < args.until:
+        stop = optuna.study.MaxTrialsCallback(args.until, states=(complete,))
+        with progress.progress:
+            study.optimize(runner, n_trials=None, callbacks=[stop, progress.after_trial],
+                           gc_after_trial=False)
+    return 0
+
+
+def space_seed(study) -> int:
+    """Training seeds are ``base + trial number``; workers share the study's base."""
+    return int(study.user_attrs.get("seed", 0))
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from automoe.search.space import (
     SearchSpace,
     resolve_space_path,
 )
-from automoe.search.study import create_or_resume_study, make_sampler, run_trials
+from automoe.search.study import create_or_resume_study, make_sampler, run_trials, space_of_study
 
 __all__ = [
     "OBJECTIVES",
@@ -29,5 +29,6 @@ __all__ = [
     "pareto_trials",
     "resolve_space_path",
     "run_trials",
+    "space_of_study",
     "trial_row",
 ]

@@ -144,6 +144,7 @@ class SearchSpace:
     attack: AttackConfig
     sampler: dict  # {"name", "population_size"}
     constraints: dict = field(default_factory=dict)  # name in CONSTRAINTS -> bound
+    raw: dict = field(default_factory=dict)  # the mapping it was read from (workers rebuild it)
     description: str = ""  # one line for `automoe spaces`
     source: str = "<dict>"  # file the space came from, for messages
 
@@ -268,7 +269,8 @@ class SearchSpace:
         space = cls(name=name, trials=trials, dataset=dataset, model_name=model_name,
                     model_fixed=model, dimensions=dimensions, fixed=fixed,
                     eval_batch_size=eval_batch_size, attack=attack, sampler=sampler,
-                    constraints=constraints, description=description, source=source)
+                    constraints=constraints, description=description, source=source,
+                    raw=copy.deepcopy(raw))
         space._check_consistency(fail)
         return space
 
@@ -404,6 +406,8 @@ class SearchSpace:
         space = copy.deepcopy(self)
         if name is not None:
             space.dataset["name"] = name
+            space.raw.setdefault("dataset", {})
+            space.raw["dataset"] = {**(space.raw["dataset"] or {}), "name": name}
         return space
 
 

@@ -28,8 +28,8 @@ def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.sampl
 
 
 def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str,
-                           space: SearchSpace, sampler: optuna.samplers.BaseSampler
-                           ) -> tuple[optuna.Study, bool]:
+                           space: SearchSpace, sampler: optuna.samplers.BaseSampler,
+                           seed: int = 0) -> tuple[optuna.Study, bool]:
     """Create the study, or resume it if it exists with the same space.
 
     Returns:
@@ -59,7 +59,22 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
         study.set_metric_names([n for n, _ in OBJECTIVES])
     study.set_user_attr("space_fingerprint", fingerprint)
     study.set_user_attr("space", space.to_dict())
+    study.set_user_attr("space_raw", space.raw)  # what `automoe worker` rebuilds the space from
+    study.set_user_attr("seed", seed)  # base training seed: trial n trains with seed + n
     return study, False
+
+
+def space_of_study(study: optuna.Study) -> SearchSpace:
+    """The search space a study was created with (for workers joining it)."""
+    raw = study.user_attrs.get("space_raw")
+    if not raw:
+        raise StorageError(f"study {study.study_name!r} stores no search space; was it created "
+                           "by `automoe search`?")
+    space = SearchSpace.from_dict(raw, source=f"study {study.study_name}")
+    if space.fingerprint() != study.user_attrs.get("space_fingerprint"):
+        raise StorageError(f"the space stored with study {study.study_name!r} does not match "
+                           "its fingerprint; the study was written by another automoe version")
+    return space
 
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int,

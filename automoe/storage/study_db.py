@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -14,6 +16,7 @@ from automoe.errors import StorageError
 DEFAULT_STORAGE = "sqlite:///studies/automoe.db"
 # Seconds a SQLite writer waits for another process's lock before failing.
 _SQLITE_BUSY_TIMEOUT = 30
+_SCHEMA_RACE_RETRIES = 5
 
 
 def parse_url(url: str) -> URL:
@@ -56,11 +59,16 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | None = None,
+                 max_retry: int = 2) -> optuna.storages.RDBStorage:
     """Open (and with ``create``, initialise) an Optuna RDB storage.
 
     SQLite files get WAL journaling and a busy timeout, so a dashboard or a second worker
-    can read while a study writes.
+    can read while a study writes. With ``heartbeat_interval`` (seconds), running trials
+    send heartbeats; a trial whose worker died (no heartbeat for 3 intervals) is marked
+    failed by the next worker and retried up to ``max_retry`` times with the same
+    parameters. Two processes creating a fresh PostgreSQL schema at once can collide
+    (duplicate ``CREATE TYPE``); that is retried a few times.
 
     Raises:
         StorageError: bad URL, missing driver, missing SQLite file (``create=False``) or an
@@ -84,11 +92,28 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
                 conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite file {str(path)!r}: {exc}") from None
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"cannot open storage {describe_url(url)}: {reason}") from None
+    heartbeat: dict = {}
+    if heartbeat_interval:
+        with warnings.catch_warnings():  # "experimental since v2.8" is noise in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        heartbeat = dict(heartbeat_interval=heartbeat_interval,
+                         grace_period=3 * heartbeat_interval,
+                         heartbeat_stale_trial_callback=retry)
+    for attempt in range(_SCHEMA_RACE_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == _SCHEMA_RACE_RETRIES - 1:
+                raise StorageError(f"cannot create the schema of {describe_url(url)}: another "
+                                   "process keeps creating it") from None
+            time.sleep(0.5 * (attempt + 1))  # another worker is creating the schema
+        except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(f"cannot open storage {describe_url(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def load_study(storage: optuna.storages.BaseStorage, study_name: str | None) -> optuna.Study:
