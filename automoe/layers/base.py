@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from automoe.layers.balancing import BALANCE_LOSSES, NEEDS_NOISE
-from automoe.layers.router import Routing, balancing_loss
+from automoe.layers.router import Routing, TopKRouter, balancing_loss
+from automoe.ops import DISPATCH_MODES
 
 
 class MoEModule(nn.Module):
@@ -25,8 +26,11 @@ class MoEModule(nn.Module):
     """
 
     def __init__(self, num_experts: int, top_k: int, balance_loss: str = "importance_load",
-                 balance_weight: float = 0.0, gate: str = "noisy_topk"):
+                 balance_weight: float = 0.0, gate: str = "noisy_topk",
+                 dispatch: str = "sparse"):
         super().__init__()
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
         if balance_loss not in BALANCE_LOSSES:
             raise ValueError(f"balance_loss must be one of {BALANCE_LOSSES}, got {balance_loss!r}")
         if balance_loss in NEEDS_NOISE and gate != "noisy_topk":
@@ -35,6 +39,11 @@ class MoEModule(nn.Module):
             raise ValueError(f"balance_weight must be >= 0, got {balance_weight}")
         self.num_experts = num_experts
         self.top_k = top_k
+        self.dispatch = dispatch
+        # Set by the model before each forward: global router logits (B, E) for globally
+        # routed layers, the gating embedding (B, D) for channel-gated ones.
+        self.context: torch.Tensor | None = None
+        self.router: TopKRouter | None = None  # top-k layers build one
         self.balance_loss = balance_loss
         self.balance_weight = balance_weight
         self.last_routing: Routing | None = None
@@ -48,6 +57,19 @@ class MoEModule(nn.Module):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         return {k: (None if k in self._TRANSIENT else v) for k, v in state.items()}
+
+    def route(self, x: torch.Tensor) -> Routing:
+        """Route ``x`` with this layer's router (or the model-set global logits) and record
+        the decision."""
+        if self.router.scorer is None:
+            if self.context is None:
+                raise RuntimeError("a globally routed layer needs the model to set its context "
+                                   "(the global router's logits)")
+            routing = self.router(x, logits=self.context)
+        else:
+            routing = self.router(x)
+        self.record(routing)
+        return routing
 
     def record(self, routing: Routing) -> None:
         keep = self.training and self.balance_weight > 0 and self.balance_loss != "none"

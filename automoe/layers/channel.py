@@ -14,7 +14,6 @@ from torch import nn
 
 from automoe.layers.base import MoEModule
 from automoe.layers.router import Routing
-from automoe.ops import DISPATCH_MODES
 
 
 class GatingEmbedding(nn.Module):
@@ -61,15 +60,12 @@ class ChannelGatedConv2d(MoEModule):
                  padding: int | None = None, *, embedding_width: int, gate_l1: float = 1e-3,
                  dispatch: str = "auto", group_size: int = 16):
         super().__init__(out_channels, out_channels, balance_loss="none",
-                         balance_weight=gate_l1, gate="topk")
-        if dispatch not in DISPATCH_MODES:
-            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+                         balance_weight=gate_l1, gate="topk", dispatch=dispatch)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
-        self.dispatch = dispatch
         self.gate_l1 = gate_l1
         self.group_size = group_size
         self._last_mode = "sparse"  # path the last forward took, for FLOPs accounting
@@ -80,7 +76,6 @@ class ChannelGatedConv2d(MoEModule):
         # penalty closes channels one by one rather than all at once.
         with torch.no_grad():
             self.head.weight.copy_((1 + 0.1 * torch.randn_like(self.head.weight)) / embedding_width)
-        self.context: torch.Tensor | None = None  # (B, D) embedding, set by the model
         self.last_gates: torch.Tensor | None = None  # (B, O), kept while training
         self._last_open: torch.Tensor | None = None  # (B, O) open channels of the last forward
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from automoe.layers.base import MoEModule
 from automoe.layers.router import TopKRouter
-from automoe.ops import DISPATCH_MODES, moe_dispatch_reference, moe_dispatch_sparse
+from automoe.ops import moe_dispatch_reference, moe_dispatch_sparse
 
 
 class MoEBlock(MoEModule):
@@ -28,26 +28,15 @@ class MoEBlock(MoEModule):
                  balance_loss: str = "importance_load", balance_weight: float = 0.0,
                  dispatch: str = "sparse", global_routing: bool = False, **router_kwargs):
         super().__init__(num_experts, top_k, balance_loss, balance_weight,
-                         router_kwargs.get("gate", "noisy_topk"))
-        if dispatch not in DISPATCH_MODES:
-            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+                         router_kwargs.get("gate", "noisy_topk"), dispatch)
         self.out_channels = out_channels
         self.stride = stride
-        self.dispatch = dispatch
         self.experts = nn.ModuleList(make_block() for _ in range(num_experts))
         self.router = TopKRouter(None if global_routing else in_channels, num_experts, top_k,
                                  **router_kwargs)
-        self.context: torch.Tensor | None = None  # (B, E) global router logits, set by the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.router.scorer is None:
-            if self.context is None:
-                raise RuntimeError("a globally routed layer needs the model to set its context "
-                                   "(the global router's logits)")
-            routing = self.router(x, logits=self.context)
-        else:
-            routing = self.router(x)
-        self.record(routing)
+        routing = self.route(x)
         out_h = (x.shape[2] - 1) // self.stride + 1
         out_w = (x.shape[3] - 1) // self.stride + 1
         # No block kernel: every mode but "reference" runs the sparse gather/scatter path.

@@ -9,7 +9,7 @@ from torch import nn
 
 from automoe.layers.base import MoEModule
 from automoe.layers.router import TopKRouter
-from automoe.ops import DISPATCH_MODES, moe_conv2d
+from automoe.ops import moe_conv2d
 
 
 class MoEConv2d(MoEModule):
@@ -37,21 +37,17 @@ class MoEConv2d(MoEModule):
                  balance_loss: str = "importance_load", balance_weight: float = 0.0,
                  dispatch: str = "sparse", global_routing: bool = False, **router_kwargs):
         super().__init__(num_experts, top_k, balance_loss, balance_weight,
-                         router_kwargs.get("gate", "noisy_topk"))
-        if dispatch not in DISPATCH_MODES:
-            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+                         router_kwargs.get("gate", "noisy_topk"), dispatch)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
-        self.dispatch = dispatch
         # (E, O, C, kh, kw): expert e is weight[e].
         self.weight = nn.Parameter(
             torch.empty(num_experts, out_channels, in_channels, kernel_size, kernel_size))
         self.router = TopKRouter(None if global_routing else in_channels, num_experts, top_k,
                                  **router_kwargs)
-        self.context: torch.Tensor | None = None  # (B, E) global router logits, set by the model
         self._last_assignments: torch.Tensor | int = 0  # valid (sample, expert) pairs last run
         self.reset_parameters()
 
@@ -62,14 +58,7 @@ class MoEConv2d(MoEModule):
             self.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.router.scorer is None:
-            if self.context is None:
-                raise RuntimeError("a globally routed layer needs the model to set its context "
-                                   "(the global router's logits)")
-            routing = self.router(x, logits=self.context)
-        else:
-            routing = self.router(x)
-        self.record(routing)
+        routing = self.route(x)
         self._last_assignments = (routing.expert_index >= 0).sum()  # for FLOPs accounting
         return moe_conv2d(x, self.weight, None, routing.expert_index, routing.gates,
                           self.stride, self.padding, self.dispatch)
