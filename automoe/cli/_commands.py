@@ -204,12 +204,49 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.quiet:
         err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {done} complete, "
                   f"until {args.until}; device {device}")
-    if done < args.until:
-        stop = optuna.study.MaxTrialsCallback(args.until, states=(complete,))
-        with progress.progress:
-            study.optimize(runner, n_trials=None, callbacks=[stop, progress.after_trial],
+    def within_target(trial):
+        # Workers that start together may overshoot: only the lowest-numbered running
+        # trials that fit under the target go on, the same rule in every worker.
+        if not _fits_target(study, trial.number, args.until):
+            raise optuna.TrialPruned("the study reached its target with other workers' trials")
+        return runner(trial)
+
+    with progress.progress:
+        while _should_start(study, args.until):
+            # one trial per optimize call, so heartbeats (and the failing and retrying of
+            # dead workers' trials) run while the count is checked between trials
+            study.optimize(within_target, n_trials=1, callbacks=[progress.after_trial],
                            gc_after_trial=False)
     return 0
+
+
+def _counts(study) -> tuple[int, list[int]]:
+    import optuna
+
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
+    complete = sum(t.state == states.COMPLETE for t in trials)
+    return complete, sorted(t.number for t in trials if t.state == states.RUNNING)
+
+
+def _fits_target(study, number: int, until: int) -> bool:
+    complete, running = _counts(study)
+    return number in running[:max(until - complete, 0)]
+
+
+def _should_start(study, until: int, poll_seconds: float = 1.0) -> bool:
+    """Whether to start another trial so the study ends with exactly ``until`` complete
+    ones; waits while other workers' running trials would reach it (any may still fail)."""
+    import optuna
+
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not running
+        complete, running = _counts(study)
+        if complete >= until:
+            return False
+        if complete + len(running) < until:
+            return True
+        time.sleep(poll_seconds)
 
 
 def space_seed(study) -> int:

@@ -50,3 +50,19 @@ def test_killed_worker_is_failed_retried_and_the_study_completes(workdir):
     assert retries and retries[0].params == stuck.params  # same candidate, trained again
     artifacts = workdir / "artifacts"  # beside the SQLite file
     assert artifacts.is_dir() and not list(artifacts.glob(".tmp-*"))  # no half-written file
+
+
+def test_concurrent_workers_reach_exactly_the_target(workdir):
+    db = f"sqlite:///{workdir / 'c.db'}"
+    run_cli("search", "--space", "tiny.yaml", "--storage", db, "--trials", "1", "-q",
+            cwd=workdir, check=0)
+    cmd = ["automoe", "worker", "--study", "tiny", "--storage", db, "--until", "7", "-q"]
+    workers = [subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr
+    trials = _trials(db)
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 7 and "RUNNING" not in states
+    assert len({t.number for t in trials}) == len(trials)
