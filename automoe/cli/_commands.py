@@ -199,7 +199,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     done = len(study.get_trials(deepcopy=False, states=(complete,)))
     progress = _TrialProgress(args.quiet, max(args.until - done, 0))
     runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
-                         seed=space_seed(study), data_root=args.data_root,
+                         seed=_training_seed(study), data_root=args.data_root,
                          download=args.download)
     if not args.quiet:
         err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {done} complete, "
@@ -249,8 +249,8 @@ def _should_start(study, until: int, poll_seconds: float = 1.0) -> bool:
         time.sleep(poll_seconds)
 
 
-def space_seed(study) -> int:
-    """Training seeds are ``base + trial number``; workers share the study's base."""
+def _training_seed(study) -> int:
+    """The study's base training seed: trial n trains with ``base + n`` in every worker."""
     return int(study.user_attrs.get("seed", 0))
 
 

@@ -172,21 +172,20 @@ def _row_tiles(expert_ids: torch.Tensor, num_experts: int, rows_per_assignment: 
                block_m: int):
     """Expert-aligned row tiles over the (assignment, pixel) rows of assignments sorted by
     expert: a tile never straddles two experts, but spans several samples of one expert
-    when maps are small. Returns (tile_expert, tile_start, tile_end) on the ids' device."""
-    counts = torch.bincount(expert_ids, minlength=num_experts).tolist()
-    experts, starts, ends = [], [], []
-    row = 0
-    for e, n in enumerate(counts):
-        end = row + n * rows_per_assignment
-        for start in range(row, end, block_m):
-            experts.append(e)
-            starts.append(start)
-            ends.append(end)
-        row = end
-    device = expert_ids.device
-    return (torch.tensor(experts, dtype=torch.int32, device=device),
-            torch.tensor(starts, dtype=torch.int64, device=device),
-            torch.tensor(ends, dtype=torch.int64, device=device))
+    when maps are small. Returns (tile_expert, tile_start, tile_end), built on the ids'
+    device without a Python loop over tiles (this runs at every launch)."""
+    counts = torch.bincount(expert_ids, minlength=num_experts)  # (E,)
+    rows = counts * rows_per_assignment  # (E,)
+    row_end = rows.cumsum(0)
+    row_start = row_end - rows
+    tiles = (rows + block_m - 1) // block_m  # (E,) tiles per expert
+    experts = torch.arange(num_experts, device=expert_ids.device)
+    tile_expert = experts.repeat_interleave(tiles)  # (T,)
+    first_tile = tiles.cumsum(0) - tiles  # (E,) index of each expert's first tile
+    index_in_expert = torch.arange(tile_expert.numel(), device=expert_ids.device) \
+        - first_tile[tile_expert]
+    tile_start = row_start[tile_expert] + index_in_expert * block_m
+    return tile_expert.to(torch.int32), tile_start, row_end[tile_expert]
 
 
 # ------------------------------------------------------------------------- launchers

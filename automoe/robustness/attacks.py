@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -310,6 +310,4 @@ PGDConfig = AttackConfig
 def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                config: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """PGD adversarial images (``config.attack`` is ignored)."""
-    from dataclasses import replace
-
     return attack_batch(model, images, labels, replace(config, attack="pgd"), generator)

@@ -63,6 +63,11 @@ class TrialRunner:
         self.val_set = load_dataset(ds["name"], "val", **common)
         self.test_set = load_dataset(ds["name"], "test", **common)
         self.info = self.train_set.info
+        # Fixed per study: the images FLOPs are averaged over (channel gates depend on the
+        # image) and the labels of the val split, for per-class expert usage.
+        n_probe = min(len(self.val_set), 256)
+        self.flops_probe = torch.stack([self.val_set[i][0] for i in range(n_probe)])
+        self.val_labels = torch.tensor([self.val_set[i][1] for i in range(len(self.val_set))])
 
     def data_spec(self) -> dict:
         """What `automoe eval` needs to rebuild the same splits."""
@@ -104,15 +109,11 @@ class TrialRunner:
             return nan, nan, nan  # Optuna stores a NaN-valued trial as FAIL
         eval_start = time.perf_counter()
         batch = self.space.eval_batch_size
-        # Channel gates depend on the image: average the MACs over a batch of val images.
-        probe = torch.stack([self.val_set[i][0] for i in range(min(len(self.val_set), 256))])
         macs = count_flops(model, (info.in_channels, info.image_size, info.image_size),
-                           inputs=probe)
+                           inputs=self.flops_probe)
         trial.set_user_attr("macs", macs)
         with track_expert_usage(model) as usage:
             val_acc = evaluate_accuracy(model, self.val_set, batch, self.device)
-        val_labels = torch.tensor([self.val_set[i][1] for i in range(len(self.val_set))]) \
-            if usage.assignments and any(len(a) for a in usage.assignments.values()) else None
         test_acc = evaluate_accuracy(model, self.test_set, batch, self.device)
         attack = self.space.attack
         robust_acc = robust_accuracy(model, self.val_set, attack, batch, self.device)
@@ -129,9 +130,9 @@ class TrialRunner:
             trial.set_user_attr(key, value)
         trial.set_user_attr("attack", {**attack.to_dict(), "split": "val"})
         trial.set_user_attr("expert_usage", usage.counts())
-        if val_labels is not None:
+        if usage.assignments:
             trial.set_user_attr("expert_class_usage",
-                                usage.per_class(val_labels, self.info.num_classes))
+                                usage.per_class(self.val_labels, self.info.num_classes))
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         trial.set_user_attr("eval_seconds", round(eval_seconds, 3))

@@ -7,6 +7,8 @@ are not updated by them), and in ``[0, 1]`` pixel units.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,16 +39,15 @@ def _pgd_on(loss_fn, x: torch.Tensor, eps: float, step_size: float, steps: int,
     return adv.detach()
 
 
+@contextmanager
 def _eval_mode(model: nn.Module):
-    class _Ctx:
-        def __enter__(self):
-            self.was = model.training
-            model.eval()
-
-        def __exit__(self, *exc):
-            model.train(self.was)
-
-    return _Ctx()
+    """Eval mode inside the block (BatchNorm statistics untouched), the old mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
