@@ -39,6 +39,12 @@ def _dot(a, b, USE_IEEE: tl.constexpr):
 
 
 @triton.jit
+def _split_k(rk, KH: tl.constexpr, KW: tl.constexpr):
+    """A flattened reduction index (channel, kh, kw) -> its three parts."""
+    return rk // (KH * KW), (rk // KW) % KH, rk % KW
+
+
+@triton.jit
 def _forward_kernel(x_ptr, w_ptr, y_ptr, sample_ptr, tile_expert_ptr, tile_start_ptr,
                     tile_end_ptr, C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
                     STRIDE: tl.constexpr, PAD: tl.constexpr,
@@ -64,9 +70,7 @@ def _forward_kernel(x_ptr, w_ptr, y_ptr, sample_ptr, tile_expert_ptr, tile_start
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # (c, kh, kw) flattened
         k_ok = rk < K
-        c = rk // (KH * KW)
-        kh = (rk // KW) % KH
-        kw = rk % KW
+        c, kh, kw = _split_k(rk, KH, KW)
         ih = oh[:, None] * STRIDE - PAD + kh[None, :]
         iw = ow[:, None] * STRIDE - PAD + kw[None, :]
         x_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -105,9 +109,7 @@ def _dx_kernel(dy_ptr, w_ptr, dx_ptr, tile_expert_ptr, tile_start_ptr, tile_end_
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # (o, kh, kw) flattened
         k_ok = rk < K
-        o = rk // (KH * KW)
-        kh = (rk // KW) % KH
-        kw = rk % KW
+        o, kh, kw = _split_k(rk, KH, KW)
         th = ih[:, None] + PAD - kh[None, :]  # = oh * STRIDE where this term contributes
         tw = iw[:, None] + PAD - kw[None, :]
         oh = th // STRIDE
@@ -143,9 +145,7 @@ def _dw_kernel(dy_ptr, x_ptr, dw_ptr, sample_ptr, offsets_ptr,
     m_ok = rm < O
     K = C * KH * KW
     n_ok = rn < K
-    c = rn // (KH * KW)
-    kh = (rn // KW) % KH
-    kw = rn % KW
+    c, kh, kw = _split_k(rn, KH, KW)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(row_start, row_end, BLOCK_K):
         rows = r0 + tl.arange(0, BLOCK_K)  # spans several samples when maps are small

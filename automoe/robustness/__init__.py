@@ -7,10 +7,8 @@ from automoe.robustness.attacks import (
     NORMS,
     AttackConfig,
     Normalized,
-    PGDConfig,
     attack_batch,
     dlr_loss,
-    pgd_attack,
     robust_accuracy,
 )
 
@@ -19,9 +17,7 @@ __all__ = [
     "NORMS",
     "AttackConfig",
     "Normalized",
-    "PGDConfig",
     "attack_batch",
     "dlr_loss",
-    "pgd_attack",
     "robust_accuracy",
 ]

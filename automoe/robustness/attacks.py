@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -302,12 +302,3 @@ def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
         total += labels.shape[0]
     return correct / max(total, 1)
 
-
-# PGD is the default attack; this name reads well where only PGD is meant.
-PGDConfig = AttackConfig
-
-
-def pgd_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               config: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """PGD adversarial images (``config.attack`` is ignored)."""
-    return attack_batch(model, images, labels, replace(config, attack="pgd"), generator)

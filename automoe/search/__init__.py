@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from automoe.search.objective import OBJECTIVES, TrialRunner, build_model
-from automoe.search.pareto import count_states, pareto_trials, trial_row
+from automoe.search.pareto import pareto_trials, trial_row
 from automoe.search.space import (
     PARAMS,
     SAMPLERS,
@@ -23,7 +23,6 @@ __all__ = [
     "SearchSpace",
     "TrialRunner",
     "build_model",
-    "count_states",
     "create_or_resume_study",
     "make_sampler",
     "pareto_trials",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -32,9 +32,3 @@ def trial_row(trial: FrozenTrial) -> dict:
         "has_checkpoint": "checkpoint" in attrs,
     }
 
-
-def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] += 1
-    return {k: v for k, v in counts.items() if v}
