@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=None, metavar="N",
                    help="trials to run now (default: the space's `trials`)")
     p.add_argument("--sampler", default=None, metavar="NAME",
-                   help="nsga2, nsga3, tpe, random or gp (default: the space's sampler)")
+                   help="nsga2, nsga3, tpe, random, gp, grid, or an NNI tuner: nni-tpe, "
+                        "nni-evolution, nni-random (default: the space's sampler)")
     p.add_argument("--dataset", default=None, metavar="NAME",
                    help="override the space's dataset (digits, cifar10, cifar100, mnist, "
                         "fashion_mnist, svhn, imagefolder)")
@@ -79,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("pareto", c.cmd_pareto, [common, storage], "show the Pareto front of a study")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    p.add_argument("--reference", default=None, metavar="ACC,MMACS,ROBUST",
-                   help="hypervolume reference point (default: 0 %%, 1.1 x the largest MMACs "
-                        "of the study's complete trials, 0 %%)")
+    p.add_argument("--reference", default=None, metavar="V1,V2,...",
+                   help="hypervolume reference point, one value per objective in the study's "
+                        "order (default: 0 for accuracies, 1.1 x the worst complete trial for "
+                        "costs)")
 
     p = add("spaces", c.cmd_spaces, [common], "list, validate or show search spaces")
     p.add_argument("action", nargs="?", default="list", choices=["list", "validate", "show"],

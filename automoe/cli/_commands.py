@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from automoe.cli._output import architecture, err, out, pareto_table, print_json
+from automoe.cli._output import err, out, pareto_table, print_json, trial_line
 from automoe.errors import ConfigError
 
 
@@ -38,12 +38,22 @@ def _storage_url(args: argparse.Namespace) -> str:
     return args.storage or DEFAULT_STORAGE
 
 
-def _artifact_store(args: argparse.Namespace):
-    from automoe.storage import AtomicFileSystemArtifactStore, default_artifact_dir
+def _artifact_dir(args: argparse.Namespace) -> Path:
+    from automoe.storage import default_artifact_dir
 
-    url = _storage_url(args)
-    return AtomicFileSystemArtifactStore(
-        Path(args.artifact_dir) if args.artifact_dir else default_artifact_dir(url))
+    return Path(args.artifact_dir) if args.artifact_dir else default_artifact_dir(
+        _storage_url(args))
+
+
+def _artifact_store(args: argparse.Namespace):
+    from automoe.storage import AtomicFileSystemArtifactStore
+
+    return AtomicFileSystemArtifactStore(_artifact_dir(args))
+
+
+def _resume_dir(args: argparse.Namespace) -> Path:
+    """Per-epoch training states, so a retried trial continues where its worker died."""
+    return _artifact_dir(args) / "resume"
 
 
 def _existing_study(args: argparse.Namespace):
@@ -53,30 +63,27 @@ def _existing_study(args: argparse.Namespace):
     return load_study(open_storage(_storage_url(args), create=False), args.study)
 
 
-def _reference(study, text: str | None) -> tuple[float, float, float]:
-    if text:
-        try:
-            acc, mmacs, robust = (float(v) for v in text.split(","))
-        except ValueError:
-            raise ConfigError(f"--reference must be ACC,MMACS,ROBUST, got {text!r}") from None
-        return acc, mmacs, robust
-    complete = [t.values[1] for t in study.get_trials(deepcopy=False) if t.values is not None
-                and all(v == v for v in t.values)]
-    return 0.0, 1.1 * max(complete, default=1.0), 0.0
-
-
 def _print_front(study, note: str = "", reference: str | None = None) -> None:
-    from automoe.search import pareto_trials, trial_row
+    from automoe.search import pareto_trials, study_objectives, trial_row
     from automoe.search.hypervolume import study_hypervolume
+    from automoe.search.objectives import METRICS, default_reference, parse_reference
 
+    names = study_objectives(study)
     front = pareto_trials(study)
-    rows = [trial_row(t) for t in front]
-    table = pareto_table(rows, f"Pareto front of {study.study_name!r} "
-                               f"({len(study.trials)} trials{note})")
-    ref = _reference(study, reference)
-    hv = study_hypervolume([tuple(t.values) for t in front], ref)
-    table.caption = (f"hypervolume {hv:,.1f} (% x MMACs x %) against the reference "
-                     f"val {ref[0]:g} %, {ref[1]:.3f} MMACs, robust {ref[2]:g} %")
+    rows = [trial_row(t, names) for t in front]
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
+                       if states.count(s))
+    table = pareto_table(rows, names, f"Pareto front of {study.study_name!r} "
+                                      f"({len(states)} trials: {counts}{note})")
+    complete = [tuple(t.values) for t in study.get_trials(deepcopy=False)
+                if t.values is not None and all(v == v for v in t.values)]
+    ref = (parse_reference(reference, names) if reference
+           else default_reference(names, complete))
+    hv = study_hypervolume([tuple(t.values) for t in front], ref, names)
+    units = " x ".join(METRICS[n].label.split()[-1] for n in names)
+    table.caption = (f"hypervolume {hv:,.6g} ({units}) against the reference "
+                     + ", ".join(f"{n} {r:g}" for n, r in zip(names, ref, strict=True)))
     out.print(table)
 
 
@@ -105,25 +112,26 @@ class _TrialProgress:
                              completed=step, total=total, visible=True)
 
     def after_trial(self, study, trial) -> None:
-        from automoe.search import trial_row
+        from automoe.search import study_objectives, trial_row
 
         self.progress.advance(self.trials)
         self.progress.update(self.steps, visible=False)
         if self.quiet:
             return
+        attrs = trial.user_attrs
+        if trial.state.name == "PRUNED":
+            self.progress.console.print(
+                f"trial {trial.number:>3} [blue]pruned[/]: {attrs.get('prune_reason', '')}")
+            return
         if trial.values is None or trial.state.name != "COMPLETE":
-            reason = trial.user_attrs.get("fail_reason", trial.state.name.lower())
+            reason = attrs.get("fail_reason", trial.state.name.lower())
             self.progress.console.print(f"trial {trial.number:>3} [red]failed[/]: {reason}")
             return
-        row = trial_row(trial)
-        v = row["values"]
-        seconds = trial.user_attrs.get("train_seconds", 0) + trial.user_attrs.get(
-            "eval_seconds", 0)
-        infeasible = "" if trial.user_attrs.get("feasible", True) else " [yellow]infeasible[/]"
-        self.progress.console.print(
-            f"trial {trial.number:>3} val {v['val_accuracy']:5.1f}% robust "
-            f"{v['robust_accuracy']:5.1f}% {v['mmacs']:6.3f} MMACs {architecture(row)} "
-            f"{seconds:.0f}s{infeasible}")
+        row = trial_row(trial, study_objectives(study))
+        seconds = attrs.get("train_seconds", 0) + attrs.get("eval_seconds", 0)
+        infeasible = "" if attrs.get("feasible", True) else " [yellow]infeasible[/]"
+        self.progress.console.print(f"{trial_line(row, study_objectives(study))} "
+                                    f"{seconds:.0f}s{infeasible}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -151,14 +159,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     if n_trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {n_trials}")
     sampler = make_sampler(args.sampler or space.sampler["name"], args.seed,
-                           space.sampler["population_size"])
+                           space.sampler["population_size"], space)
     url = _storage_url(args)
     parse_url(url)
     device = _device(args.device)
     started = time.perf_counter()
     progress = _TrialProgress(args.quiet, n_trials)
     runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
-                         seed=args.seed, data_root=args.data_root, download=args.download)
+                         seed=args.seed, data_root=args.data_root, download=args.download,
+                         resume_dir=_resume_dir(args))
     storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None)
     study_name = args.study or space.name
     study, resumed = create_or_resume_study(storage, study_name, space, sampler, args.seed)
@@ -194,13 +203,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     study = load_study(storage, args.study)
     space = space_of_study(study)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    study.sampler = make_sampler(space.sampler["name"], seed, space.sampler["population_size"])
+    study.sampler = make_sampler(space.sampler["name"], seed, space.sampler["population_size"],
+                                 space)
     complete = optuna.trial.TrialState.COMPLETE
     done = len(study.get_trials(deepcopy=False, states=(complete,)))
     progress = _TrialProgress(args.quiet, max(args.until - done, 0))
     runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
                          seed=_training_seed(study), data_root=args.data_root,
-                         download=args.download)
+                         download=args.download, resume_dir=_resume_dir(args))
     if not args.quiet:
         err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {done} complete, "
                   f"until {args.until}; device {device}")
@@ -255,13 +265,14 @@ def _training_seed(study) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    """Show the Pareto-optimal trials of a study (validation accuracy, MMACs, robust accuracy)."""
-    from automoe.search import pareto_trials, trial_row
+    """Show the Pareto-optimal feasible trials of a study on its objectives."""
+    from automoe.search import pareto_trials, study_objectives, trial_row
 
     _quiet_optuna()
     study = _existing_study(args)
     if args.json:
-        print_json([trial_row(t) for t in pareto_trials(study)])
+        names = study_objectives(study)
+        print_json([trial_row(t, names) for t in pareto_trials(study)])
     else:
         _print_front(study, reference=args.reference)
     return 0

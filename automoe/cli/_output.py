@@ -32,20 +32,25 @@ def architecture(row: dict) -> str:
     return f"{width} {row['placement']} E{row['experts']} k{row['top_k']}"
 
 
-def pareto_table(rows: list[dict], title: str) -> Table:
+def pareto_table(rows: list[dict], names, title: str) -> Table:
+    """Front rows: the objectives (in the study's order), then what else describes them."""
+    from automoe.search.objectives import METRICS
+
     table = Table(title=title, title_justify="left")
-    for name, justify in [("trial", "right"), ("val %", "right"), ("robust %", "right"),
-                          ("MMACs", "right"), ("test %", "right"), ("params", "right"),
-                          ("architecture", "left"), ("lr", "right"), ("epochs", "right")]:
+    columns = [("trial", "right"), *((METRICS[n].label, "right") for n in names)]
+    extra = [m for m in ("val_accuracy", "robust_accuracy", "mmacs") if m not in names]
+    columns += [(METRICS[m].label, "right") for m in extra]
+    columns += [("test %", "right"), ("params", "right"), ("architecture", "left"),
+                ("lr", "right"), ("epochs", "right")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for row in rows:
-        values = row["values"]
         train = (row.get("config") or {}).get("train", {})
+        metrics = row.get("metrics", {})
         table.add_row(
             str(row["trial"]),
-            f"{values['val_accuracy']:.2f}",
-            f"{values['robust_accuracy']:.2f}",
-            f"{values['mmacs']:.3f}",
+            *(METRICS[n].format(row["values"][n]) for n in names),
+            *(METRICS[m].format(metrics.get(m)) for m in extra),
             "-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}",
             f"{(row.get('params') or 0) / 1e3:.0f}K",
             architecture(row),
@@ -53,3 +58,12 @@ def pareto_table(rows: list[dict], title: str) -> Table:
             str(train.get("epochs", "-")),
         )
     return table
+
+
+def trial_line(row: dict, names) -> str:
+    """One finished trial in a line: its objective values and architecture."""
+    from automoe.search.objectives import METRICS
+
+    values = " ".join(f"{METRICS[n].label.split()[0]} {METRICS[n].format(row['values'][n])}"
+                      for n in names)
+    return f"trial {row['trial']:>3} {values} {architecture(row)}"

@@ -14,6 +14,7 @@ from automoe.models._registry import (
 )
 from automoe.models.config import GRANULARITIES, PLACEMENT_PRESETS, MoENetConfig, resolve_placement
 from automoe.models.flops import count_flops, count_params
+from automoe.models.latency import measure_latency
 from automoe.models.resnet import BasicBlock, PreActBlock, ResNet, ResNetConfig
 from automoe.models.vgg import VGG, VGGConfig
 
@@ -31,6 +32,7 @@ __all__ = [
     "VGGConfig",
     "count_flops",
     "count_params",
+    "measure_latency",
     "create_model",
     "default_config",
     "list_models",

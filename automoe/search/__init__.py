@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from automoe.search.objective import OBJECTIVES, TrialRunner, build_model
+from automoe.search.objective import TrialRunner, build_model
+from automoe.search.objectives import DEFAULT_OBJECTIVES, METRICS
 from automoe.search.pareto import pareto_trials, trial_row
 from automoe.search.space import (
     PARAMS,
@@ -12,10 +13,17 @@ from automoe.search.space import (
     SearchSpace,
     resolve_space_path,
 )
-from automoe.search.study import create_or_resume_study, make_sampler, run_trials, space_of_study
+from automoe.search.study import (
+    create_or_resume_study,
+    make_sampler,
+    run_trials,
+    space_of_study,
+    study_objectives,
+)
 
 __all__ = [
-    "OBJECTIVES",
+    "DEFAULT_OBJECTIVES",
+    "METRICS",
     "PARAMS",
     "SAMPLERS",
     "Candidate",
@@ -29,5 +37,6 @@ __all__ = [
     "resolve_space_path",
     "run_trials",
     "space_of_study",
+    "study_objectives",
     "trial_row",
 ]

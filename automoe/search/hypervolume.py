@@ -48,10 +48,10 @@ def _hv(pts: np.ndarray, ref: np.ndarray) -> float:
     return volume
 
 
-def study_hypervolume(values: list[tuple[float, float, float]],
-                      reference: tuple[float, float, float]) -> float:
-    """Hypervolume of automoe objective values (val acc % max, MMACs min, robust % max)
-    against a reference in the same units."""
-    pts = [(-acc, mmacs, -robust) for acc, mmacs, robust in values]
-    ref = (-reference[0], reference[1], -reference[2])
-    return hypervolume(pts, ref)
+def study_hypervolume(values, reference, names=("val_accuracy", "mmacs", "robust_accuracy")
+                      ) -> float:
+    """Hypervolume of objective values (rows in the order of ``names``, each metric in its
+    own direction) against a reference point in the same units."""
+    from automoe.search.objectives import minimised
+
+    return hypervolume([minimised(v, names) for v in values], minimised(reference, names))

@@ -1,9 +1,11 @@
-"""One trial: build the sampled MoE-CNN, train it, measure the three objectives."""
+"""One trial: build the sampled MoE-CNN, train it, measure its objectives."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +17,13 @@ from optuna.artifacts import upload_artifact
 from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import track_expert_usage
-from automoe.models import count_flops, count_params, create_model
+from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
+from automoe.search.fidelity import is_promoted
+from automoe.search.objectives import minimised
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.storage import save_checkpoint, sha256_file
 from automoe.training import evaluate_accuracy, train
-
-# Objective names and directions, in the order the study stores them.
-OBJECTIVES = (("val_accuracy", "maximize"), ("mmacs", "minimize"),
-              ("robust_accuracy", "maximize"))
 
 
 def build_model(candidate: Candidate, info) -> torch.nn.Module:
@@ -33,30 +33,45 @@ def build_model(candidate: Candidate, info) -> torch.nn.Module:
                         input_mean=info.mean, input_std=info.std)
 
 
+class _Pruned(Exception):
+    """Raised from the epoch callback when successive halving stops a trial."""
+
+
 class TrialRunner:
-    """The Optuna objective: returns (val accuracy %, active MMACs, robust accuracy %).
+    """The Optuna objective: returns the space's objectives (by default val accuracy %,
+    active MMACs, robust accuracy %), in the space's order.
 
     Every trial stores its full config, FLOPs, params, accuracies, attack, expert usage,
     learning curve and timings as user attrs, and its checkpoint as an artifact. A trial
-    whose loss diverges is stored as failed with its reason in ``fail_reason``.
+    whose loss diverges is stored as failed with its reason in ``fail_reason``. With a
+    ``fidelity`` section in the space, trials are compared at rung epochs and the weaker
+    ones stored as PRUNED (see :mod:`automoe.search.fidelity`).
+
+    With ``resume_dir``, the training state is saved there after every epoch; a trial
+    retried after its worker died (heartbeats) continues from the last saved epoch of the
+    trial it retries, with the same seed, and ends as an unbroken run would.
 
     Args:
         space: the search space.
         artifact_store: where checkpoints go.
         device: torch device for training and evaluation.
-        seed: base seed; trial n trains with ``seed + n``.
+        seed: base seed; trial n trains with ``seed + n`` (a retried trial keeps the seed of
+            the trial it retries).
         data_root, download: as :func:`automoe.data.load_dataset`.
         on_step: progress callback ``(trial number, step, total steps)``.
+        resume_dir: folder for per-epoch training states (None: no resuming).
     """
 
     def __init__(self, space: SearchSpace, artifact_store, *, device: str = "cpu", seed: int = 0,
                  data_root: str | None = None, download: bool = False,
-                 on_step: Callable[[int, int, int], None] | None = None):
+                 on_step: Callable[[int, int, int], None] | None = None,
+                 resume_dir: str | os.PathLike[str] | None = None):
         self.space = space
         self.artifact_store = artifact_store
         self.device = device
         self.seed = seed
         self.on_step = on_step
+        self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         ds = space.dataset
         common = dict(root=data_root, image_size=ds["image_size"], download=download)
         self.train_set = load_dataset(ds["name"], "train", augment=ds["augment"], **common)
@@ -68,19 +83,21 @@ class TrialRunner:
         n_probe = min(len(self.val_set), 256)
         self.flops_probe = torch.stack([self.val_set[i][0] for i in range(n_probe)])
         self.val_labels = torch.tensor([self.val_set[i][1] for i in range(len(self.val_set))])
+        self.measured = space.measured_metrics()
 
     def data_spec(self) -> dict:
         """What `automoe eval` needs to rebuild the same splits."""
         return {"name": self.info.name, "image_size": self.space.dataset["image_size"]}
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        nan = float("nan")
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        failed = tuple(float("nan") for _ in self.space.objectives)
         try:
             candidate = self.space.suggest(trial)
         except ConfigError as exc:  # the space check covers the common cases; not all
             trial.set_user_attr("fail_reason", f"invalid candidate: {exc}")
-            return nan, nan, nan
-        seed = self.seed + trial.number
+            return failed
+        origin = _origin_trial(trial)
+        seed = self.seed + origin
         candidate.train = replace(candidate.train, seed=seed)
         trial.set_user_attr("config", candidate.to_dict())
         model_cfg = candidate.model
@@ -95,40 +112,72 @@ class TrialRunner:
         trial.set_user_attr("dataset", self.data_spec())
         torch.manual_seed(seed)
         model = build_model(candidate, self.info)
-        info = self.info
         trial.set_user_attr("params", count_params(model))
+        # Cost metrics do not change with training: measured once, before it.
+        shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
+        macs = count_flops(model, shape, inputs=self.flops_probe)
+        trial.set_user_attr("macs", macs)
+        costs = {"mmacs": macs["active"] / 1e6, "mparams": count_params(model) / 1e6}
+        if "latency_ms" in self.measured:
+            lat = self.space.latency
+            costs["latency_ms"] = measure_latency(model, shape, self.device, lat["batch_size"],
+                                                  lat["warmup"], lat["repeats"])
+        for key, value in costs.items():
+            trial.set_user_attr(key, value)
+
+        resume_path = self._resume_path(trial, origin)
+        resume = _load_resume(resume_path)
+        if resume is not None:
+            trial.set_user_attr("resumed_from", {"trial": origin,
+                                                 "epochs_done": resume["epochs_done"]})
+        rungs = set(self.space.rungs())
+        eval_seconds = 0.0
 
         def on_step(step: int, total: int) -> None:
             if self.on_step is not None:
                 self.on_step(trial.number, step, total)
 
+        def on_epoch(epoch: int, progress, state) -> None:
+            nonlocal eval_seconds
+            if resume_path is not None and epoch < candidate.train.epochs:
+                _save_resume(resume_path, state())
+            if epoch not in rungs:
+                return
+            start = time.perf_counter()
+            metrics = self._measure(model, costs)
+            eval_seconds += time.perf_counter() - start
+            if not self._promoted(trial, epoch, metrics):
+                trial.set_user_attr("history", progress.history)
+                trial.set_user_attr("train_seconds", round(progress.seconds, 3))
+                raise _Pruned(f"not among the best 1/{self.space.fidelity['reduction_factor']} "
+                              f"of the trials at epoch {epoch}")
+
         try:
-            result = train(model, self.train_set, candidate.train, self.device, on_step=on_step)
+            result = train(model, self.train_set, candidate.train, self.device, on_step=on_step,
+                           on_epoch=on_epoch, resume=resume)
         except TrainingDivergedError as exc:
             trial.set_user_attr("fail_reason", str(exc))
-            return nan, nan, nan  # Optuna stores a NaN-valued trial as FAIL
-        eval_start = time.perf_counter()
+            _remove(resume_path)
+            return failed  # Optuna stores a NaN-valued trial as FAIL
+        except _Pruned as exc:
+            trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
+            trial.set_user_attr("prune_reason", str(exc))
+            _remove(resume_path)
+            raise optuna.TrialPruned(str(exc)) from None
+        start = time.perf_counter()
         batch = self.space.eval_batch_size
-        macs = count_flops(model, (info.in_channels, info.image_size, info.image_size),
-                           inputs=self.flops_probe)
-        trial.set_user_attr("macs", macs)
-        with track_expert_usage(model) as usage:
-            val_acc = evaluate_accuracy(model, self.val_set, batch, self.device)
-        test_acc = evaluate_accuracy(model, self.test_set, batch, self.device)
-        attack = self.space.attack
-        robust_acc = robust_accuracy(model, self.val_set, attack, batch, self.device)
-        eval_seconds = time.perf_counter() - eval_start
+        with track_expert_usage(model) as usage:  # the routing of the val pass only
+            val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
+        metrics = self._measure(model, costs, val_accuracy)
+        metrics["test_accuracy"] = 100 * evaluate_accuracy(model, self.test_set, batch,
+                                                           self.device)
+        eval_seconds += time.perf_counter() - start
 
-        metrics = {
-            "val_accuracy": 100 * val_acc,
-            "test_accuracy": 100 * test_acc,
-            "robust_accuracy": 100 * robust_acc,
-            "mmacs": macs["active"] / 1e6,
-        }
         # The objective values again, under names the dashboard shows beside the config.
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("attack", {**attack.to_dict(), "split": "val"})
+        if "robust_accuracy" in metrics:
+            trial.set_user_attr("attack", {**self.space.attack.to_dict(), "split": "val"})
         trial.set_user_attr("expert_usage", usage.counts())
         if usage.assignments:
             trial.set_user_attr("expert_class_usage",
@@ -137,21 +186,62 @@ class TrialRunner:
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
         self._store_checkpoint(trial, model, candidate, metrics)
-        self._set_constraints(trial, {**metrics, "params": trial.user_attrs["params"]})
-        return metrics["val_accuracy"], metrics["mmacs"], metrics["robust_accuracy"]
+        violations = self._violations({**metrics, "params": trial.user_attrs["params"]})
+        if violations:
+            for key, value in violations.items():
+                trial.set_constraint(key, value)
+            # mirrored in user attrs: optuna-dashboard 0.21 does not show v5 constraints
+            trial.set_user_attr("constraints", violations)
+            trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
+        _remove(resume_path)
+        return tuple(metrics[name] for name in self.space.objectives)
 
-    def _set_constraints(self, trial: optuna.Trial, measured: dict) -> None:
-        """Optuna 5 constraints (feasible when <= 0), mirrored in user attrs because
-        optuna-dashboard 0.21 does not show them."""
-        if not self.space.constraints:
-            return
+    def _measure(self, model, costs: dict, val_accuracy: float | None = None
+                 ) -> dict[str, float]:
+        """The metrics the space needs, in % and millions (val accuracy in [0, 1] when
+        already measured)."""
+        batch = self.space.eval_batch_size
+        if val_accuracy is None:
+            val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
+        metrics = {**costs, "val_accuracy": 100 * val_accuracy}
+        if "robust_accuracy" in self.measured:
+            metrics["robust_accuracy"] = 100 * robust_accuracy(model, self.val_set,
+                                                               self.space.attack, batch,
+                                                               self.device)
+        return metrics
+
+    def _violations(self, measured: dict) -> dict[str, float]:
+        """Optuna 5 constraint values (feasible when <= 0) of the space's constraints."""
         values = {}
         for key, bound in self.space.constraints.items():
             metric, kind = CONSTRAINTS[key]
             values[key] = measured[metric] - bound if kind == "max" else bound - measured[metric]
-            trial.set_constraint(key, values[key])
-        trial.set_user_attr("constraints", values)
-        trial.set_user_attr("feasible", all(v <= 0 for v in values.values()))
+        return values
+
+    def _promoted(self, trial: optuna.Trial, epoch: int, metrics: dict) -> bool:
+        """Record this trial's values at a rung and rank it among every trial's there."""
+        rungs = dict(trial.user_attrs.get("rungs", {}))
+        rungs[str(epoch)] = {name: metrics[name] for name in self.space.objectives}
+        params = trial.user_attrs["params"]
+        rungs[str(epoch)]["violation"] = sum(
+            max(v, 0.0) for v in self._violations({**metrics, "params": params}).values())
+        trial.set_user_attr("rungs", rungs)
+        states = optuna.trial.TrialState
+        entries = {}
+        for other in trial.study.get_trials(deepcopy=False, states=(
+                states.RUNNING, states.COMPLETE, states.PRUNED)):
+            record = (rungs if other.number == trial.number
+                      else other.user_attrs.get("rungs", {})).get(str(epoch))
+            if record is not None:
+                values = [record[name] for name in self.space.objectives]
+                entries[other.number] = (minimised(values, self.space.objectives),
+                                         record["violation"])
+        return is_promoted(trial.number, entries, self.space.fidelity["reduction_factor"])
+
+    def _resume_path(self, trial: optuna.Trial, origin: int) -> Path | None:
+        if self.resume_dir is None:
+            return None
+        return self.resume_dir / trial.study.study_name / f"trial-{origin}.pt"
 
     def _store_checkpoint(self, trial: optuna.Trial, model, candidate: Candidate,
                           metrics: dict) -> None:
@@ -168,3 +258,35 @@ class TrialRunner:
                                           file_path=str(path), study_or_trial=trial)
         trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "sha256": digest})
 
+
+def _origin_trial(trial: optuna.Trial) -> int:
+    """The first trial of a chain of heartbeat retries (itself when not a retry)."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)  # Trial hides system attrs
+    with warnings.catch_warnings():  # experimental API warnings are noise here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    return history[0] if history else trial.number
+
+
+def _load_resume(path: Path | None) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_resume(path: Path, state: dict) -> None:
+    """Write then rename: a worker killed mid-write leaves the previous epoch's state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)

@@ -5,30 +5,34 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
+from automoe.search.objectives import METRICS, minimised
+from automoe.search.study import study_objectives
+
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated complete trials, best validation accuracy first."""
-    return sorted(study.best_trials, key=lambda t: (-t.values[0], t.values[1], t.number))
+    """Non-dominated feasible complete trials, best in the first objective first."""
+    names = study_objectives(study)
+    return sorted(study.best_trials, key=lambda t: (minimised(t.values, names), t.number))
 
 
-def trial_row(trial: FrozenTrial) -> dict:
-    """A machine-readable summary of a complete trial."""
+def trial_row(trial: FrozenTrial, names) -> dict:
+    """A machine-readable summary of a complete trial (``names``: the study's objectives)."""
     attrs = trial.user_attrs
     config = attrs.get("config", {})
     model = config.get("model", {})
+    values = dict(zip(names, trial.values, strict=True))
     return {
         "trial": trial.number,
-        "values": {
-            "val_accuracy": trial.values[0],
-            "mmacs": trial.values[1],
-            "robust_accuracy": trial.values[2],
-        },
+        "values": values,
+        # every measured metric, objective or not
+        "metrics": {k: attrs[k] for k in (*METRICS, "test_accuracy") if k in attrs},
         "test_accuracy": attrs.get("test_accuracy"),
         "params": attrs.get("params"),
         "placement": model.get("placement"),
         "experts": model.get("num_experts"),
         "top_k": model.get("top_k"),
         "config": config,
+        "feasible": attrs.get("feasible", True),
         "has_checkpoint": "checkpoint" in attrs,
     }
 

@@ -14,16 +14,22 @@ A space file::
       lr: {low: 0.01, high: 0.2, log: true}
       epochs: 6
       width_multiplier: {choices: [0.5, 1.0]}
+    objectives: [val_accuracy, mmacs, robust_accuracy]  # or {val_accuracy: maximize, ...}
     evaluation:
       batch_size: 256
       attack: {eps: 8/255, step_size: 2/255, steps: 10, max_samples: 360}
+      latency: {batch_size: 1, repeats: 20}  # only used when latency_ms is measured
     constraints: {mmacs_max: 2.5}  # feasible trials only on the front (also params_max, ...)
     sampler: {name: nsga2, population_size: 8}
+    fidelity: {min_epochs: 2, reduction_factor: 3}  # successive halving on epochs (optional)
 
 A searched parameter is ``{choices: [...]}`` (categorical) or ``{low, high[, step][, log]}``
 (int when the parameter is an integer, else float). Values may be written as fractions
 (``8/255``). When the sampled placement puts no block in MoE form, the MoE parameters are
 not sampled at all.
+
+Objectives are any of :data:`automoe.search.objectives.METRICS` (val_accuracy,
+robust_accuracy, mmacs, mparams, latency_ms); each has its one sensible direction.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ import yaml
 from automoe.errors import ConfigError
 from automoe.models import MoENetConfig, default_config, list_models, resolve_placement
 from automoe.robustness import AttackConfig
+from automoe.search.objectives import DEFAULT_OBJECTIVES, parse_objectives
 from automoe.training import TrainConfig
 
 # name -> (which config it sets, field in that config, value type)
@@ -82,15 +90,18 @@ PARAMS: dict[str, tuple[str, str, type]] = {
 MOE_PARAMS = ("experts", "top_k", "balance_weight", "balance_loss", "router", "gate",
               "gate_softmax", "gate_noise_init", "capacity_factor", "overflow", "batch_priority",
               "granularity", "expert_ratio", "gate_l1", "embedding_ce")
-SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "grid")
 # Model-config fields that come from the dataset, not from the space.
 _DATA_FIELDS = ("in_channels", "num_classes", "image_size", "input_mean", "input_std")
-_TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "evaluation",
-             "constraints", "sampler")
+_TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "objectives",
+             "evaluation", "constraints", "sampler", "fidelity")
 # Constraint name -> (measured value it bounds, "max" or "min")
 CONSTRAINTS = {"mmacs_max": ("mmacs", "max"), "params_max": ("params", "max"),
                "val_accuracy_min": ("val_accuracy", "min"),
-               "robust_accuracy_min": ("robust_accuracy", "min")}
+               "robust_accuracy_min": ("robust_accuracy", "min"),
+               "latency_ms_max": ("latency_ms", "max")}
+# Latency measurement: samples per timed forward, timed runs (median), untimed warm-up runs.
+_LATENCY_DEFAULTS = {"batch_size": 1, "repeats": 20, "warmup": 3}
 # Enough to cover every realistic space; larger products are checked on their first part.
 _MAX_COMBINATIONS = 4096
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
@@ -144,6 +155,9 @@ class SearchSpace:
     attack: AttackConfig
     sampler: dict  # {"name", "population_size"}
     constraints: dict = field(default_factory=dict)  # name in CONSTRAINTS -> bound
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # metric names, in the study's order
+    latency: dict = field(default_factory=lambda: dict(_LATENCY_DEFAULTS))  # how it is timed
+    fidelity: dict | None = None  # {"min_epochs", "reduction_factor"}: successive halving
     raw: dict = field(default_factory=dict)  # the mapping it was read from (workers rebuild it)
     description: str = ""  # one line for `automoe spaces`
     source: str = "<dict>"  # file the space came from, for messages
@@ -223,8 +237,8 @@ class SearchSpace:
 
         evaluation = _mapping(raw.get("evaluation", {}), "evaluation", fail)
         for key in evaluation:
-            if key not in ("batch_size", "attack"):
-                fail(f"evaluation.{key}", "unknown key; expected batch_size, attack")
+            if key not in ("batch_size", "attack", "latency"):
+                fail(f"evaluation.{key}", "unknown key; expected batch_size, attack, latency")
         eval_batch_size = evaluation.get("batch_size", 256)
         if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
             fail("evaluation.batch_size", f"must be a positive integer, got {eval_batch_size!r}")
@@ -244,6 +258,36 @@ class SearchSpace:
             attack = AttackConfig(**attack_kwargs)
         except ConfigError as exc:
             fail("evaluation.attack", str(exc))
+
+        latency = dict(_LATENCY_DEFAULTS)
+        for key, value in _mapping(evaluation.get("latency", {}), "evaluation.latency",
+                                   fail).items():
+            if key not in _LATENCY_DEFAULTS:
+                fail(f"evaluation.latency.{key}", f"unknown key; expected "
+                     f"{', '.join(_LATENCY_DEFAULTS)}")
+            latency[key] = _value(value, int, lambda m, k=key: fail(f"evaluation.latency.{k}", m))
+            if latency[key] < (0 if key == "warmup" else 1):
+                fail(f"evaluation.latency.{key}", f"must be a positive integer, got {value!r}")
+        objectives = parse_objectives(raw.get("objectives"), fail)
+        fidelity = None
+        if raw.get("fidelity") is not None:
+            fidelity = dict(_mapping(raw["fidelity"], "fidelity", fail))
+            for key in fidelity:
+                if key not in ("min_epochs", "reduction_factor"):
+                    fail(f"fidelity.{key}", "unknown key; expected min_epochs, reduction_factor")
+            fidelity.setdefault("min_epochs", 1)
+            fidelity.setdefault("reduction_factor", 3)
+            for key, low in (("min_epochs", 1), ("reduction_factor", 2)):
+                value = fidelity[key]
+                if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                    fail(f"fidelity.{key}", f"must be an integer >= {low}, got {value!r}")
+            if "epochs" in dimensions:
+                fail("fidelity", "successive halving runs every trial to the same epochs: set "
+                     "params.epochs to one value, not a range")
+            max_epochs = fixed.get("epochs", TrainConfig.epochs)
+            if fidelity["min_epochs"] >= max_epochs:
+                fail("fidelity.min_epochs", f"must be below params.epochs ({max_epochs}), got "
+                     f"{fidelity['min_epochs']}")
 
         sampler = dict(_mapping(raw.get("sampler", {}), "sampler", fail))
         for key in sampler:
@@ -269,9 +313,13 @@ class SearchSpace:
         space = cls(name=name, trials=trials, dataset=dataset, model_name=model_name,
                     model_fixed=model, dimensions=dimensions, fixed=fixed,
                     eval_batch_size=eval_batch_size, attack=attack, sampler=sampler,
-                    constraints=constraints, description=description, source=source,
+                    constraints=constraints, objectives=objectives, latency=latency,
+                    fidelity=fidelity,
+                    description=description, source=source,
                     raw=copy.deepcopy(raw))
         space._check_consistency(fail)
+        if sampler["name"] == "grid":
+            space.grid()
         return space
 
     def _check_consistency(self, fail) -> None:
@@ -344,7 +392,11 @@ class SearchSpace:
                 # keep the grid of `step` while capping at the number of experts
                 step = dim.step or 1
                 high = dim.low + ((high - dim.low) // step) * step
-                values[name] = trial.suggest_int(name, dim.low, high, step=step)
+                # the grid sampler proposes its grid values even out of this range (with a
+                # warning): cap them, so a grid over experts x top_k never builds k > E
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*out of range of the parameter")
+                    values[name] = min(trial.suggest_int(name, dim.low, high, step=step), high)
             elif dim.kind == "categorical":
                 values[name] = trial.suggest_categorical(name, list(dim.choices))
             elif dim.kind == "int":
@@ -354,6 +406,23 @@ class SearchSpace:
                 values[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step,
                                                    log=dim.log)
         return self._candidate({**self.fixed, **values}, sampled=values)
+
+    def grid(self) -> dict[str, list]:
+        """Every dimension's values, for the grid sampler (ranges need a ``step``)."""
+        grid = {}
+        for name, dim in self.dimensions.items():
+            if dim.kind == "categorical":
+                grid[name] = list(dim.choices)
+            elif dim.step is None and dim.kind == "float":
+                raise ConfigError(f"{self.source}: params.{name}: the grid sampler needs "
+                                  "choices or a step for every searched float")
+            else:
+                step = dim.step or 1
+                count = int(math.floor((dim.high - dim.low) / step + 1e-9)) + 1
+                grid[name] = [dim.low + i * step for i in range(count)]
+                if dim.kind == "float":
+                    grid[name] = [round(v, 12) for v in grid[name]]
+        return grid
 
     def _is_moe(self, values: dict) -> bool:
         placement = values.get("placement", self.fixed.get("placement",
@@ -390,7 +459,24 @@ class SearchSpace:
                        **{k: _dim_dict(d) for k, d in self.dimensions.items()}},
             "evaluation": {"batch_size": self.eval_batch_size, "attack": self.attack.to_dict()},
             "constraints": self.constraints,
+            "objectives": list(self.objectives),
+            **({"latency": self.latency} if "latency_ms" in self.measured_metrics() else {}),
         }
+
+    def rungs(self) -> list[int]:
+        """Epochs at which successive halving compares trials (none without ``fidelity``)."""
+        if self.fidelity is None:
+            return []
+        from automoe.search.fidelity import rung_epochs
+
+        return rung_epochs(self.fidelity["min_epochs"], self.fidelity["reduction_factor"],
+                           self.fixed.get("epochs", TrainConfig.epochs))
+
+    def measured_metrics(self) -> set[str]:
+        """Metrics each trial must measure: the objectives and the constrained ones
+        (robust accuracy and latency cost time, so they are skipped when unused)."""
+        needed = set(self.objectives) | {CONSTRAINTS[c][0] for c in self.constraints}
+        return needed | {"val_accuracy", "mmacs"}
 
     def fingerprint(self) -> str:
         """Hash of everything that defines the study's candidates and objectives.

@@ -8,12 +8,16 @@ from collections.abc import Callable
 import optuna
 
 from automoe.errors import ConfigError, StorageError
-from automoe.search.objective import OBJECTIVES
+from automoe.search.objectives import DEFAULT_OBJECTIVES, directions
 from automoe.search.space import SAMPLERS, SearchSpace
 
 
-def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler by name, always seeded (Optuna 5's multi-objective default is TPE)."""
+def make_sampler(name: str, seed: int, population_size: int = 8,
+                 space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
+    """An Optuna sampler by name, always seeded (Optuna 5's multi-objective default is TPE).
+
+    ``grid`` enumerates the space's grid (every dimension must be categorical or stepped).
+    """
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
     if name == "nsga3":
@@ -24,6 +28,10 @@ def make_sampler(name: str, seed: int, population_size: int = 8) -> optuna.sampl
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
+    if name == "grid":
+        if space is None:
+            raise ConfigError("the grid sampler needs the search space")
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
     raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
@@ -48,20 +56,25 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
             raise StorageError(
                 f"study {study_name!r} was created from a different search space or dataset "
                 f"(fingerprint {stored}, now {fingerprint}); pass a new --study name")
-        if tuple(study.directions) != tuple(
-                optuna.study.StudyDirection[d.upper()] for _, d in OBJECTIVES):
-            raise StorageError(f"study {study_name!r} has other objectives than automoe's")
+        if study_objectives(study) != space.objectives:
+            raise StorageError(f"study {study_name!r} optimises {study_objectives(study)}, "
+                               f"the space {space.objectives}")
         return study, True
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
-                                directions=[d for _, d in OBJECTIVES])
+                                directions=directions(space.objectives))
     with warnings.catch_warnings():  # "experimental since v3.2" is noise in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([n for n, _ in OBJECTIVES])
+        study.set_metric_names(list(space.objectives))
     study.set_user_attr("space_fingerprint", fingerprint)
     study.set_user_attr("space", space.to_dict())
     study.set_user_attr("space_raw", space.raw)  # what `automoe worker` rebuilds the space from
     study.set_user_attr("seed", seed)  # base training seed: trial n trains with seed + n
     return study, False
+
+
+def study_objectives(study: optuna.Study) -> tuple[str, ...]:
+    """The metric names a study optimises, in the order of its values."""
+    return tuple(study.metric_names or DEFAULT_OBJECTIVES)
 
 
 def space_of_study(study: optuna.Study) -> SearchSpace:

@@ -79,12 +79,21 @@ def train(
     config: TrainConfig,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, TrainResult, Callable[[], dict]], None] | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on cross-entropy plus its balancing losses.
 
     Args:
         model: a classifier; if it has ``aux_loss(targets)`` that term is added to the loss.
         on_step: called as ``on_step(step, total_steps)`` after each optimiser step.
+        on_epoch: called as ``on_epoch(epochs_done, result_so_far, state)`` after each
+            epoch; ``state()`` returns a resumable training state (for ``resume``; it shares
+            the optimisers' tensors, so save it before the callback returns). It may
+            evaluate the model (the global RNG is restored afterwards, so evaluating does
+            not change the rest of the run) or raise to stop training.
+        resume: a ``state()`` from an earlier run of the same config: training continues
+            after its epoch, with the same batch order, schedule and RNG as an unbroken run.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite.
@@ -117,8 +126,17 @@ def train(
                   for o in optimizers]
     result = TrainResult()
     start = time.perf_counter()
-    step = 0
-    for epoch in range(config.epochs):
+    step = first_epoch = 0
+    if resume is not None:
+        first_epoch = _load_state(resume, model, optimizers, schedulers, loader, result, config)
+        step = first_epoch * len(loader)
+        start -= result.seconds  # the seconds already spent count towards the total
+
+    def state() -> dict:
+        return _save_state(epoch + 1, model, optimizers, schedulers, loader, result,
+                           time.perf_counter() - start, rng)
+
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # task loss, aux loss, correct
         seen = 0
@@ -149,8 +167,61 @@ def train(
         loss_sum, aux_sum, correct = (sums / max(seen, 1)).tolist()
         result.history.append({"epoch": epoch + 1, "loss": loss_sum, "aux_loss": aux_sum,
                                "train_accuracy": correct})
+        if on_epoch is not None:
+            rng = _rng_state()
+            callback_start = time.perf_counter()
+            result.seconds = callback_start - start
+            on_epoch(epoch + 1, result, state)
+            _set_rng_state(rng)  # what on_epoch drew (attack starts, ...) changes nothing
+            start += time.perf_counter() - callback_start  # evaluating is not training time
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.random.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(epochs_done: int, model, optimizers, schedulers, loader, result: TrainResult,
+                seconds: float, rng: dict) -> dict:
+    """Everything an unbroken run would carry into the next epoch (tensors on the CPU)."""
+    return {
+        "epochs_done": epochs_done,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizers": [o.state_dict() for o in optimizers],
+        "schedulers": [s.state_dict() for s in schedulers],
+        "loader_rng": loader.generator.get_state(),
+        "rng": rng,
+        "history": [dict(row) for row in result.history],
+        "seconds": seconds,
+    }
+
+
+def _load_state(state: dict, model, optimizers, schedulers, loader, result: TrainResult,
+                config: TrainConfig) -> int:
+    epochs_done = int(state["epochs_done"])
+    if not 0 < epochs_done <= config.epochs or len(state["optimizers"]) != len(optimizers):
+        raise ConfigError(f"cannot resume: the saved state ({epochs_done} epochs) does not "
+                          f"belong to this training config ({config.epochs} epochs)")
+    model.load_state_dict(state["model"])
+    for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+        optimizer.load_state_dict(saved)
+    for scheduler, saved in zip(schedulers, state["schedulers"], strict=True):
+        scheduler.load_state_dict(saved)
+    loader.generator.set_state(state["loader_rng"])
+    _set_rng_state(state["rng"])
+    result.history = [dict(row) for row in state["history"]]
+    result.seconds = float(state["seconds"])
+    return epochs_done
 
 
 def _task_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -36,3 +36,11 @@ def test_matches_inclusion_exclusion_on_random_fronts(dims):
 def test_study_objectives_are_turned_to_minimisation():
     # one trial: 90 % accuracy, 2 MMACs, 50 % robust; reference 0 %, 4 MMACs, 0 %
     assert study_hypervolume([(90.0, 2.0, 50.0)], (0.0, 4.0, 0.0)) == pytest.approx(90 * 2 * 50)
+
+
+def test_study_hypervolume_follows_the_objective_names():
+    # accuracy (max) and params (min): 80 % at 0.5 M against (0 %, 1 M) -> 80 * 0.5
+    assert study_hypervolume([(80.0, 0.5)], (0.0, 1.0), ("val_accuracy", "mparams")) == \
+        pytest.approx(40.0)
+    # a point worse than the reference in one objective adds nothing
+    assert study_hypervolume([(80.0, 1.5)], (0.0, 1.0), ("val_accuracy", "mparams")) == 0.0

@@ -39,3 +39,43 @@ def test_unknown_constraint_is_rejected():
 
     with pytest.raises(ConfigError, match="constraints.latency_max: unknown constraint"):
         SearchSpace.from_dict({**TINY, "constraints": {"latency_max": 3}})
+
+
+def test_objectives_come_from_the_space(tmp_path):
+    from automoe.search import create_or_resume_study, make_sampler
+
+    space = SearchSpace.from_dict({**TINY, "objectives": {"val_accuracy": "maximize",
+                                                          "mparams": "minimize",
+                                                          "latency_ms": "minimize"},
+                                   "evaluation": {"latency": {"repeats": 3, "warmup": 1}}})
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "o", space,
+                                      make_sampler("random", 0))
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "mparams", "latency_ms"]
+    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=2)
+    for t in study.trials:
+        acc, mparams, latency = t.values
+        assert acc == t.user_attrs["val_accuracy"]
+        assert mparams == pytest.approx(t.user_attrs["params"] / 1e6)
+        assert latency > 0
+        # robust accuracy is neither an objective nor constrained: not measured
+        assert "robust_accuracy" not in t.user_attrs
+
+
+def test_grid_sampler_enumerates_the_space(tmp_path):
+    from automoe.search import create_or_resume_study, make_sampler
+
+    space = SearchSpace.from_dict({**TINY, "params": {
+        **TINY["params"], "experts": {"choices": [2, 3]}, "top_k": {"low": 1, "high": 3},
+        "placement": "last_stage"}, "objectives": ["val_accuracy", "mmacs"]})
+    assert space.grid() == {"experts": [2, 3], "top_k": [1, 2, 3]}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "g", space,
+                                      make_sampler("grid", 0, space=space))
+    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=6)
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    # k <= E holds even where the grid proposes k = 3 with 2 experts
+    pairs = {(t.user_attrs["config"]["model"]["num_experts"],
+              t.user_attrs["config"]["model"]["top_k"]) for t in study.trials}
+    assert pairs == {(2, 1), (2, 2), (3, 1), (3, 2), (3, 3)}

@@ -150,3 +150,27 @@ def test_yaml_errors_give_the_line(tmp_path):
 
 def test_space_names_resolve_to_the_shipped_files():
     assert resolve_space_path("default").name == "default.yaml"
+
+
+@pytest.mark.parametrize("objectives,message", [
+    (["accuracy"], "objectives: unknown metric 'accuracy'"),
+    ({"mmacs": "maximize"}, "objectives.mmacs: mmacs can only be minimized"),
+    ([], "objectives: needs at least one metric"),
+    (["mmacs", "mmacs"], "objectives: repeats a metric"),
+])
+def test_invalid_objectives_are_named(objectives, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace.from_dict({"name": "s", "objectives": objectives})
+
+
+def test_objectives_change_the_fingerprint():
+    a = SearchSpace.from_dict({"name": "s"})
+    b = SearchSpace.from_dict({"name": "s", "objectives": ["val_accuracy", "mmacs"]})
+    assert a.objectives == ("val_accuracy", "mmacs", "robust_accuracy")
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_grid_needs_steps():
+    space = SearchSpace.from_dict({"name": "s", "params": {"lr": {"low": 0.01, "high": 0.1}}})
+    with pytest.raises(ConfigError, match="params.lr: the grid sampler needs"):
+        space.grid()

@@ -54,3 +54,39 @@ def test_on_step_reports_progress(digits):
 def test_invalid_train_config(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_resume_from_an_epoch_state_matches_an_unbroken_run():
+    import copy
+
+    import torch
+
+    from automoe.data import load_dataset
+    from automoe.models import create_model
+    from automoe.training import TrainConfig, train
+
+    data = torch.utils.data.Subset(load_dataset("digits", "train", image_size=16), range(200))
+
+    def model():
+        torch.manual_seed(0)
+        return create_model("resnet8", placement="all", num_experts=3, top_k=2, in_channels=1,
+                            num_classes=10, image_size=16, width_multiplier=0.25)
+
+    config = TrainConfig(epochs=3, seed=5, batch_size=32)
+    unbroken = model()
+    train(unbroken, data, config)
+    saved = {}
+
+    def on_epoch(epoch, result, state):
+        if epoch == 1:
+            saved["state"] = copy.deepcopy(state())
+        torch.rand(10)  # an evaluation drawing random numbers changes nothing
+
+    with_callback = model()
+    train(with_callback, data, config, on_epoch=on_epoch)
+    resumed = model()
+    result = train(resumed, data, config, resume=saved["state"])
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    for a, b, c in zip(unbroken.state_dict().values(), with_callback.state_dict().values(),
+                       resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
