@@ -90,7 +90,9 @@ PARAMS: dict[str, tuple[str, str, type]] = {
 MOE_PARAMS = ("experts", "top_k", "balance_weight", "balance_loss", "router", "gate",
               "gate_softmax", "gate_noise_init", "capacity_factor", "overflow", "batch_priority",
               "granularity", "expert_ratio", "gate_l1", "embedding_ce")
-SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "grid")
+# Optuna samplers, then NNI tuners (through automoe.search.nni_adapter)
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "grid", "nni-tpe", "nni-evolution",
+            "nni-random")
 # Model-config fields that come from the dataset, not from the space.
 _DATA_FIELDS = ("in_channels", "num_classes", "image_size", "input_mean", "input_std")
 _TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "objectives",

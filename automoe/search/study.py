@@ -16,7 +16,8 @@ def make_sampler(name: str, seed: int, population_size: int = 8,
                  space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
     """An Optuna sampler by name, always seeded (Optuna 5's multi-objective default is TPE).
 
-    ``grid`` enumerates the space's grid (every dimension must be categorical or stepped).
+    ``grid`` enumerates the space's grid (every dimension must be categorical or stepped);
+    ``nni-*`` asks an NNI tuner (see :mod:`automoe.search.nni_adapter`).
     """
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
@@ -28,6 +29,12 @@ def make_sampler(name: str, seed: int, population_size: int = 8,
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
+    if name.startswith("nni-"):
+        if space is None:
+            raise ConfigError(f"the {name} sampler needs the search space")
+        from automoe.search.nni_adapter import NNISampler
+
+        return NNISampler(name, space, space.objectives, seed, population_size)
     if name == "grid":
         if space is None:
             raise ConfigError("the grid sampler needs the search space")
