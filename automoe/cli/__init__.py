@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download a missing dataset into --data-root")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice, all cores); with several "
+                        "workers on one machine give each cores/workers, or they slow each "
+                        "other down many times over")
     p.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
                    help="trial heartbeat; a trial silent for 3 beats is failed and retried "
                         "(0: off)")
@@ -75,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device")
     p.add_argument("--seed", type=int, default=None,
                    help="sampler seed of this worker (default: random, so workers differ)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice, all cores); with several "
+                        "workers on one machine give each cores/workers, or they slow each "
+                        "other down many times over")
     p.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
                    help="trial heartbeat; a trial silent for 3 beats is failed and retried")
 

@@ -6,10 +6,22 @@ import argparse
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from automoe.cli._output import err, out, pareto_table, print_json, trial_line
 from automoe.errors import ConfigError
+
+
+def _threads(args: argparse.Namespace) -> None:
+    """``--threads``: torch's CPU threads in this process."""
+    if getattr(args, "threads", None) is None:
+        return
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
 
 
 def _device(name: str) -> str:
@@ -163,6 +175,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     url = _storage_url(args)
     parse_url(url)
     device = _device(args.device)
+    _threads(args)
     started = time.perf_counter()
     progress = _TrialProgress(args.quiet, n_trials)
     runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
@@ -198,6 +211,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.until < 1:
         raise ConfigError(f"--until must be >= 1, got {args.until}")
     device = _device(args.device)
+    _threads(args)
     storage = open_storage(_storage_url(args), create=False,
                            heartbeat_interval=args.heartbeat or None)
     study = load_study(storage, args.study)
@@ -250,7 +264,9 @@ def _should_start(study, until: int, poll_seconds: float = 1.0) -> bool:
     import optuna
 
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not running
+        with warnings.catch_warnings():  # "experimental since v2.9" is noise in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not running
         complete, running = _counts(study)
         if complete >= until:
             return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
 import warnings
@@ -110,6 +111,8 @@ class TrialRunner:
             "width_multiplier": model_cfg.get("width_multiplier", 1.0),
         })
         trial.set_user_attr("dataset", self.data_spec())
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
+                                       "device": str(self.device)})
         torch.manual_seed(seed)
         model = build_model(candidate, self.info)
         trial.set_user_attr("params", count_params(model))
