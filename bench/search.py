@@ -1,0 +1,164 @@
+"""Search strategies at equal compute on digits: hypervolume vs trials and vs compute.
+
+    python bench/search.py [--seeds 3] [--budget 12] [--strategies random,nsga2,...]
+
+Every strategy searches the default space (MoE ResNet-8 on digits; epochs fixed at 6 so
+that successive halving can cut them) with the same budget of training epochs:
+``--budget`` full trials' worth. Full-fidelity strategies run ``--budget`` trials; the
+multi-fidelity one (NSGA-II proposing, successive halving on epochs with Pareto promotion,
+rungs at 2 epochs, reduction factor 3) runs trials until it has spent the same epochs.
+
+Printed per strategy, mean ± std over seeds: the hypervolume of the front (val accuracy %,
+active MMACs, robust accuracy %) against one reference point for all runs, after a
+quarter, half, three quarters and all of the epoch budget, and at the end the trials run and
+the compute seconds (training + evaluation). The last table gives, for each strategy, the
+share of the budget it needed to reach the final hypervolume of full-fidelity NSGA-II of
+the same seed (or "-" if it never did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from automoe.search import (
+    SearchSpace,
+    TrialRunner,
+    create_or_resume_study,
+    make_sampler,
+    resolve_space_path,
+)
+from automoe.search.hypervolume import study_hypervolume
+from automoe.search.pareto import pareto_trials
+from automoe.storage import AtomicFileSystemArtifactStore
+
+EPOCHS = 6
+STRATEGIES = {  # name -> (sampler, successive halving)
+    "random": ("random", False),
+    "nsga2": ("nsga2", False),
+    "tpe": ("tpe", False),
+    "nni-evolution": ("nni-evolution", False),
+    "nsga2+sh": ("nsga2", True),
+}
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def bench_space(fidelity: bool) -> SearchSpace:
+    raw = SearchSpace.from_file(resolve_space_path("default")).raw
+    raw = {**raw, "params": {**raw["params"], "epochs": EPOCHS}}
+    raw["fidelity"] = {"min_epochs": 2, "reduction_factor": 3} if fidelity else None
+    return SearchSpace.from_dict(raw, source="bench")
+
+
+def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dict]:
+    """One search; returns one row per finished trial with the cumulative cost and front."""
+    sampler_name, fidelity = STRATEGIES[strategy]
+    space = bench_space(fidelity)
+    sampler = make_sampler(sampler_name, seed, space.sampler["population_size"], space)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), strategy, space,
+                                      sampler, seed)
+    runner = TrialRunner(space, AtomicFileSystemArtifactStore(workdir / f"{strategy}-{seed}"),
+                         seed=seed)
+    epochs = 0
+    seconds = 0.0
+    rows = []
+    while epochs < budget_epochs:
+        study.optimize(runner, n_trials=1)
+        trial = study.trials[-1]
+        epochs += len(trial.user_attrs.get("history", []))
+        seconds += trial.user_attrs.get("train_seconds", 0) + trial.user_attrs.get(
+            "eval_seconds", 0)
+        front = [tuple(t.values) for t in pareto_trials(study)]
+        rows.append({"trials": len(study.trials), "epochs": epochs, "seconds": seconds,
+                     "front": front, "state": trial.state.name})
+    return rows
+
+
+def hv_at(rows: list[dict], epochs: float, reference) -> float:
+    front = []
+    for row in rows:
+        if row["epochs"] <= epochs + 1e-9:
+            front = row["front"]
+    return study_hypervolume(front, reference)
+
+
+def mean_std(values: list[float], fmt: str = "{:,.0f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=12, help="full-fidelity trials of budget")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    args = parser.parse_args()
+    strategies = args.strategies.split(",")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    console = Console()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; budget "
+                  f"{args.budget} x {EPOCHS} epochs; seeds {args.seeds}")
+    budget = args.budget * EPOCHS
+    results: dict[str, list[list[dict]]] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for strategy in strategies:
+            results[strategy] = []
+            for seed in range(args.seeds):
+                results[strategy].append(run(strategy, seed, budget, Path(tmp)))
+                console.print(f"{strategy} seed {seed}: {len(results[strategy][-1])} trials, "
+                              f"{time.perf_counter() - started:.0f}s so far")
+    all_points = [p for runs in results.values() for rows in runs for p in rows[-1]["front"]]
+    reference = (0.0, 1.1 * max(p[1] for p in all_points), 0.0)
+
+    table = Table(title=f"hypervolume vs epochs spent (reference val 0 %, "
+                        f"{reference[1]:.3f} MMACs, robust 0 %)", title_justify="left")
+    table.add_column("strategy")
+    for fraction in FRACTIONS:
+        table.add_column(f"{int(fraction * budget)} epochs", justify="right")
+    table.add_column("trials", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("compute s", justify="right")
+    for strategy, runs in results.items():
+        cells = [mean_std([hv_at(rows, f * budget, reference) for rows in runs])
+                 for f in FRACTIONS]
+        trials = mean_std([len(rows) for rows in runs], "{:.1f}")
+        pruned = mean_std([sum(r["state"] == "PRUNED" for r in rows) for rows in runs], "{:.1f}")
+        seconds = mean_std([rows[-1]["seconds"] for rows in runs], "{:.0f}")
+        table.add_row(strategy, *cells, trials, pruned, seconds)
+    console.print(table)
+
+    if "nsga2" in results:
+        table = Table(title="share of the budget needed to reach full-fidelity NSGA-II's final "
+                            "hypervolume (same seed)", title_justify="left")
+        table.add_column("strategy")
+        table.add_column("epochs", justify="right")
+        table.add_column("compute seconds", justify="right")
+        for strategy, runs in results.items():
+            epoch_shares, second_shares = [], []
+            for seed, rows in enumerate(runs):
+                target = study_hypervolume(results["nsga2"][seed][-1]["front"], reference)
+                full_seconds = results["nsga2"][seed][-1]["seconds"]
+                hit = next((r for r in rows if study_hypervolume(r["front"], reference)
+                            >= target - 1e-9), None)
+                epoch_shares.append(math.nan if hit is None else hit["epochs"] / budget)
+                second_shares.append(math.nan if hit is None else hit["seconds"] / full_seconds)
+            table.add_row(strategy, *(" ".join("-" if math.isnan(v) else f"{v:.2f}"
+                                               for v in shares)
+                                      for shares in (epoch_shares, second_shares)))
+        console.print(table)
+    console.print(f"total {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
