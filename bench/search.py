@@ -10,10 +10,11 @@ rungs at 2 epochs, reduction factor 3) runs trials until it has spent the same e
 
 Printed per strategy, mean ± std over seeds: the hypervolume of the front (val accuracy %,
 active MMACs, robust accuracy %) against one reference point for all runs, after a
-quarter, half, three quarters and all of the epoch budget, and at the end the trials run and
-the compute seconds (training + evaluation). The last table gives, for each strategy, the
-share of the budget it needed to reach the final hypervolume of full-fidelity NSGA-II of
-the same seed (or "-" if it never did).
+quarter, half, three quarters and all of the epochs budget, of ``--budget`` trials, and of
+the mean wall time of the runs (each trial's whole wall time: building, FLOPs, training,
+rung and final evaluation, saving), then what each strategy spent. The last table gives,
+for each strategy, the share of the budget it needed to reach the final hypervolume of
+full-fidelity NSGA-II of the same seed (or "-" if it never did).
 """
 
 from __future__ import annotations
@@ -75,18 +76,19 @@ def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dic
         study.optimize(runner, n_trials=1)
         trial = study.trials[-1]
         epochs += len(trial.user_attrs.get("history", []))
-        seconds += trial.user_attrs.get("train_seconds", 0) + trial.user_attrs.get(
-            "eval_seconds", 0)
+        # wall time of the whole trial: building, FLOPs, training, rungs, evaluation, saving
+        seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
         front = [tuple(t.values) for t in pareto_trials(study)]
         rows.append({"trials": len(study.trials), "epochs": epochs, "seconds": seconds,
                      "front": front, "state": trial.state.name})
     return rows
 
 
-def hv_at(rows: list[dict], epochs: float, reference) -> float:
+def hv_at(rows: list[dict], key: str, limit: float, reference) -> float:
+    """Hypervolume of the front once ``key`` (trials, epochs, seconds) reached ``limit``."""
     front = []
     for row in rows:
-        if row["epochs"] <= epochs + 1e-9:
+        if row[key] <= limit + 1e-9:
             front = row["front"]
     return study_hypervolume(front, reference)
 
@@ -105,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     strategies = args.strategies.split(",")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    console = Console()
+    console = Console(width=150)
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; budget "
                   f"{args.budget} x {EPOCHS} epochs; seeds {args.seeds}")
     budget = args.budget * EPOCHS
@@ -121,29 +123,43 @@ def main() -> None:
     all_points = [p for runs in results.values() for rows in runs for p in rows[-1]["front"]]
     reference = (0.0, 1.1 * max(p[1] for p in all_points), 0.0)
 
-    table = Table(title=f"hypervolume vs epochs spent (reference val 0 %, "
-                        f"{reference[1]:.3f} MMACs, robust 0 %)", title_justify="left")
-    table.add_column("strategy")
-    for fraction in FRACTIONS:
-        table.add_column(f"{int(fraction * budget)} epochs", justify="right")
-    table.add_column("trials", justify="right")
-    table.add_column("pruned", justify="right")
-    table.add_column("compute s", justify="right")
+    ref_text = f"reference val 0 %, {reference[1]:.3f} MMACs, robust 0 %"
+    full_seconds = statistics.mean(rows[-1]["seconds"] for runs in results.values()
+                                   for rows in runs)
+    axes = [("epochs", "epochs trained", [f * budget for f in FRACTIONS], "{:.0f} ep"),
+            ("trials", "trials run", [f * args.budget for f in FRACTIONS], "{:.0f} trials"),
+            ("seconds", "wall seconds of the trials",
+             [f * full_seconds for f in FRACTIONS], "{:.0f} s")]
+    for key, label, limits, fmt in axes:
+        console.print(f"\n[bold]hypervolume vs {label}[/] ({ref_text}), mean ± std over "
+                      f"{args.seeds} seeds")
+        table = Table()
+        table.add_column("strategy")
+        for limit in limits:
+            table.add_column(fmt.format(limit), justify="right")
+        for strategy, runs in results.items():
+            table.add_row(strategy, *(mean_std([hv_at(rows, key, limit, reference)
+                                                for rows in runs]) for limit in limits))
+        console.print(table)
+    console.print("\n[bold]spent at the end of the epochs budget[/]")
+    table = Table()
+    for col in ("strategy", "trials", "pruned", "epochs", "wall s"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
     for strategy, runs in results.items():
-        cells = [mean_std([hv_at(rows, f * budget, reference) for rows in runs])
-                 for f in FRACTIONS]
-        trials = mean_std([len(rows) for rows in runs], "{:.1f}")
-        pruned = mean_std([sum(r["state"] == "PRUNED" for r in rows) for rows in runs], "{:.1f}")
-        seconds = mean_std([rows[-1]["seconds"] for rows in runs], "{:.0f}")
-        table.add_row(strategy, *cells, trials, pruned, seconds)
+        table.add_row(strategy, mean_std([len(rows) for rows in runs], "{:.1f}"),
+                      mean_std([sum(r["state"] == "PRUNED" for r in rows) for rows in runs],
+                               "{:.1f}"),
+                      mean_std([rows[-1]["epochs"] for rows in runs], "{:.1f}"),
+                      mean_std([rows[-1]["seconds"] for rows in runs], "{:.0f}"))
     console.print(table)
 
     if "nsga2" in results:
-        table = Table(title="share of the budget needed to reach full-fidelity NSGA-II's final "
-                            "hypervolume (same seed)", title_justify="left")
+        console.print("\n[bold]share of the budget needed to reach full-fidelity NSGA-II's "
+                      "final hypervolume[/] (same seed; one value per seed)")
+        table = Table()
         table.add_column("strategy")
         table.add_column("epochs", justify="right")
-        table.add_column("compute seconds", justify="right")
+        table.add_column("wall seconds", justify="right")
         for strategy, runs in results.items():
             epoch_shares, second_shares = [], []
             for seed, rows in enumerate(runs):

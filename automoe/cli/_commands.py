@@ -298,7 +298,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     """List the shipped search spaces, validate a space file, or show its dimensions."""
     from rich.table import Table
 
-    from automoe.search import SearchSpace, resolve_space_path
+    from automoe.search import METRICS, SearchSpace, resolve_space_path
 
     if args.action == "list":
         folders = [Path.cwd() / "search_spaces",
@@ -344,7 +344,16 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         table.add_row(name, f"{value} (fixed)")
     table.add_row("dataset", f"{space.dataset['name']} (image_size {space.dataset['image_size']})")
     table.add_row("model", f"{space.model_name} {space.model_fixed or ''}")
-    table.add_row("robustness objective", space.attack.describe())
+    table.add_row("objectives", ", ".join(f"{n} ({METRICS[n].direction})"
+                                          for n in space.objectives))
+    if "robust_accuracy" in space.measured_metrics():
+        table.add_row("robust accuracy attack", space.attack.describe())
+    if "latency_ms" in space.measured_metrics():
+        table.add_row("latency", ", ".join(f"{k} {v}" for k, v in space.latency.items()))
+    if space.fidelity:
+        table.add_row("fidelity", f"successive halving, rungs at epochs "
+                      f"{', '.join(map(str, space.rungs())) or 'none'}, reduction factor "
+                      f"{space.fidelity['reduction_factor']}")
     if space.constraints:
         table.add_row("constraints", ", ".join(f"{k} {v:g}" for k, v in space.constraints.items()))
     table.add_row("sampler", f"{space.sampler['name']} (population {space.sampler['population_size']})")

@@ -103,3 +103,23 @@ def test_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(workdir):
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
     assert "lower the learning rate" in trials[0].user_attrs["fail_reason"]
     assert not any(p.name.startswith(".tmp") for p in (workdir / "studies").rglob("*"))
+
+
+def test_multi_fidelity_search_with_an_nni_tuner_and_other_objectives(workdir):
+    space = (workdir / "tiny.yaml").read_text().replace("epochs: 1", "epochs: 3")
+    space = space.replace("sampler: {name: nsga2, population_size: 2}",
+                          "sampler: {name: nni-random}\nobjectives: [val_accuracy, mparams]\n"
+                          "fidelity: {min_epochs: 1, reduction_factor: 3}")
+    (workdir / "sh.yaml").write_text(space)
+    proc = run_cli("search", "--space", "sh.yaml", "--trials", "8", cwd=workdir, check=0)
+    assert "pruned" in proc.stdout  # the title counts complete and pruned trials
+    assert "Mparams" in proc.stdout
+    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
+    assert rows and all(set(r["values"]) == {"val_accuracy", "mparams"} for r in rows)
+    proc = run_cli("pareto", "--reference", "0,1", cwd=workdir, check=0)
+    assert "val_accuracy 0, mparams 1" in proc.stdout
+    study = optuna.load_study(study_name="tiny", storage=open_storage(
+        "sqlite:///" + str(workdir / "studies" / "automoe.db")))
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") >= 1 and states.count("COMPLETE") >= 1
+    assert all(t.user_attrs["nni"]["tuner"] == "nni-random" for t in study.trials)
