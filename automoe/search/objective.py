@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import tempfile
@@ -128,11 +130,24 @@ class TrialRunner:
         for key, value in costs.items():
             trial.set_user_attr(key, value)
 
+        # Only a retry of a dead worker's trial resumes, and only from a state saved for
+        # the same candidate; the state goes however the trial ends, except by SIGKILL.
         resume_path = self._resume_path(trial, origin)
-        resume = _load_resume(resume_path)
-        if resume is not None:
-            trial.set_user_attr("resumed_from", {"trial": origin,
-                                                 "epochs_done": resume["epochs_done"]})
+        key = hashlib.sha256(json.dumps(candidate.to_dict(), sort_keys=True).encode()).hexdigest()
+        try:
+            resume = _load_resume(resume_path, key) if origin != trial.number else None
+            if resume is not None:
+                trial.set_user_attr("resumed_from", {"trial": origin,
+                                                     "epochs_done": resume["epochs_done"]})
+            return self._train_and_measure(trial, candidate, model, costs, resume,
+                                           resume_path, key)
+        finally:
+            _remove(resume_path)
+
+    def _train_and_measure(self, trial: optuna.Trial, candidate: Candidate, model, costs: dict,
+                           resume: dict | None, resume_path: Path | None,
+                           key: str) -> tuple[float, ...]:
+        failed = tuple(float("nan") for _ in self.space.objectives)
         rungs = set(self.space.rungs())
         eval_seconds = 0.0
 
@@ -143,7 +158,7 @@ class TrialRunner:
         def on_epoch(epoch: int, progress, state) -> None:
             nonlocal eval_seconds
             if resume_path is not None and epoch < candidate.train.epochs:
-                _save_resume(resume_path, state())
+                _save_resume(resume_path, {**state(), "candidate": key})
             if epoch not in rungs:
                 return
             start = time.perf_counter()
@@ -160,12 +175,10 @@ class TrialRunner:
                            on_epoch=on_epoch, resume=resume)
         except TrainingDivergedError as exc:
             trial.set_user_attr("fail_reason", str(exc))
-            _remove(resume_path)
             return failed  # Optuna stores a NaN-valued trial as FAIL
         except _Pruned as exc:
             trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
             trial.set_user_attr("prune_reason", str(exc))
-            _remove(resume_path)
             raise optuna.TrialPruned(str(exc)) from None
         start = time.perf_counter()
         batch = self.space.eval_batch_size
@@ -196,7 +209,6 @@ class TrialRunner:
             # mirrored in user attrs: optuna-dashboard 0.21 does not show v5 constraints
             trial.set_user_attr("constraints", violations)
             trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
-        _remove(resume_path)
         return tuple(metrics[name] for name in self.space.objectives)
 
     def _measure(self, model, costs: dict, val_accuracy: float | None = None
@@ -271,10 +283,12 @@ def _origin_trial(trial: optuna.Trial) -> int:
     return history[0] if history else trial.number
 
 
-def _load_resume(path: Path | None) -> dict | None:
+def _load_resume(path: Path | None, key: str) -> dict | None:
+    """The saved training state at ``path`` if it was saved for the candidate ``key``."""
     if path is None or not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("candidate") == key else None
 
 
 def _save_resume(path: Path, state: dict) -> None:

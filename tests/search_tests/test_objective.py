@@ -79,3 +79,22 @@ def test_grid_sampler_enumerates_the_space(tmp_path):
     pairs = {(t.user_attrs["config"]["model"]["num_experts"],
               t.user_attrs["config"]["model"]["top_k"]) for t in study.trials}
     assert pairs == {(2, 1), (2, 2), (3, 1), (3, 2), (3, 3)}
+
+
+def test_a_stale_training_state_is_never_resumed(tmp_path):
+    # a state left by an earlier run under the same study name and trial number (a
+    # Ctrl-C'd search whose DB was then deleted) belongs to no retry: it is ignored
+    import torch
+
+    space = SearchSpace.from_dict(TINY)
+    stale = tmp_path / "resume" / "s" / "trial-0.pt"
+    stale.parent.mkdir(parents=True)
+    torch.save({"epochs_done": 1, "candidate": "another"}, stale)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize", "maximize"])
+    runner = TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path / "a"),
+                         resume_dir=tmp_path / "resume")
+    study.optimize(runner, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE" and "resumed_from" not in trial.user_attrs
+    assert not stale.exists()
