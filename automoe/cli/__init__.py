@@ -46,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
-    p = add("search", c.cmd_search, [common, storage], "run (or resume) a multi-objective search")
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=None, metavar="TOML",
+                        help="a saved study config (e.g. studies/x.toml): its keys are this "
+                             "command's flags (`trials = 50`, `data-root = \"/data\"`); flags "
+                             "given on the command line win")
+
+    p = add("search", c.cmd_search, [common, storage, config],
+            "run (or resume) a multi-objective search")
     p.add_argument("--space", default="default", metavar="FILE|NAME",
                    help="search-space YAML file, or the name of one in search_spaces/")
     p.add_argument("--trials", type=int, default=None, metavar="N",
@@ -63,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download a missing dataset into --data-root")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+    p.add_argument("--keep", choices=["pareto", "all"], default="pareto",
+                   help="checkpoints to keep: those of Pareto-front trials (removed once "
+                        "dominated; the default) or all")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's choice, all cores); with several "
                         "workers on one machine give each cores/workers, or they slow each "
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial heartbeat; a trial silent for 3 beats is failed and retried "
                         "(0: off)")
 
-    p = add("worker", c.cmd_worker, [common, storage], "join a study as one more worker")
+    p = add("worker", c.cmd_worker, [common, storage, config], "join a study as one more worker")
     p.add_argument("--until", type=int, required=True, metavar="N",
                    help="stop once the study has N complete trials")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
@@ -79,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device")
     p.add_argument("--seed", type=int, default=None,
                    help="sampler seed of this worker (default: random, so workers differ)")
+    p.add_argument("--keep", choices=["pareto", "all"], default="pareto",
+                   help="checkpoints to keep: those of Pareto-front trials (removed once "
+                        "dominated; the default) or all")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's choice, all cores); with several "
                         "workers on one machine give each cores/workers, or they slow each "
@@ -93,6 +106,42 @@ def build_parser() -> argparse.ArgumentParser:
                         "order (default: 0 for accuracies, 1.1 x the worst complete trial for "
                         "costs)")
 
+    p.add_argument("--csv", action="store_true", help="print CSV rows instead of a table")
+
+    p = add("studies", c.cmd_studies, [common, storage],
+            "list the studies of a storage, or remove dominated checkpoints (gc)")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "gc"],
+                   help="list: studies with trial counts; gc: remove the checkpoints of "
+                        "trials off the Pareto front of --study (or of every study)")
+
+    p = add("status", c.cmd_status, [common, storage],
+            "a live view of a study: trials by state, best values, front, hypervolume")
+    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                   help="refresh period")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+
+    p = add("plot", c.cmd_plot, [common, storage],
+            "draw a figure of a study (.html: interactive; .png/.svg/.pdf: static)")
+    p.add_argument("kind", choices=["pareto", "history", "importance", "curves", "usage"],
+                   help="pareto: the front (2D or 3D); history: hypervolume after each trial; "
+                        "importance: fANOVA parameter importances per objective; curves: "
+                        "learning curves (pruned trials dashed); usage: a trial's experts x "
+                        "classes routing counts per MoE layer")
+    p.add_argument("--out", required=True, metavar="FILE", help="figure file to write")
+    p.add_argument("--trial", type=int, default=None, metavar="N",
+                   help="usage: the trial (default: the front trial with the best first "
+                        "objective)")
+    p.add_argument("--reference", default=None, metavar="V1,V2,...",
+                   help="history: hypervolume reference point (default as in `pareto`)")
+
+    p = add("dashboard", c.cmd_dashboard, [common, storage],
+            "serve optuna-dashboard on the study DB, checkpoints as artifacts")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+
+    p = add("kernels", c.cmd_kernels, [common],
+            "which backend each MoE op uses on this machine")
+
     p = add("spaces", c.cmd_spaces, [common], "list, validate or show search spaces")
     p.add_argument("action", nargs="?", default="list", choices=["list", "validate", "show"],
                    help="list the shipped spaces, validate a file, or show its dimensions")
@@ -100,7 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="space file or name (validate, show)")
 
     p = add("export", c.cmd_export, [common, storage], "export a trial's model to a directory")
-    p.add_argument("--trial", type=int, required=True, metavar="N", help="trial number")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, metavar="N", help="trial number")
+    which.add_argument("--pick", choices=["accuracy", "flops", "robust", "knee"],
+                       help="a trial of the feasible Pareto front: best val accuracy, fewest "
+                            "active MACs, best robust accuracy, or the knee (nearest the ideal "
+                            "point with each objective scaled over the front)")
+    p.add_argument("--max-mmacs", "--max-flops", type=float, default=None, metavar="X",
+                   dest="max_mmacs",
+                   help="with --pick: only trials with at most X active MMACs per sample")
+    p.add_argument("--min-robust", type=float, default=None, metavar="Y",
+                   help="with --pick: only trials with at least Y %% robust accuracy")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
@@ -133,6 +192,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  argv: list[str]) -> None:
+    """Fill ``args`` from the ``--config`` TOML file: command line > file > defaults."""
+    import tomllib
+    from pathlib import Path
+
+    from automoe.errors import ConfigError
+
+    path = Path(args.config)
+    try:
+        values = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices[args.command]._actions if a.option_strings}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest in ("config", "help", "debug"):
+            allowed = sorted(d.replace("_", "-") for d in actions
+                             if d not in ("config", "help", "debug"))
+            raise ConfigError(f"{path}: {key}: not a flag of `automoe {args.command}`; "
+                              f"expected one of {', '.join(allowed)}")
+        if any(arg == opt or arg.startswith(opt + "=") for arg in argv
+               for opt in action.option_strings):
+            continue  # given on the command line
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(f"{path}: {key}: {value!r} is not one of "
+                              f"{', '.join(map(str, action.choices))}")
+        if action.type is not None and not isinstance(value, bool):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}: {key}: invalid value {value!r}") from None
+        elif isinstance(action.const, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{path}: {key}: must be true or false, got {value!r}")
+        setattr(args, dest, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
     from automoe.errors import AutomoeError
@@ -145,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        if getattr(args, "config", None):
+            _apply_config(parser, args, argv)
         return int(args.func(args) or 0)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1

@@ -63,6 +63,19 @@ def _artifact_store(args: argparse.Namespace):
     return AtomicFileSystemArtifactStore(_artifact_dir(args))
 
 
+def _retention(args: argparse.Namespace):
+    """The after-trial callback of ``--keep``."""
+    store = _artifact_store(args)
+
+    def callback(study, trial) -> None:
+        if args.keep == "pareto" and trial.state.name == "COMPLETE":
+            from automoe.search.retention import remove_dominated_checkpoints
+
+            remove_dominated_checkpoints(study, store)
+
+    return callback
+
+
 def _resume_dir(args: argparse.Namespace) -> Path:
     """Per-epoch training states, so a retried trial continues where its worker died."""
     return _artifact_dir(args) / "resume"
@@ -191,7 +204,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"{space.dataset['name']}, sampler {args.sampler or space.sampler['name']}, "
                   f"device {device}")
     with progress.progress:
-        run_trials(study, runner, n_trials, callbacks=[progress.after_trial])
+        run_trials(study, runner, n_trials, callbacks=[progress.after_trial,
+                                                       _retention(args)])
     _print_front(study, f", this run {time.perf_counter() - started:.0f}s")
     return 0
 
@@ -239,7 +253,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         while _should_start(study, args.until):
             # one trial per optimize call, so heartbeats (and the failing and retrying of
             # dead workers' trials) run while the count is checked between trials
-            study.optimize(within_target, n_trials=1, callbacks=[progress.after_trial],
+            study.optimize(within_target, n_trials=1,
+                           callbacks=[progress.after_trial, _retention(args)],
                            gc_after_trial=False)
     return 0
 
@@ -286,11 +301,219 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
     _quiet_optuna()
     study = _existing_study(args)
+    if args.json and args.csv:
+        raise ConfigError("pass one of --json and --csv")
+    names = study_objectives(study)
     if args.json:
-        names = study_objectives(study)
         print_json([trial_row(t, names) for t in pareto_trials(study)])
+    elif args.csv:
+        _print_csv([trial_row(t, names) for t in pareto_trials(study)], names)
     else:
         _print_front(study, reference=args.reference)
+    return 0
+
+
+def _print_csv(rows: list[dict], names) -> None:
+    import csv
+    import sys
+
+    from automoe.search import METRICS
+
+    metrics = [m for m in (*METRICS, "test_accuracy") if m not in names]
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["trial", *names, *metrics, "params", "placement", "granularity",
+                     "experts", "top_k", "width_multiplier", "lr", "epochs", "feasible"])
+    for row in rows:
+        model = row["config"].get("model", {})
+        train = row["config"].get("train", {})
+        writer.writerow([row["trial"], *(row["values"][n] for n in names),
+                         *(row["metrics"].get(m, "") for m in metrics), row["params"],
+                         model.get("placement", "none"), model.get("granularity", "conv"),
+                         model.get("num_experts", 1), model.get("top_k", 1),
+                         model.get("width_multiplier", 1.0), train.get("lr"),
+                         train.get("epochs"), row["feasible"]])
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    """List the studies of a storage, or remove the checkpoints of trials off the Pareto
+    front (``gc``; what ``search --keep pareto`` does as it goes)."""
+    import optuna
+    from rich.table import Table
+
+    from automoe.search import pareto_trials, study_objectives
+    from automoe.search.retention import checkpoint_size, remove_dominated_checkpoints
+    from automoe.storage import load_study, open_storage
+
+    _quiet_optuna()
+    storage = open_storage(_storage_url(args), create=False)
+    store = _artifact_store(args)
+    if args.action == "gc":
+        studies = ([load_study(storage, args.study)] if args.study else
+                   [optuna.load_study(study_name=s.study_name, storage=storage)
+                    for s in storage.get_all_studies()])
+        for study in studies:
+            before = checkpoint_size(study, store)[1]
+            removed = remove_dominated_checkpoints(study, store)
+            kept, after = checkpoint_size(study, store)
+            out.print(f"{study.study_name}: removed {len(removed)} checkpoints of trials off "
+                      f"the Pareto front ({(before - after) / 1e6:.1f} MB); kept {kept} "
+                      f"({after / 1e6:.1f} MB)")
+        return 0
+    table = Table(title=f"studies in {_describe(args)}", title_justify="left")
+    for col in ("study", "objectives", "complete", "pruned", "failed", "running", "front",
+                "checkpoints", "last trial (UTC)"):
+        table.add_column(col, justify="left" if col in ("study", "objectives") else "right",
+                         no_wrap=True)
+    for summary in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state.name for t in trials]
+        ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+        count, size = checkpoint_size(study, store)
+        table.add_row(study.study_name, ", ".join(study_objectives(study)),
+                      *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+                      str(len(pareto_trials(study))), f"{count} ({size / 1e6:.1f} MB)",
+                      max(ends).strftime("%Y-%m-%d %H:%M") if ends else "-")
+    out.print(table)
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> str:
+    from automoe.storage import describe_url
+
+    return describe_url(_storage_url(args))
+
+
+def _status_view(study):
+    """One snapshot of a study for ``automoe status``."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from automoe.search import METRICS, pareto_trials, study_objectives
+    from automoe.search.hypervolume import study_hypervolume
+    from automoe.search.objectives import default_reference
+
+    names = study_objectives(study)
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state.name for t in trials]
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
+    front = pareto_trials(study)
+    reference = default_reference(names, [tuple(t.values) for t in complete])
+    hv = study_hypervolume([tuple(t.values) for t in front], reference, names)
+    head = Table.grid(padding=(0, 2))
+    head.add_row(f"[bold]{study.study_name}[/]", *(f"{s.lower()} {states.count(s)}" for s in (
+        "COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")))
+    head.add_row("front", f"{len(front)} trials", f"hypervolume {hv:,.6g}", "reference " +
+                 ", ".join(f"{r:g}" for r in reference))
+    best = Table(title="best per objective", title_justify="left")
+    for col in ("objective", "value", "trial"):
+        best.add_column(col)
+    for i, name in enumerate(names):
+        metric = METRICS[name]
+        if complete:
+            pick = (max if metric.maximize else min)(complete, key=lambda t: t.values[i])
+            best.add_row(name, metric.format(pick.values[i]), str(pick.number))
+    running = Table(title="running", title_justify="left")
+    for col in ("trial", "started (UTC)", "worker"):
+        running.add_column(col)
+    for t in trials:
+        if t.state.name == "RUNNING":
+            worker = t.user_attrs.get("worker", {})
+            running.add_row(str(t.number), t.datetime_start.strftime("%H:%M:%S")
+                            if t.datetime_start else "-",
+                            f"{worker.get('host', '?')}:{worker.get('pid', '?')}")
+    return Group(head, best, running if running.row_count else "no running trial")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """A live view of a study (Ctrl-C to leave): trials by state, best value of each
+    objective, size and hypervolume of the Pareto front, running trials and their workers."""
+    from rich.live import Live
+
+    _quiet_optuna()
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be positive, got {args.interval}")
+    study = _existing_study(args)
+    if args.once:
+        out.print(_status_view(study))
+        return 0
+    try:
+        with Live(_status_view(study), console=out, refresh_per_second=4) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(_status_view(study))
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw a figure of a study into --out: the suffix picks interactive HTML (plotly) or a
+    static PNG/SVG/PDF (matplotlib)."""
+    from automoe.plots import write_plot
+    from automoe.search import study_objectives
+    from automoe.search.objectives import parse_reference
+
+    _quiet_optuna()
+    study = _existing_study(args)
+    reference = (parse_reference(args.reference, study_objectives(study)) if args.reference
+                 else None)
+    path = write_plot(study, args.kind, args.out, trial=args.trial, reference=reference)
+    if not args.quiet:
+        err.print(f"wrote {path}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the study DB (Ctrl-C to stop). Each trial's checkpoint is
+    one of its artifacts; objective names, configs, metrics and feasibility are user attrs.
+    The dashboard has no hypervolume view and ignores Optuna 5 constraints: `automoe status`
+    and `automoe plot history` show those."""
+    import optuna_dashboard
+
+    from automoe.storage import open_storage
+
+    _quiet_optuna()
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    storage = open_storage(_storage_url(args), create=False)
+    if not args.quiet:
+        err.print(f"optuna-dashboard on http://{args.host}:{args.port}/ for {_describe(args)}, "
+                  f"artifacts in {_artifact_dir(args)} (Ctrl-C to stop)")
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port,
+                                    artifact_store=_artifact_store(args))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}") from None
+    return 0
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    """Which backend each MoE op runs with ``dispatch: auto`` on this machine, and why."""
+    import torch
+    from rich.table import Table
+
+    cuda = torch.cuda.is_available()
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    table = Table(title="MoE ops with dispatch: auto", title_justify="left")
+    for col in ("op", "on CPU tensors", "on CUDA tensors"):
+        table.add_column(col)
+    gpu = ("Triton kernel" if triton_version else "PyTorch sparse (no Triton)")
+    table.add_row("conv experts (conv, pathway)", "PyTorch sparse (gather, conv, scatter-add)",
+                  gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
+    table.add_row("channel gating (channel)", "PyTorch sparse (batch union of channels)",
+                  gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
+    table.add_row("block experts (block)", "PyTorch gather/scatter", "PyTorch gather/scatter")
+    table.caption = (f"torch {torch.__version__}; triton {triton_version or 'not installed'}; "
+                     + (f"CUDA device: {torch.cuda.get_device_name()}" if cuda
+                        else "no CUDA device"))
+    out.print(table)
     return 0
 
 
@@ -363,14 +586,24 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a trial's model: model.safetensors + config.json that rebuilds it."""
+    """Export a trial's model: model.safetensors, config.json that rebuilds it, and a model
+    card (MODEL_CARD.md). Pick the trial by number or off the Pareto front with --pick."""
     from automoe.export import export_trial
 
     _quiet_optuna()
     study = _existing_study(args)
-    path = export_trial(study, args.trial, args.out, _artifact_store(args), force=args.force)
+    if args.pick is None and (args.max_mmacs is not None or args.min_robust is not None):
+        raise ConfigError("--max-mmacs and --min-robust go with --pick")
+    number = args.trial
+    if args.pick is not None:
+        from automoe.export.pick import pick_trial
+
+        number = pick_trial(study, args.pick, max_mmacs=args.max_mmacs,
+                            min_robust=args.min_robust).number
+    path = export_trial(study, number, args.out, _artifact_store(args), force=args.force)
     if not args.quiet:
-        err.print(f"exported trial {args.trial} of {study.study_name!r} to {path}")
+        how = f" (--pick {args.pick})" if args.pick else ""
+        err.print(f"exported trial {number}{how} of {study.study_name!r} to {path}")
     return 0
 
 

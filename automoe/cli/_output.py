@@ -10,7 +10,7 @@ from rich.table import Table
 
 # Tables and JSON go to stdout; progress, logs and errors to stderr.
 # Piped output has no terminal width; give tables room rather than rich's 80 columns.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError
+from automoe.export.card import CARD_FILE, model_card
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
@@ -60,6 +61,13 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             download_artifact(artifact_store=artifact_store, file_path=str(weights),
                               artifact_id=checkpoint["artifact_id"])
         except Exception as exc:  # the store raises its own not-found error types
+            from automoe.search.pareto import pareto_trials
+
+            if trial_number not in {t.number for t in pareto_trials(study)}:
+                raise AutomoeError(
+                    f"trial {trial_number} is off the Pareto front and its checkpoint was "
+                    "removed (searches keep front checkpoints unless run with --keep all)"
+                ) from None
             raise AutomoeError(f"checkpoint of trial {trial_number} is missing from the "
                                f"artifact store ({exc}); check --artifact-dir") from None
         digest = sha256_file(weights)
@@ -82,6 +90,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             "expert_usage": trial.user_attrs.get("expert_usage"),
         }
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp_dir / CARD_FILE).write_text(model_card(config))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp creates it private

@@ -43,8 +43,8 @@ def test_debug_shows_the_traceback(workdir):
 def test_usage_errors_exit_2(workdir):
     proc = run_cli("search", "--trials", "many", cwd=workdir)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    proc = run_cli("export", cwd=workdir)
-    assert proc.returncode == 2 and "--trial" in proc.stderr
+    proc = run_cli("export", "--out", "x", cwd=workdir)
+    assert proc.returncode == 2 and "--trial --pick" in proc.stderr
 
 
 def test_export_refuses_bad_trials_and_overwrites(workdir):

@@ -47,7 +47,8 @@ def test_search_pareto_export_eval(workdir):
         out_dir = workdir / f"export-{row['trial']}"
         run_cli("export", "--trial", str(row["trial"]), "--out", str(out_dir), cwd=workdir,
                 check=0)
-        assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in out_dir.iterdir()) == ["MODEL_CARD.md", "config.json",
+                                                            "model.safetensors"]
         result = json.loads(run_cli("eval", str(out_dir), "--json", cwd=workdir, check=0).stdout)
         assert abs(result["val_accuracy"] - row["values"]["val_accuracy"]) <= 0.5
         assert abs(result["test_accuracy"] - row["test_accuracy"]) <= 0.5

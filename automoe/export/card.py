@@ -1,0 +1,95 @@
+"""A markdown model card for an exported model, written from its config alone."""
+
+from __future__ import annotations
+
+from automoe.search.objectives import METRICS
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def model_card(config: dict) -> str:
+    """Markdown: what the model is, how it scored, how it was trained and attacked, how its
+    experts were used, and how to load it."""
+    model = config.get("model_config", {})
+    metrics = config.get("metrics") or {}
+    data = config.get("data") or {}
+    macs = config.get("macs") or {}
+    moe = model.get("placement", "none") != "none" and model.get("num_experts", 1) > 1
+    title = (f"{config['model_name']} x{model.get('width_multiplier', 1.0):g}, "
+             + (f"{model.get('granularity', 'conv')} MoE, placement {model.get('placement')}, "
+                f"{model.get('num_experts')} experts, top-{model.get('top_k')}" if moe
+                else "dense"))
+    lines = [f"# {title}", "",
+             f"Trial {config.get('trial')} of study `{config.get('study')}`, exported by "
+             f"automoe. Load it with `automoe.load(DIR)`; the model takes images with pixel "
+             f"values in [0, 1] and normalises them itself.", ""]
+
+    lines += ["## Objectives and metrics", ""]
+    rows = []
+    for name, value in (config.get("values") or {}).items():
+        metric = METRICS.get(name)
+        rows.append((name, metric.format(value) if metric else value,
+                     f"objective, {metric.direction}d" if metric else "objective"))
+    for name, value in metrics.items():
+        if name not in (config.get("values") or {}):
+            metric = METRICS.get(name)
+            rows.append((name, metric.format(value) if metric else f"{value:.2f}", ""))
+    if macs:
+        rows.append(("MACs, active path", f"{macs.get('active', 0) / 1e6:.3f} M",
+                     "per sample, routers included"))
+        rows.append(("MACs, all experts", f"{macs.get('dense', 0) / 1e6:.3f} M",
+                     "computing every expert"))
+    if config.get("params") is not None:
+        rows.append(("parameters", f"{config['params']:,}", ""))
+    lines += _table(("metric", "value", ""), rows) + [""]
+
+    lines += ["## Data", "",
+              f"Dataset `{data.get('name')}`"
+              + (f" at {data['image_size']}x{data['image_size']}" if data.get("image_size")
+                 else "")
+              + ". Validation accuracy is on a fixed-seed 10 % held out of the training split "
+                "(the embedded digits: a fixed 60/20/20 split); test accuracy on the test "
+                "split, never used for selection.", ""]
+
+    attack = config.get("attack")
+    if attack and "robust_accuracy" in metrics:
+        lines += ["## Robustness evaluation", "",
+                  "Robust accuracy counts a sample as correct only if every restart of the "
+                  "attack fails.", ""]
+        lines += _table(("setting", "value"), [(k, v) for k, v in attack.items()]) + [""]
+
+    train = config.get("train") or {}
+    if train:
+        lines += ["## Training recipe", ""]
+        lines += _table(("setting", "value"), [(k, v) for k, v in train.items()]) + [""]
+
+    lines += ["## Architecture", ""]
+    lines += _table(("field", "value"), [(k, v) for k, v in model.items()
+                                         if k not in ("input_mean", "input_std")]) + [""]
+
+    usage = config.get("expert_usage") or {}
+    if usage:
+        lines += ["## Expert usage", "",
+                  "Share of the validation samples' assignments each expert received, per "
+                  "MoE layer (top-k assignments per sample).", ""]
+        width = max(len(c) for c in usage.values())
+        rows = []
+        for layer, counts in usage.items():
+            total = sum(counts) or 1
+            rows.append((f"`{layer}`", *(f"{100 * c / total:.1f} %" for c in counts),
+                         *([""] * (width - len(counts)))))
+        lines += _table(("layer", *(f"expert {e}" for e in range(width))), rows) + [""]
+
+    lines += ["## Files", "",
+              f"- `model.safetensors`: the weights (sha256 `{config.get('weights_sha256')}`, "
+              "checked by `automoe.load`)",
+              "- `config.json`: everything above, machine-readable; it rebuilds the model"]
+    for extra, text in (config.get("extra_files") or {}).items():
+        lines.append(f"- `{extra}`: {text}")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,67 @@
+"""Picking one model off a study's Pareto front."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+from automoe.errors import AutomoeError
+from automoe.search.objectives import minimised
+from automoe.search.pareto import pareto_trials
+from automoe.search.study import study_objectives
+
+PICKS = ("accuracy", "flops", "robust", "knee")
+
+
+def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
+               min_robust: float | None = None) -> FrozenTrial:
+    """One trial of the feasible Pareto front.
+
+    Args:
+        how: ``accuracy`` (best val accuracy), ``flops`` (fewest active MACs), ``robust``
+            (best robust accuracy), or ``knee``: the front point nearest the ideal point
+            once each objective is scaled to [0, 1] over the front, a balanced choice.
+        max_mmacs, min_robust: only front trials within these bounds are considered.
+
+    Ties go to the better val accuracy, then the lower trial number.
+
+    Raises:
+        AutomoeError: unknown ``how``, or no front trial meets the bounds.
+    """
+    if how not in PICKS:
+        raise AutomoeError(f"unknown pick {how!r}; expected one of {', '.join(PICKS)}")
+    front = pareto_trials(study)
+    if not front:
+        raise AutomoeError(f"study {study.study_name!r} has no complete feasible trial yet")
+    if how == "robust" or min_robust is not None:
+        if not any("robust_accuracy" in t.user_attrs for t in front):
+            raise AutomoeError(f"study {study.study_name!r} does not measure robust accuracy")
+    candidates = [t for t in front
+                  if (max_mmacs is None or t.user_attrs["mmacs"] <= max_mmacs)
+                  and (min_robust is None or t.user_attrs.get("robust_accuracy", -1) >= min_robust)]
+    if not candidates:
+        bounds = " and ".join(b for b in (
+            f"<= {max_mmacs:g} MMACs" if max_mmacs is not None else "",
+            f">= {min_robust:g} % robust accuracy" if min_robust is not None else "") if b)
+        raise AutomoeError(f"no trial of the Pareto front of {study.study_name!r} has {bounds}")
+
+    def tie(t: FrozenTrial):
+        return (-t.user_attrs.get("val_accuracy", -math.inf), t.number)
+
+    if how == "accuracy":
+        return min(candidates, key=tie)
+    if how == "flops":
+        return min(candidates, key=lambda t: (t.user_attrs["mmacs"], *tie(t)))
+    if how == "robust":
+        return min(candidates, key=lambda t: (-t.user_attrs["robust_accuracy"], *tie(t)))
+    # knee: nearest the ideal point on the study's objectives, scaled over the front
+    names = study_objectives(study)
+    points = np.array([minimised(t.values, names) for t in candidates], dtype=float)
+    low, high = points.min(axis=0), points.max(axis=0)
+    scaled = (points - low) / np.where(high > low, high - low, 1.0)
+    distance = np.linalg.norm(scaled, axis=1)
+    return min(zip(distance.tolist(), candidates, strict=True),
+               key=lambda d_t: (round(d_t[0], 12), *tie(d_t[1])))[1]

@@ -1,0 +1,232 @@
+"""Figures of a study: Pareto front, hypervolume history, parameter importances, learning
+curves and a trial's expert usage.
+
+Every figure is written to a file whose suffix picks the backend: ``.html`` gives an
+interactive plotly figure (Optuna's own plots where it has them), ``.png``, ``.svg`` or
+``.pdf`` a matplotlib one. Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from automoe.errors import AutomoeError
+from automoe.search.hypervolume import study_hypervolume
+from automoe.search.objectives import METRICS, default_reference
+from automoe.search.pareto import pareto_trials
+from automoe.search.study import study_objectives
+
+PLOTS = ("pareto", "history", "importance", "curves", "usage")
+_STATIC = (".png", ".svg", ".pdf")
+
+
+def write_plot(study: optuna.Study, kind: str, out: str | os.PathLike[str], *,
+               trial: int | None = None, reference: tuple[float, ...] | None = None) -> Path:
+    """Draw ``kind`` (one of :data:`PLOTS`) for ``study`` into ``out``.
+
+    Args:
+        trial: the trial whose expert usage is drawn (``usage``; default: the front trial
+            with the best first objective).
+        reference: hypervolume reference point (``history``; default as ``automoe pareto``).
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".html", *_STATIC):
+        raise AutomoeError(f"--out must end in .html, {', '.join(_STATIC)}; got {str(out)!r}")
+    if kind not in PLOTS:
+        raise AutomoeError(f"unknown plot {kind!r}; expected one of {', '.join(PLOTS)}")
+    html = suffix == ".html"
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise AutomoeError(f"study {study.study_name!r} has no complete trial to plot")
+    if kind == "pareto":
+        figure = _pareto(study, html)
+    elif kind == "history":
+        figure = _history(study, html, reference)
+    elif kind == "importance":
+        figure = _importance(study, html)
+    elif kind == "curves":
+        figure = _curves(study, html)
+    else:
+        figure = _usage(_trial_for_usage(study, trial), html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        if html:
+            figure.write_html(tmp, include_plotlyjs="cdn")
+        else:
+            figure.savefig(tmp, dpi=150, bbox_inches="tight")
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _labels(study) -> list[str]:
+    return [f"{n} ({METRICS[n].direction[:3]})" for n in study_objectives(study)]
+
+
+def _pareto(study, html: bool):
+    names = study_objectives(study)
+    if len(names) > 3:
+        raise AutomoeError("the Pareto-front plot draws 2 or 3 objectives")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if html:
+            if len(names) == 1:
+                raise AutomoeError("a single-objective study has no front to draw")
+            return optuna.visualization.plot_pareto_front(study, target_names=_labels(study))
+        ax = optuna.visualization.matplotlib.plot_pareto_front(study,
+                                                               target_names=_labels(study))
+    return ax.figure
+
+
+def hypervolume_history(study, reference=None) -> list[tuple[int, float]]:
+    """``(trial number, hypervolume of the front of the complete trials up to it)``."""
+    names = study_objectives(study)
+    complete = sorted((t for t in study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE,)) if t.values is not None), key=lambda t: t.number)
+    feasible = [t for t in complete if all(c <= 0 for c in (t.constraints or []))]
+    reference = reference or default_reference(names, [tuple(t.values) for t in complete])
+    history, seen = [], []
+    for t in complete:
+        if t in feasible:
+            seen.append(tuple(t.values))
+        history.append((t.number, study_hypervolume(seen, reference, names)))
+    return history
+
+
+def _history(study, html: bool, reference):
+    points = hypervolume_history(study, reference)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    title = f"hypervolume of the Pareto front, {study.study_name}"
+    if html:
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers"))
+        fig.update_layout(title=title, xaxis_title="trial", yaxis_title="hypervolume")
+        return fig
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.step(xs, ys, where="post", marker="o")
+    ax.set(title=title, xlabel="trial", ylabel="hypervolume")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _importance(study, html: bool):
+    names = study_objectives(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        importances = {
+            name: optuna.importance.get_param_importances(
+                study, target=lambda t, i=i: t.values[i], evaluator=optuna.importance.
+                FanovaImportanceEvaluator(seed=0))
+            for i, name in enumerate(names)}
+    params = sorted({p for imp in importances.values() for p in imp})
+    if not params:
+        raise AutomoeError("no parameter was sampled in every complete trial; importances "
+                           "need a few more trials")
+    title = f"parameter importances (fANOVA), {study.study_name}"
+    if html:
+        import plotly.graph_objects as go
+
+        fig = go.Figure([go.Bar(name=n, y=params, x=[importances[n].get(p, 0) for p in params],
+                                orientation="h") for n in names])
+        fig.update_layout(title=title, barmode="group", xaxis_title="importance")
+        return fig
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(params) * len(names) ** 0.5))
+    height = 0.8 / len(names)
+    y = np.arange(len(params))
+    for i, name in enumerate(names):
+        ax.barh(y + i * height, [importances[name].get(p, 0) for p in params], height,
+                label=name)
+    ax.set_yticks(y + 0.4 - height / 2, params)
+    ax.set(title=title, xlabel="importance")
+    ax.legend()
+    return fig
+
+
+def _curves(study, html: bool):
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("history")
+              and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    title = f"training loss per epoch, {study.study_name} (dashed: pruned)"
+    if html:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for t in trials:
+            rows = t.user_attrs["history"]
+            fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r["loss"] for r in rows],
+                                     name=f"trial {t.number}", line={"dash": "dash" if
+                                                                     t.state.name == "PRUNED"
+                                                                     else "solid"}))
+        fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="training loss",
+                          yaxis_type="log")
+        return fig
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in trials:
+        rows = t.user_attrs["history"]
+        ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows],
+                linestyle="--" if t.state.name == "PRUNED" else "-", alpha=0.8)
+    ax.set(title=title, xlabel="epoch", ylabel="training loss", yscale="log")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _trial_for_usage(study, number: int | None) -> FrozenTrial:
+    if number is None:
+        front = [t for t in pareto_trials(study) if t.user_attrs.get("expert_usage")]
+        if not front:
+            raise AutomoeError("no front trial has MoE layers; pass --trial N")
+        return front[0]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise AutomoeError(f"study {study.study_name!r} has no trial {number}")
+    if not trials[number].user_attrs.get("expert_usage"):
+        raise AutomoeError(f"trial {number} has no MoE layer (or is not complete)")
+    return trials[number]
+
+
+def _usage(trial: FrozenTrial, html: bool):
+    """Per MoE layer: experts x classes counts of the val split (or expert counts)."""
+    per_class = trial.user_attrs.get("expert_class_usage") or {
+        layer: [[c] for c in counts] for layer, counts in trial.user_attrs["expert_usage"].items()}
+    layers = list(per_class)
+    title = f"expert usage on the val split, trial {trial.number} (experts x classes)"
+    if html:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=len(layers), subplot_titles=layers)
+        for i, layer in enumerate(layers):
+            fig.add_trace(go.Heatmap(z=per_class[layer], coloraxis="coloraxis"), 1, i + 1)
+        fig.update_layout(title=title, coloraxis={"colorscale": "Viridis"})
+        return fig
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 + 2.6 * len(layers), 3), squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        image = ax.imshow(per_class[layer], aspect="auto", cmap="viridis")
+        ax.set(title=layer, xlabel="class", ylabel="expert")
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
