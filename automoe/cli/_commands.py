@@ -449,9 +449,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draw a figure of a study into --out: the suffix picks interactive HTML (plotly) or a
     static PNG/SVG/PDF (matplotlib)."""
-    from automoe.plots import write_plot
     from automoe.search import study_objectives
     from automoe.search.objectives import parse_reference
+    from automoe.search.plots import write_plot
 
     _quiet_optuna()
     study = _existing_study(args)

@@ -63,18 +63,20 @@ class TrialRunner:
         data_root, download: as :func:`automoe.data.load_dataset`.
         on_step: progress callback ``(trial number, step, total steps)``.
         resume_dir: folder for per-epoch training states (None: no resuming).
+        usage_plots: also store each MoE trial's expert-usage heatmap as an artifact.
     """
 
     def __init__(self, space: SearchSpace, artifact_store, *, device: str = "cpu", seed: int = 0,
                  data_root: str | None = None, download: bool = False,
                  on_step: Callable[[int, int, int], None] | None = None,
-                 resume_dir: str | os.PathLike[str] | None = None):
+                 resume_dir: str | os.PathLike[str] | None = None, usage_plots: bool = True):
         self.space = space
         self.artifact_store = artifact_store
         self.device = device
         self.seed = seed
         self.on_step = on_step
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
+        self.usage_plots = usage_plots
         ds = space.dataset
         common = dict(root=data_root, image_size=ds["image_size"], download=download)
         self.train_set = load_dataset(ds["name"], "train", augment=ds["augment"], **common)
@@ -271,7 +273,23 @@ class TrialRunner:
             digest = sha256_file(path)
             artifact_id = upload_artifact(artifact_store=self.artifact_store,
                                           file_path=str(path), study_or_trial=trial)
-        trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "sha256": digest})
+            trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "sha256": digest})
+            # Beside the checkpoint, what the dashboard can show as a trial's artifacts:
+            # its config and metrics as JSON, and (MoE trials) its expert-usage heatmap.
+            config = Path(tmp) / f"trial-{trial.number}-config.json"
+            config.write_text(json.dumps({**candidate.to_dict(), "metrics": metrics,
+                                          "macs": trial.user_attrs.get("macs")}, indent=2))
+            upload_artifact(artifact_store=self.artifact_store, file_path=str(config),
+                            study_or_trial=trial, mimetype="application/json")
+            per_class = trial.user_attrs.get("expert_class_usage")
+            if self.usage_plots and per_class:
+                from automoe.search.plots import usage_figure
+
+                figure = Path(tmp) / f"trial-{trial.number}-expert-usage.png"
+                usage_figure(per_class, f"trial {trial.number}: val samples per expert "
+                                        "(experts x classes)").savefig(figure, dpi=100)
+                upload_artifact(artifact_store=self.artifact_store, file_path=str(figure),
+                                study_or_trial=trial, mimetype="image/png")
 
 
 def _origin_trial(trial: optuna.Trial) -> int:

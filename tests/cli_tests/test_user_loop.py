@@ -140,12 +140,15 @@ def test_dashboard_serves_the_study_and_its_artifacts(study_dir):
         trial = next(t for t in with_artifacts if t["number"] in front)
         attrs = {a["key"] for a in trial["user_attrs"]}
         assert {"val_accuracy", "architecture", "macs", "attack"} <= attrs
-        artifact = trial["artifacts"][0]
-        url = (f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
-               f"{artifact['artifact_id']}")
-        body = urllib.request.urlopen(url, timeout=10).read()
-        stored = study_dir / "studies" / "artifacts" / artifact["artifact_id"]
-        assert body == stored.read_bytes()  # the trial's safetensors checkpoint
+        names = {a["filename"] for a in trial["artifacts"]}
+        n = trial["number"]
+        assert {f"trial-{n}.safetensors", f"trial-{n}-config.json"} <= names
+        for artifact in trial["artifacts"]:  # each served byte for byte
+            url = (f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
+                   f"{artifact['artifact_id']}")
+            body = urllib.request.urlopen(url, timeout=10).read()
+            stored = study_dir / "studies" / "artifacts" / artifact["artifact_id"]
+            assert body == stored.read_bytes()
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from automoe.errors import AutomoeError
@@ -63,9 +64,10 @@ def write_plot(study: optuna.Study, kind: str, out: str | os.PathLike[str], *,
             figure.write_html(tmp, include_plotlyjs="cdn")
         else:
             figure.savefig(tmp, dpi=150, bbox_inches="tight")
-            import matplotlib.pyplot as plt
+            if kind == "pareto":  # Optuna draws with pyplot: release its figure
+                import matplotlib.pyplot as plt
 
-            plt.close(figure)
+                plt.close(figure)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -117,9 +119,8 @@ def _history(study, html: bool, reference):
         fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers"))
         fig.update_layout(title=title, xaxis_title="trial", yaxis_title="hypervolume")
         return fig
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.step(xs, ys, where="post", marker="o")
     ax.set(title=title, xlabel="trial", ylabel="hypervolume")
     ax.grid(alpha=0.3)
@@ -147,10 +148,10 @@ def _importance(study, html: bool):
                                 orientation="h") for n in names])
         fig.update_layout(title=title, barmode="group", xaxis_title="importance")
         return fig
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(params) * len(names) ** 0.5))
+    fig = Figure(figsize=(7, 0.5 + 0.45 * len(params) * len(names) ** 0.5))
+    ax = fig.subplots()
     height = 0.8 / len(names)
     y = np.arange(len(params))
     for i, name in enumerate(names):
@@ -179,9 +180,8 @@ def _curves(study, html: bool):
         fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="training loss",
                           yaxis_type="log")
         return fig
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for t in trials:
         rows = t.user_attrs["history"]
         ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows],
@@ -206,11 +206,15 @@ def _trial_for_usage(study, number: int | None) -> FrozenTrial:
 
 
 def _usage(trial: FrozenTrial, html: bool):
-    """Per MoE layer: experts x classes counts of the val split (or expert counts)."""
     per_class = trial.user_attrs.get("expert_class_usage") or {
         layer: [[c] for c in counts] for layer, counts in trial.user_attrs["expert_usage"].items()}
+    return usage_figure(per_class, f"expert usage on the val split, trial {trial.number} "
+                                   "(experts x classes)", html)
+
+
+def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool = False):
+    """Per MoE layer, a heatmap of how many samples of each class went to each expert."""
     layers = list(per_class)
-    title = f"expert usage on the val split, trial {trial.number} (experts x classes)"
     if html:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -220,13 +224,11 @@ def _usage(trial: FrozenTrial, html: bool):
             fig.add_trace(go.Heatmap(z=per_class[layer], coloraxis="coloraxis"), 1, i + 1)
         fig.update_layout(title=title, coloraxis={"colorscale": "Viridis"})
         return fig
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 + 2.6 * len(layers), 3), squeeze=False)
+    fig = Figure(figsize=(2.2 + 2.6 * len(layers), 3), layout="tight")
+    axes = fig.subplots(1, len(layers), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         image = ax.imshow(per_class[layer], aspect="auto", cmap="viridis")
         ax.set(title=layer, xlabel="class", ylabel="expert")
         fig.colorbar(image, ax=ax)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
