@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="also show Optuna's log (trial results, sampler notes)")
 
     storage = argparse.ArgumentParser(add_help=False)
     storage.add_argument("--storage", default=None, metavar="URL",
@@ -162,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --pick: only trials with at least Y %% robust accuracy")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--torchscript", action="store_true",
+                   help="also write model.torchscript.pt, verified against the eager model")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx, verified with onnxruntime (needs the onnx "
+                        "extra)")
 
     p = add("robustness", c.cmd_robustness, [common], "attack an exported model: a report")
     p.add_argument("path", metavar="DIR", help="directory written by `automoe export`")

@@ -38,10 +38,12 @@ def _device(name: str) -> str:
     return name
 
 
-def _quiet_optuna(verbose: bool = False) -> None:
+def _quiet_optuna(args: argparse.Namespace | None = None) -> None:
+    """Optuna's own log: errors only, or its INFO lines with ``-v``."""
     import optuna
 
-    optuna.logging.set_verbosity(logging.WARNING if verbose else logging.ERROR)
+    verbose = bool(getattr(args, "verbose", False))
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
 
 
 def _storage_url(args: argparse.Namespace) -> str:
@@ -177,7 +179,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from automoe.storage import describe_url, open_storage
     from automoe.storage.study_db import parse_url
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     # Validate everything before the DB is touched, so bad input writes nothing.
     space = SearchSpace.from_file(resolve_space_path(args.space)).with_dataset(args.dataset)
     n_trials = args.trials if args.trials is not None else space.trials
@@ -221,7 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from automoe.search import TrialRunner, make_sampler, space_of_study
     from automoe.storage import load_study, open_storage
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     if args.until < 1:
         raise ConfigError(f"--until must be >= 1, got {args.until}")
     device = _device(args.device)
@@ -299,7 +301,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     """Show the Pareto-optimal feasible trials of a study on its objectives."""
     from automoe.search import pareto_trials, study_objectives, trial_row
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     study = _existing_study(args)
     if args.json and args.csv:
         raise ConfigError("pass one of --json and --csv")
@@ -344,7 +346,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     from automoe.search.retention import checkpoint_size, remove_dominated_checkpoints
     from automoe.storage import load_study, open_storage
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     storage = open_storage(_storage_url(args), create=False)
     store = _artifact_store(args)
     if args.action == "gc":
@@ -430,7 +432,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     objective, size and hypervolume of the Pareto front, running trials and their workers."""
     from rich.live import Live
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     if args.interval <= 0:
         raise ConfigError(f"--interval must be positive, got {args.interval}")
     study = _existing_study(args)
@@ -453,7 +455,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from automoe.search.objectives import parse_reference
     from automoe.search.plots import write_plot
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     study = _existing_study(args)
     reference = (parse_reference(args.reference, study_objectives(study)) if args.reference
                  else None)
@@ -472,7 +474,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from automoe.storage import open_storage
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     storage = open_storage(_storage_url(args), create=False)
@@ -590,7 +592,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     card (MODEL_CARD.md). Pick the trial by number or off the Pareto front with --pick."""
     from automoe.export import export_trial
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     study = _existing_study(args)
     if args.pick is None and (args.max_mmacs is not None or args.min_robust is not None):
         raise ConfigError("--max-mmacs and --min-robust go with --pick")
@@ -600,7 +602,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         number = pick_trial(study, args.pick, max_mmacs=args.max_mmacs,
                             min_robust=args.min_robust).number
-    path = export_trial(study, number, args.out, _artifact_store(args), force=args.force)
+    path = export_trial(study, number, args.out, _artifact_store(args), force=args.force,
+                        torchscript=args.torchscript, onnx=args.onnx)
     if not args.quiet:
         how = f" (--pick {args.pick})" if args.pick else ""
         err.print(f"exported trial {number}{how} of {study.study_name!r} to {path}")

@@ -29,11 +29,18 @@ CONFIG_FILE = "config.json"
 
 
 def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathLike[str],
-                 artifact_store, *, force: bool = False) -> Path:
-    """Write a complete trial's model to ``out_dir`` (weights + config that rebuilds it).
+                 artifact_store, *, force: bool = False, torchscript: bool = False,
+                 onnx: bool = False) -> Path:
+    """Write a complete trial's model to ``out_dir`` (weights + config that rebuilds it,
+    and a model card).
 
     The directory is assembled under a temporary name beside ``out_dir`` and renamed into
     place, so an interrupted export leaves nothing half-written.
+
+    With ``torchscript`` / ``onnx``, also ``model.torchscript.pt`` / ``model.onnx``: traced
+    graphs of the model whose MoE layers compute every expert and mask (the exact reference
+    path: routing is data-dependent, and a traced sparse path would freeze one batch's
+    routing). Each is checked against the eager model on fresh inputs before it is kept.
 
     Raises:
         AutomoeError: unknown or incomplete trial, missing or corrupted checkpoint, or an
@@ -89,6 +96,8 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             "params": trial.user_attrs.get("params"),
             "expert_usage": trial.user_attrs.get("expert_usage"),
         }
+        if torchscript or onnx:
+            config["extra_files"] = _traced_files(tmp_dir, meta, torchscript, onnx)
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp_dir / CARD_FILE).write_text(model_card(config))
         umask = os.umask(0)
@@ -101,6 +110,73 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return out_dir
+
+
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+_TRACE_TOLERANCE = 1e-4  # max |traced - eager| relative to max(1, |eager|)
+
+
+def _traced_files(folder: Path, meta: dict, torchscript: bool, onnx: bool) -> dict[str, str]:
+    """Write the traced graphs into ``folder``; returns ``{file: description}``."""
+    import warnings
+
+    from automoe.layers import MoEModule
+
+    eager = create_model(meta["model_name"], **meta["model_config"])
+    eager.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    eager.eval()
+    traced_model = create_model(meta["model_name"], **meta["model_config"])
+    traced_model.load_state_dict(eager.state_dict())
+    traced_model.eval()
+    for module in traced_model.modules():
+        if isinstance(module, MoEModule):
+            module.dispatch = "reference"
+    cfg = eager.config
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(2, *shape, generator=generator)
+    check = torch.rand(5, *shape, generator=generator)  # another batch size, other images
+    with torch.no_grad():
+        expected = eager(check)
+    scale = max(1.0, expected.abs().max().item())
+
+    def verify(name: str, outputs: torch.Tensor) -> None:
+        error = (outputs - expected).abs().max().item() / scale
+        if not error <= _TRACE_TOLERANCE:
+            raise AutomoeError(f"the {name} export differs from the eager model by {error:.3g} "
+                               f"(tolerance {_TRACE_TOLERANCE:g}); not written")
+
+    files = {}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks in Python
+        if torchscript:
+            module = torch.jit.trace(traced_model, example, check_trace=False)
+            verify("TorchScript", module(check))
+            torch.jit.save(module, str(folder / TORCHSCRIPT_FILE))
+            verify("TorchScript", torch.jit.load(str(folder / TORCHSCRIPT_FILE))(check))
+            files[TORCHSCRIPT_FILE] = ("TorchScript graph (torch.jit.load); MoE layers compute "
+                                       "every expert and mask: same outputs, dense cost")
+        if onnx:
+            try:
+                import onnxruntime
+            except ImportError:
+                raise AutomoeError("--onnx needs onnx and onnxruntime: pip install "
+                                   "'automoe[onnx]'") from None
+            path = folder / ONNX_FILE
+            try:
+                torch.onnx.export(traced_model, (example,), str(path), dynamo=False,
+                                  input_names=["images"], output_names=["logits"],
+                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            except Exception as exc:  # the exporter's own error types
+                raise AutomoeError(f"ONNX export failed: {str(exc).splitlines()[0]}") from None
+            session = onnxruntime.InferenceSession(str(path),
+                                                   providers=["CPUExecutionProvider"])
+            outputs = session.run(None, {"images": check.numpy()})[0]
+            verify("ONNX", torch.from_numpy(outputs))
+            files[ONNX_FILE] = ("ONNX graph, input `images` (N, C, H, W) in [0, 1], output "
+                                "`logits`; MoE layers compute every expert and mask")
+    return files
 
 
 def read_export_config(path: str | os.PathLike[str]) -> dict:

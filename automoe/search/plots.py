@@ -64,10 +64,9 @@ def write_plot(study: optuna.Study, kind: str, out: str | os.PathLike[str], *,
             figure.write_html(tmp, include_plotlyjs="cdn")
         else:
             figure.savefig(tmp, dpi=150, bbox_inches="tight")
-            if kind == "pareto":  # Optuna draws with pyplot: release its figure
-                import matplotlib.pyplot as plt
-
-                plt.close(figure)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it private
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,17 +80,49 @@ def _labels(study) -> list[str]:
 
 def _pareto(study, html: bool):
     names = study_objectives(study)
+    if len(names) == 1:
+        raise AutomoeError("a single-objective study has no front to draw")
     if len(names) > 3:
         raise AutomoeError("the Pareto-front plot draws 2 or 3 objectives")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if html:
-            if len(names) == 1:
-                raise AutomoeError("a single-objective study has no front to draw")
+    if html:  # interactive: Optuna's plot, 3D for three objectives
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.visualization.plot_pareto_front(study, target_names=_labels(study))
-        ax = optuna.visualization.matplotlib.plot_pareto_front(study,
-                                                               target_names=_labels(study))
-    return ax.figure
+    # static: a 2D picture reads better than a 3D one; the third objective is the colour
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values is not None]
+    front = {t.number for t in pareto_trials(study)}
+    labels = _labels(study)
+    x_index = next((i for i, n in enumerate(names) if not METRICS[n].maximize), 1)
+    y_index = next(i for i in range(len(names)) if i != x_index)
+    c_index = next((i for i in range(len(names)) if i not in (x_index, y_index)), None)
+    fig = Figure(figsize=(6.4, 4.4), layout="tight")
+    ax = fig.subplots()
+    for on_front in (False, True):
+        group = [t for t in complete if (t.number in front) == on_front]
+        if not group:
+            continue
+        scatter = ax.scatter(
+            [t.values[x_index] for t in group], [t.values[y_index] for t in group],
+            c=[t.values[c_index] for t in group] if c_index is not None else None,
+            cmap="viridis", vmin=min((t.values[c_index] for t in complete), default=0)
+            if c_index is not None else None,
+            vmax=max((t.values[c_index] for t in complete), default=1)
+            if c_index is not None else None,
+            s=70 if on_front else 28, alpha=1.0 if on_front else 0.75,
+            edgecolors="black" if on_front else "none", linewidths=1.2,
+            label="Pareto front" if on_front else "other trials", zorder=3 if on_front else 2)
+        if on_front:
+            for t in group:
+                ax.annotate(str(t.number), (t.values[x_index], t.values[y_index]),
+                            textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if c_index is not None:
+        fig.colorbar(scatter, ax=ax, label=labels[c_index])
+    ax.set(xlabel=labels[x_index], ylabel=labels[y_index],
+           title=f"{study.study_name}: {len(complete)} trials, front labelled by trial")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
 
 
 def hypervolume_history(study, reference=None) -> list[tuple[int, float]]:
@@ -228,7 +259,9 @@ def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool =
     axes = fig.subplots(1, len(layers), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         image = ax.imshow(per_class[layer], aspect="auto", cmap="viridis")
-        ax.set(title=layer, xlabel="class", ylabel="expert")
+        experts, classes = len(per_class[layer]), len(per_class[layer][0])
+        ax.set(title=layer, xlabel="class", ylabel="expert", yticks=range(experts),
+               xticks=range(0, classes, max(1, classes // 10)))
         fig.colorbar(image, ax=ax)
     fig.suptitle(title)
     return fig

@@ -45,10 +45,13 @@ def test_search_pareto_export_eval(workdir):
 
     for row in rows:
         out_dir = workdir / f"export-{row['trial']}"
-        run_cli("export", "--trial", str(row["trial"]), "--out", str(out_dir), cwd=workdir,
-                check=0)
-        assert sorted(p.name for p in out_dir.iterdir()) == ["MODEL_CARD.md", "config.json",
-                                                            "model.safetensors"]
+        run_cli("export", "--trial", str(row["trial"]), "--out", str(out_dir), "--torchscript",
+                "--onnx", cwd=workdir, check=0)
+        assert sorted(p.name for p in out_dir.iterdir()) == [
+            "MODEL_CARD.md", "config.json", "model.onnx", "model.safetensors",
+            "model.torchscript.pt"]
+        # the traced graphs give the eager model's outputs on other inputs, any granularity
+        _check_traced(out_dir)
         result = json.loads(run_cli("eval", str(out_dir), "--json", cwd=workdir, check=0).stdout)
         assert abs(result["val_accuracy"] - row["values"]["val_accuracy"]) <= 0.5
         assert abs(result["test_accuracy"] - row["test_accuracy"]) <= 0.5
@@ -124,3 +127,24 @@ def test_multi_fidelity_search_with_an_nni_tuner_and_other_objectives(workdir):
     states = [t.state.name for t in study.trials]
     assert states.count("PRUNED") >= 1 and states.count("COMPLETE") >= 1
     assert all(t.user_attrs["nni"]["tuner"] == "nni-random" for t in study.trials)
+
+
+def _check_traced(out_dir):
+    import warnings
+
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    import automoe
+
+    eager = automoe.load(out_dir)
+    x = torch.rand(7, 1, 8, 8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in 2.x
+        expected = eager(x)
+        scripted = torch.jit.load(str(out_dir / "model.torchscript.pt"))(x)
+    assert torch.allclose(scripted, expected, atol=1e-4)
+    session = onnxruntime.InferenceSession(str(out_dir / "model.onnx"))
+    (logits,) = session.run(None, {"images": x.numpy()})
+    assert np.allclose(logits, expected.numpy(), atol=1e-4)
