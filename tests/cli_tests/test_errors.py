@@ -78,3 +78,18 @@ def test_spaces_list_validate_show(workdir):
     (workdir / "bad.yaml").write_text("name: x\nparams: {experts: 2, top_k: 3}\n")
     proc = run_cli("spaces", "validate", "bad.yaml", cwd=workdir, check=1)
     assert proc.stderr.strip().count("\n") == 0 and "top-k 3 exceeds 2 experts" in proc.stderr
+
+
+def test_config_file_fills_flags_and_the_command_line_wins(workdir):
+    (workdir / "studies" / "run.toml").write_text(
+        'space = "tiny.yaml"\ntrials = 3\nsampler = "random"\nstudy = "from-config"\n')
+    proc = run_cli("search", "--config", "studies/run.toml", "--trials", "1", cwd=workdir,
+                   check=0)
+    assert "Pareto front of 'from-config' (1 trials" in proc.stdout  # --trials beat the file
+    assert "sampler random" in proc.stderr
+    (workdir / "studies" / "bad.toml").write_text('trials = "many"\n')
+    proc = run_cli("search", "--config", "studies/bad.toml", cwd=workdir, check=1)
+    assert proc.stderr.startswith("automoe: error: studies/bad.toml: trials: invalid value")
+    (workdir / "studies" / "unknown.toml").write_text("until = 3\n")
+    proc = run_cli("search", "--config", "studies/unknown.toml", cwd=workdir, check=1)
+    assert "until: not a flag of `automoe search`" in proc.stderr
