@@ -141,6 +141,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
 
+    p = add("supernet", c.cmd_supernet, [common, storage],
+            "weight-sharing search: train one supernet, search its sub-networks, retrain "
+            "the best stand-alone")
+    p.add_argument("action", choices=["train", "search", "finalize"],
+                   help="train: the supernet of --space into --out; search: evaluate "
+                        "sub-networks of --supernet with inherited weights, each a trial of "
+                        "--study (default: SPACE-supernet); finalize: retrain the --top N "
+                        "front sub-networks of --study stand-alone, as trials of the space's "
+                        "normal study (--target-study)")
+    p.add_argument("--space", default="supernet_digits", metavar="FILE|NAME",
+                   help="train: a space that searches only placement, experts and top_k")
+    p.add_argument("--supernet", default=None, metavar="FILE",
+                   help="search: the file `supernet train` wrote")
+    p.add_argument("--out", default=None, metavar="FILE", help="train: the supernet file")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train: supernet epochs (default: 2 x the space's epochs)")
+    p.add_argument("--subnets-per-step", type=int, default=4,
+                   help="train: sub-networks per step (largest, smallest and random ones)")
+    p.add_argument("--no-distill", action="store_true",
+                   help="train: plain cross-entropy for every sub-network (default: in-place "
+                        "distillation from the largest)")
+    p.add_argument("--trials", type=int, default=200, metavar="N",
+                   help="search: sub-networks to evaluate")
+    p.add_argument("--top", type=int, default=3, metavar="N",
+                   help="finalize: front sub-networks to retrain")
+    p.add_argument("--target-study", default=None, metavar="NAME",
+                   help="finalize: the study of the stand-alone trials (default: the space's "
+                        "name)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--download", action="store_true", help="let torchvision download it")
+    p.add_argument("--device", default="auto", help="torch device")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and sampling")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    p.add_argument("--keep", choices=["pareto", "all"], default="pareto",
+                   help="search: checkpoints to keep (front trials only, or all)")
+
     p = add("kernels", c.cmd_kernels, [common],
             "which backend each MoE op uses on this machine")
 

@@ -491,6 +491,137 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supernet(args: argparse.Namespace) -> int:
+    """Weight-sharing search in three steps. ``train`` trains one supernet over the space's
+    placement x experts x top-k (sandwich rule, in-place distillation). ``search`` runs
+    NSGA-II over its sub-networks, each evaluated with inherited weights (BatchNorm
+    recalibrated) and stored as a trial with ``fidelity = "supernet"``. ``finalize``
+    retrains the best sub-networks of that front stand-alone, as normal trials that
+    record their supernet values beside their own."""
+    from automoe.search import (
+        SearchSpace,
+        TrialRunner,
+        create_or_resume_study,
+        make_sampler,
+        pareto_trials,
+        resolve_space_path,
+        run_trials,
+        study_objectives,
+    )
+    from automoe.search.supernet import Supernet
+    from automoe.storage import open_storage
+
+    _quiet_optuna(args)
+    device = _device(args.device)
+    _threads(args)
+    if args.action == "train":
+        if not args.out:
+            raise ConfigError("`supernet train` needs --out FILE")
+        space = SearchSpace.from_file(resolve_space_path(args.space))
+        from automoe.data import load_dataset
+
+        train_set = load_dataset(space.dataset["name"], "train", args.data_root,
+                                 image_size=space.dataset["image_size"],
+                                 augment=space.dataset["augment"], download=args.download)
+        torch_seed(args.seed)
+        net = Supernet(space, train_set.info)
+        from dataclasses import replace
+
+        candidate = space._candidate(dict(space.fixed))
+        epochs = args.epochs or 2 * candidate.train.epochs
+        recipe = replace(candidate.train, epochs=epochs, seed=args.seed)
+        progress = _TrialProgress(args.quiet, None)
+        progress.progress.update(progress.trials, visible=False)
+
+        def on_step(step: int, total: int) -> None:
+            progress.progress.update(progress.steps, description="supernet (train steps)",
+                                     completed=step, total=total, visible=True)
+
+        with progress.progress:
+            history = net.train(train_set, recipe, subnets_per_step=args.subnets_per_step,
+                                distill=not args.no_distill, device=device, on_step=on_step)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        net.save(args.out, history)
+        if not args.quiet:
+            err.print(f"supernet of {space.name}: {epochs} epochs, largest sub-network loss "
+                      f"{history[-1]['loss']:.3f}; wrote {args.out}")
+        return 0
+
+    storage = open_storage(_storage_url(args), create=args.action == "search")
+    if args.action == "search":
+        if not args.supernet:
+            raise ConfigError("`supernet search` needs --supernet FILE")
+        net = Supernet.load(args.supernet)
+        space = net.space
+        study_name = args.study or f"{space.name}-supernet"
+        sampler = make_sampler(space.sampler["name"], args.seed, space.sampler["population_size"],
+                               space)
+        study, _ = create_or_resume_study(storage, study_name, space, sampler, args.seed)
+        study.set_user_attr("fidelity", "supernet")
+        progress = _TrialProgress(args.quiet, args.trials)
+        runner = TrialRunner(space, _artifact_store(args), device=device, seed=args.seed,
+                             data_root=args.data_root, download=args.download, supernet=net,
+                             usage_plots=False)
+        with progress.progress:
+            run_trials(study, runner, args.trials, callbacks=[progress.after_trial,
+                                                              _retention(args)])
+        _print_front(study, ", inherited weights")
+        return 0
+
+    # finalize
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {args.top}")
+    source = _existing_study(args)
+    from automoe.search import space_of_study
+
+    space = space_of_study(source)
+    names = study_objectives(source)
+    front = pareto_trials(source)[:args.top]
+    if not front:
+        raise ConfigError(f"study {source.study_name!r} has no complete sub-network yet")
+    target_name = args.target_study or space.name
+    sampler = make_sampler(space.sampler["name"], args.seed, space.sampler["population_size"],
+                           space)
+    target, _ = create_or_resume_study(storage, target_name, space, sampler, args.seed)
+    before = len(target.trials)
+    for trial in front:
+        target.enqueue_trial(trial.params, user_attrs={
+            "supernet_trial": {"study": source.study_name, "trial": trial.number,
+                               "values": dict(zip(names, trial.values, strict=True))}})
+    progress = _TrialProgress(args.quiet, len(front))
+    runner = TrialRunner(space, _artifact_store(args), device=device, seed=args.seed,
+                         data_root=args.data_root, download=args.download,
+                         resume_dir=_resume_dir(args))
+    with progress.progress:
+        run_trials(target, runner, len(front), callbacks=[progress.after_trial])
+    from rich.table import Table
+
+    from automoe.search import METRICS
+
+    table = Table(title=f"finalists of {source.study_name!r}: inherited weights vs trained "
+                        f"stand-alone in {target_name!r}", title_justify="left")
+    table.add_column("sub-network")
+    table.add_column("trial")
+    for name in names:
+        table.add_column(f"{METRICS[name].label} inherited", justify="right")
+        table.add_column(f"{METRICS[name].label} stand-alone", justify="right")
+    for trial in target.get_trials(deepcopy=False)[before:]:
+        origin = trial.user_attrs.get("supernet_trial", {})
+        cells = []
+        for i, name in enumerate(names):
+            cells.append(METRICS[name].format(origin.get("values", {}).get(name)))
+            cells.append(METRICS[name].format(trial.values[i]) if trial.values else "-")
+        table.add_row(str(origin.get("trial", "-")), str(trial.number), *cells)
+    out.print(table)
+    return 0
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
 def cmd_kernels(args: argparse.Namespace) -> int:
     """Which backend each MoE op runs with ``dispatch: auto`` on this machine, and why."""
     import torch

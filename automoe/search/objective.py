@@ -20,13 +20,19 @@ from optuna.artifacts import upload_artifact
 from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import track_expert_usage
-from automoe.models import count_flops, count_params, create_model, measure_latency
+from automoe.models import (
+    count_flops,
+    count_params,
+    create_model,
+    measure_latency,
+    resolve_placement,
+)
 from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
 from automoe.search.objectives import minimised
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.storage import save_checkpoint, sha256_file
-from automoe.training import evaluate_accuracy, train
+from automoe.training import TrainResult, evaluate_accuracy, train
 
 
 def build_model(candidate: Candidate, info) -> torch.nn.Module:
@@ -64,12 +70,17 @@ class TrialRunner:
         on_step: progress callback ``(trial number, step, total steps)``.
         resume_dir: folder for per-epoch training states (None: no resuming).
         usage_plots: also store each MoE trial's expert-usage heatmap as an artifact.
+        supernet: a trained :class:`~automoe.search.supernet.Supernet` of this space: trials
+            then evaluate its sub-networks with inherited weights (BatchNorm recalibrated on
+            ``recalibration_batches`` training batches) instead of training them; they are
+            marked ``fidelity = "supernet"``.
     """
 
     def __init__(self, space: SearchSpace, artifact_store, *, device: str = "cpu", seed: int = 0,
                  data_root: str | None = None, download: bool = False,
                  on_step: Callable[[int, int, int], None] | None = None,
-                 resume_dir: str | os.PathLike[str] | None = None, usage_plots: bool = True):
+                 resume_dir: str | os.PathLike[str] | None = None, usage_plots: bool = True,
+                 supernet=None, recalibration_batches: int = 10):
         self.space = space
         self.artifact_store = artifact_store
         self.device = device
@@ -77,6 +88,8 @@ class TrialRunner:
         self.on_step = on_step
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         self.usage_plots = usage_plots
+        self.supernet = supernet
+        self.recalibration_batches = recalibration_batches
         ds = space.dataset
         common = dict(root=data_root, image_size=ds["image_size"], download=download)
         self.train_set = load_dataset(ds["name"], "train", augment=ds["augment"], **common)
@@ -118,7 +131,10 @@ class TrialRunner:
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
                                        "device": str(self.device)})
         torch.manual_seed(seed)
-        model = build_model(candidate, self.info)
+        if self.supernet is not None:  # inherited weights instead of training
+            model = self._inherit(trial, candidate)
+        else:
+            model = build_model(candidate, self.info)
         trial.set_user_attr("params", count_params(model))
         # Cost metrics do not change with training: measured once, before it.
         shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
@@ -173,8 +189,11 @@ class TrialRunner:
                               f"of the trials at epoch {epoch}")
 
         try:
-            result = train(model, self.train_set, candidate.train, self.device, on_step=on_step,
-                           on_epoch=on_epoch, resume=resume)
+            if self.supernet is not None:
+                result = TrainResult()  # nothing to train: the weights are the supernet's
+            else:
+                result = train(model, self.train_set, candidate.train, self.device,
+                               on_step=on_step, on_epoch=on_epoch, resume=resume)
         except TrainingDivergedError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             return failed  # Optuna stores a NaN-valued trial as FAIL
@@ -212,6 +231,24 @@ class TrialRunner:
             trial.set_user_attr("constraints", violations)
             trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
         return tuple(metrics[name] for name in self.space.objectives)
+
+    def _inherit(self, trial: optuna.Trial, candidate: Candidate):
+        """The candidate's sub-network of the supernet, BatchNorm recalibrated."""
+        from automoe.search.supernet import SubnetSpec, recalibrate_batchnorm
+
+        model_cfg = candidate.model
+        bits = resolve_placement(model_cfg.get("placement", "none"),
+                                 self.space._blocks_per_stage())
+        spec = SubnetSpec("".join("1" if b else "0" for b in bits),
+                          model_cfg.get("num_experts", 1), model_cfg.get("top_k", 1))
+        if spec.is_dense:
+            spec = SubnetSpec(spec.placement, min(self.supernet.expert_choices), 1)
+        trial.set_user_attr("fidelity", "supernet")
+        trial.set_user_attr("subnet", {"placement": spec.placement, "experts": spec.experts,
+                                       "top_k": spec.top_k})
+        model = self.supernet.extract(spec)
+        return recalibrate_batchnorm(model, self.train_set, batches=self.recalibration_batches,
+                                     device=self.device, seed=candidate.train.seed)
 
     def _measure(self, model, costs: dict, val_accuracy: float | None = None
                  ) -> dict[str, float]:

@@ -1,0 +1,61 @@
+"""supernet train -> search (inherited weights, trials in the study DB) -> finalize."""
+
+import optuna
+
+from automoe.storage import open_storage
+
+from .conftest import run_cli
+
+SPACE = """
+name: tinysuper
+dataset: {name: digits, image_size: 8}
+model: {name: resnet8}
+params:
+  placement: {choices: [none, last_stage, all]}
+  experts: {low: 2, high: 3}
+  top_k: {low: 1, high: 2}
+  width_multiplier: 0.25
+  balance_weight: 0.01
+  epochs: 1
+  batch_size: 128
+evaluation:
+  attack: {steps: 2, max_samples: 64}
+sampler: {name: nsga2, population_size: 4}
+"""
+
+
+def test_supernet_train_search_finalize(workdir):
+    (workdir / "super.yaml").write_text(SPACE)
+    run_cli("supernet", "train", "--space", "super.yaml", "--out", "studies/super.safetensors",
+            "-q", cwd=workdir, check=0)
+    proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
+                   "--trials", "6", "-q", cwd=workdir, check=0)
+    assert "Pareto front of 'tinysuper-supernet'" in proc.stdout
+    storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"), create=False)
+    study = optuna.load_study(study_name="tinysuper-supernet", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    for t in study.trials:
+        assert t.user_attrs["fidelity"] == "supernet" and "history" in t.user_attrs
+        assert t.user_attrs["history"] == []  # nothing trained: inherited weights
+        subnet = t.user_attrs["subnet"]
+        assert 1 <= subnet["top_k"] <= subnet["experts"] <= 3
+
+    proc = run_cli("supernet", "finalize", "--study", "tinysuper-supernet", "--top", "1",
+                   cwd=workdir, check=0)
+    assert "inherited weights vs trained stand-alone in 'tinysuper'" in proc.stdout
+    final = optuna.load_study(study_name="tinysuper", storage=storage)
+    (trial,) = final.trials
+    origin = trial.user_attrs["supernet_trial"]
+    assert trial.state.name == "COMPLETE" and origin["study"] == "tinysuper-supernet"
+    assert trial.params == study.trials[origin["trial"]].params
+    # the same architecture: the same active MACs, inherited or trained
+    assert trial.values[1] == origin["values"]["mmacs"]
+    assert len(trial.user_attrs["history"]) == 1  # trained stand-alone for the space's epochs
+
+
+def test_supernet_refuses_spaces_it_cannot_share(workdir):
+    proc = run_cli("supernet", "train", "--space", "tiny.yaml", "--out", "x.safetensors",
+                   cwd=workdir, check=1)
+    assert "the supernet searches placement, experts and top_k" in proc.stderr
+    proc = run_cli("supernet", "search", "--supernet", "tiny.yaml", cwd=workdir, check=1)
+    assert "is not a supernet" in proc.stderr or "cannot read supernet" in proc.stderr
