@@ -54,7 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "command's flags (`trials = 50`, `data-root = \"/data\"`); flags "
                              "given on the command line win")
 
-    p = add("search", c.cmd_search, [common, storage, config],
+    # How trials run, for search and worker.
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--keep", choices=["pareto", "all"], default="pareto",
+                         help="checkpoints to keep: those of Pareto-front trials (removed once "
+                              "dominated) or all")
+    running.add_argument("--threads", type=int, default=None, metavar="N",
+                         help="torch CPU threads (default: torch's choice, all cores); with "
+                              "several workers on one machine give each cores/workers, or they "
+                              "slow each other down many times over")
+    running.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                         help="trial heartbeat; a trial silent for 3 beats is failed and "
+                              "retried (0: off)")
+
+    p = add("search", c.cmd_search, [common, storage, config, running],
             "run (or resume) a multi-objective search")
     p.add_argument("--space", default="default", metavar="FILE|NAME",
                    help="search-space YAML file, or the name of one in search_spaces/")
@@ -72,18 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download a missing dataset into --data-root")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
-    p.add_argument("--keep", choices=["pareto", "all"], default="pareto",
-                   help="checkpoints to keep: those of Pareto-front trials (removed once "
-                        "dominated; the default) or all")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's choice, all cores); with several "
-                        "workers on one machine give each cores/workers, or they slow each "
-                        "other down many times over")
-    p.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
-                   help="trial heartbeat; a trial silent for 3 beats is failed and retried "
-                        "(0: off)")
 
-    p = add("worker", c.cmd_worker, [common, storage, config], "join a study as one more worker")
+    p = add("worker", c.cmd_worker, [common, storage, config, running],
+            "join a study as one more worker")
     p.add_argument("--until", type=int, required=True, metavar="N",
                    help="stop once the study has N complete trials")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
@@ -91,15 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device")
     p.add_argument("--seed", type=int, default=None,
                    help="sampler seed of this worker (default: random, so workers differ)")
-    p.add_argument("--keep", choices=["pareto", "all"], default="pareto",
-                   help="checkpoints to keep: those of Pareto-front trials (removed once "
-                        "dominated; the default) or all")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's choice, all cores); with several "
-                        "workers on one machine give each cores/workers, or they slow each "
-                        "other down many times over")
-    p.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
-                   help="trial heartbeat; a trial silent for 3 beats is failed and retried")
 
     p = add("pareto", c.cmd_pareto, [common, storage], "show the Pareto front of a study")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
