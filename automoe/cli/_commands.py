@@ -523,13 +523,14 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         train_set = load_dataset(space.dataset["name"], "train", args.data_root,
                                  image_size=space.dataset["image_size"],
                                  augment=space.dataset["augment"], download=args.download)
-        torch_seed(args.seed)
+        import torch
+
+        torch.manual_seed(args.seed)
         net = Supernet(space, train_set.info)
         from dataclasses import replace
 
-        candidate = space._candidate(dict(space.fixed))
-        epochs = args.epochs or 2 * candidate.train.epochs
-        recipe = replace(candidate.train, epochs=epochs, seed=args.seed)
+        epochs = args.epochs or 2 * net.recipe().epochs
+        recipe = replace(net.recipe(), epochs=epochs, seed=args.seed)
         progress = _TrialProgress(args.quiet, None)
         progress.progress.update(progress.trials, visible=False)
 
@@ -614,12 +615,6 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         table.add_row(str(origin.get("trial", "-")), str(trial.number), *cells)
     out.print(table)
     return 0
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:

@@ -238,7 +238,7 @@ class TrialRunner:
 
         model_cfg = candidate.model
         bits = resolve_placement(model_cfg.get("placement", "none"),
-                                 self.space._blocks_per_stage())
+                                 self.space.units_per_stage())
         spec = SubnetSpec("".join("1" if b else "0" for b in bits),
                           model_cfg.get("num_experts", 1), model_cfg.get("top_k", 1))
         if spec.is_dense:

@@ -342,7 +342,7 @@ class SearchSpace:
             fail("params.top_k", f"top-k {k_min} exceeds {e_min} experts: every experts value "
                  f"must admit at least top_k={k_min} (k <= experts)")
         # Every placement must be valid for the backbone.
-        blocks = self._blocks_per_stage()
+        blocks = self.units_per_stage()
         placements = (self.dimensions["placement"].choices if "placement" in self.dimensions
                       else [self.fixed.get("placement", MoENetConfig.placement)])
         for placement in placements:
@@ -371,7 +371,7 @@ class SearchSpace:
                     fail("params", f"{exc} (with {picked or 'the fixed values'}); "
                          "remove a choice so every combination is valid")
 
-    def _blocks_per_stage(self) -> tuple[int, ...]:
+    def units_per_stage(self) -> tuple[int, ...]:
         """Placement units per stage of the space's backbone."""
         return default_config(self.model_name, **self.model_fixed).units_per_stage()
 
@@ -429,7 +429,7 @@ class SearchSpace:
     def _is_moe(self, values: dict) -> bool:
         placement = values.get("placement", self.fixed.get("placement",
                                                            MoENetConfig.placement))
-        return any(resolve_placement(placement, self._blocks_per_stage()))
+        return any(resolve_placement(placement, self.units_per_stage()))
 
     def _candidate(self, values: dict, sampled: dict | None = None) -> Candidate:
         model = dict(self.model_fixed)

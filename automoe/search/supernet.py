@@ -78,7 +78,7 @@ class Supernet:
             raise ConfigError("the supernet needs granularity conv")
         self.space = space
         self.info = info
-        self.units = sum(space._blocks_per_stage())
+        self.units = sum(space.units_per_stage())
         self.placements = self._placements()
         self.expert_choices = _values(space, "experts", 2)
         self.max_experts = max(self.expert_choices)
@@ -108,7 +108,7 @@ class Supernet:
         dim = self.space.dimensions.get("placement")
         choices = dim.choices if dim is not None else (self.space.fixed.get("placement",
                                                                            "none"),)
-        blocks = self.space._blocks_per_stage()
+        blocks = self.space.units_per_stage()
         return ["".join("1" if b else "0" for b in resolve_placement(p, blocks))
                 for p in choices]
 
@@ -123,6 +123,11 @@ class Supernet:
         return create_model(self.space.model_name, **kwargs, in_channels=info.in_channels,
                             num_classes=info.num_classes, image_size=info.image_size,
                             input_mean=info.mean, input_std=info.std)
+
+    def recipe(self) -> TrainConfig:
+        """The space's fixed training recipe (lr, epochs, batch size, ...)."""
+        return TrainConfig(**{PARAMS[name][1]: value for name, value in self.space.fixed.items()
+                              if PARAMS[name][0] == "train"})
 
     # ------------------------------------------------------------ sub-networks
 
