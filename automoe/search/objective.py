@@ -136,17 +136,6 @@ class TrialRunner:
         else:
             model = build_model(candidate, self.info)
         trial.set_user_attr("params", count_params(model))
-        # Cost metrics do not change with training: measured once, before it.
-        shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
-        macs = count_flops(model, shape, inputs=self.flops_probe)
-        trial.set_user_attr("macs", macs)
-        costs = {"mmacs": macs["active"] / 1e6, "mparams": count_params(model) / 1e6}
-        if "latency_ms" in self.measured:
-            lat = self.space.latency
-            costs["latency_ms"] = measure_latency(model, shape, self.device, lat["batch_size"],
-                                                  lat["warmup"], lat["repeats"])
-        for key, value in costs.items():
-            trial.set_user_attr(key, value)
 
         # Only a retry of a dead worker's trial resumes, and only from a state saved for
         # the same candidate; the state goes however the trial ends, except by SIGKILL.
@@ -157,12 +146,11 @@ class TrialRunner:
             if resume is not None:
                 trial.set_user_attr("resumed_from", {"trial": origin,
                                                      "epochs_done": resume["epochs_done"]})
-            return self._train_and_measure(trial, candidate, model, costs, resume,
-                                           resume_path, key)
+            return self._train_and_measure(trial, candidate, model, resume, resume_path, key)
         finally:
             _remove(resume_path)
 
-    def _train_and_measure(self, trial: optuna.Trial, candidate: Candidate, model, costs: dict,
+    def _train_and_measure(self, trial: optuna.Trial, candidate: Candidate, model,
                            resume: dict | None, resume_path: Path | None,
                            key: str) -> tuple[float, ...]:
         failed = tuple(float("nan") for _ in self.space.objectives)
@@ -180,7 +168,7 @@ class TrialRunner:
             if epoch not in rungs:
                 return
             start = time.perf_counter()
-            metrics = self._measure(model, costs)
+            metrics = self._measure(trial, model)
             eval_seconds += time.perf_counter() - start
             if not self._promoted(trial, epoch, metrics):
                 trial.set_user_attr("history", progress.history)
@@ -205,7 +193,7 @@ class TrialRunner:
         batch = self.space.eval_batch_size
         with track_expert_usage(model) as usage:  # the routing of the val pass only
             val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
-        metrics = self._measure(model, costs, val_accuracy)
+        metrics = self._measure(trial, model, val_accuracy)
         metrics["test_accuracy"] = 100 * evaluate_accuracy(model, self.test_set, batch,
                                                            self.device)
         eval_seconds += time.perf_counter() - start
@@ -250,14 +238,29 @@ class TrialRunner:
         return recalibrate_batchnorm(model, self.train_set, batches=self.recalibration_batches,
                                      device=self.device, seed=candidate.train.seed)
 
-    def _measure(self, model, costs: dict, val_accuracy: float | None = None
+    def _costs(self, trial: optuna.Trial, model) -> dict[str, float]:
+        """MACs, parameters and (when needed) latency of the model as it is now: the open
+        channels of a channel-gated model, and so its cost, change with training."""
+        shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
+        macs = count_flops(model, shape, inputs=self.flops_probe)
+        trial.set_user_attr("macs", macs)
+        costs = {"mmacs": macs["active"] / 1e6, "mparams": count_params(model) / 1e6}
+        if "latency_ms" in self.measured:
+            lat = self.space.latency
+            costs["latency_ms"] = measure_latency(model, shape, self.device, lat["batch_size"],
+                                                  lat["warmup"], lat["repeats"])
+        for name, value in costs.items():
+            trial.set_user_attr(name, value)
+        return costs
+
+    def _measure(self, trial: optuna.Trial, model, val_accuracy: float | None = None
                  ) -> dict[str, float]:
         """The metrics the space needs, in % and millions (val accuracy in [0, 1] when
         already measured)."""
         batch = self.space.eval_batch_size
         if val_accuracy is None:
             val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
-        metrics = {**costs, "val_accuracy": 100 * val_accuracy}
+        metrics = {**self._costs(trial, model), "val_accuracy": 100 * val_accuracy}
         if "robust_accuracy" in self.measured:
             metrics["robust_accuracy"] = 100 * robust_accuracy(model, self.val_set,
                                                                self.space.attack, batch,
