@@ -92,8 +92,8 @@ def _existing_study(args: argparse.Namespace):
 
 def _print_front(study, note: str = "", reference: str | None = None) -> None:
     from automoe.search import pareto_trials, study_objectives, trial_row
-    from automoe.search.hypervolume import study_hypervolume
-    from automoe.search.objectives import METRICS, default_reference, parse_reference
+    from automoe.search.objectives import METRICS, parse_reference
+    from automoe.search.pareto import front_hypervolume
 
     names = study_objectives(study)
     front = pareto_trials(study)
@@ -103,11 +103,7 @@ def _print_front(study, note: str = "", reference: str | None = None) -> None:
                        if states.count(s))
     table = pareto_table(rows, names, f"Pareto front of {study.study_name!r} "
                                       f"({len(states)} trials: {counts}{note})")
-    complete = [tuple(t.values) for t in study.get_trials(deepcopy=False)
-                if t.values is not None and all(v == v for v in t.values)]
-    ref = (parse_reference(reference, names) if reference
-           else default_reference(names, complete))
-    hv = study_hypervolume([tuple(t.values) for t in front], ref, names)
+    hv, ref = front_hypervolume(study, parse_reference(reference, names) if reference else None)
     units = " x ".join(METRICS[n].label.split()[-1] for n in names)
     table.caption = (f"hypervolume {hv:,.6g} ({units}) against the reference "
                      + ", ".join(f"{n} {r:g}" for n, r in zip(names, ref, strict=True)))
@@ -392,16 +388,14 @@ def _status_view(study):
     from rich.table import Table
 
     from automoe.search import METRICS, pareto_trials, study_objectives
-    from automoe.search.hypervolume import study_hypervolume
-    from automoe.search.objectives import default_reference
+    from automoe.search.pareto import front_hypervolume
 
     names = study_objectives(study)
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
     front = pareto_trials(study)
-    reference = default_reference(names, [tuple(t.values) for t in complete])
-    hv = study_hypervolume([tuple(t.values) for t in front], reference, names)
+    hv, reference = front_hypervolume(study)
     head = Table.grid(padding=(0, 2))
     head.add_row(f"[bold]{study.study_name}[/]", *(f"{s.lower()} {states.count(s)}" for s in (
         "COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")))

@@ -25,7 +25,6 @@ from automoe.models import (
     count_params,
     create_model,
     measure_latency,
-    resolve_placement,
 )
 from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
@@ -222,12 +221,11 @@ class TrialRunner:
 
     def _inherit(self, trial: optuna.Trial, candidate: Candidate):
         """The candidate's sub-network of the supernet, BatchNorm recalibrated."""
-        from automoe.search.supernet import SubnetSpec, recalibrate_batchnorm
+        from automoe.search.supernet import SubnetSpec, placement_bits, recalibrate_batchnorm
 
         model_cfg = candidate.model
-        bits = resolve_placement(model_cfg.get("placement", "none"),
-                                 self.space.units_per_stage())
-        spec = SubnetSpec("".join("1" if b else "0" for b in bits),
+        spec = SubnetSpec(placement_bits(model_cfg.get("placement", "none"),
+                                         self.space.units_per_stage()),
                           model_cfg.get("num_experts", 1), model_cfg.get("top_k", 1))
         if spec.is_dense:
             spec = SubnetSpec(spec.placement, min(self.supernet.expert_choices), 1)

@@ -36,3 +36,19 @@ def trial_row(trial: FrozenTrial, names) -> dict:
         "has_checkpoint": "checkpoint" in attrs,
     }
 
+
+
+def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None = None
+                      ) -> tuple[float, tuple[float, ...]]:
+    """``(hypervolume of the feasible front, reference point used)``; the default reference
+    is :func:`~automoe.search.objectives.default_reference` over the complete trials."""
+    from automoe.search.hypervolume import study_hypervolume
+    from automoe.search.objectives import default_reference
+
+    names = study_objectives(study)
+    if reference is None:
+        complete = [tuple(t.values) for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.values is not None]
+        reference = default_reference(names, complete)
+    front = [tuple(t.values) for t in pareto_trials(study)]
+    return study_hypervolume(front, reference, names), tuple(reference)

@@ -108,9 +108,7 @@ class Supernet:
         dim = self.space.dimensions.get("placement")
         choices = dim.choices if dim is not None else (self.space.fixed.get("placement",
                                                                            "none"),)
-        blocks = self.space.units_per_stage()
-        return ["".join("1" if b else "0" for b in resolve_placement(p, blocks))
-                for p in choices]
+        return [placement_bits(p, self.space.units_per_stage()) for p in choices]
 
     def build(self, placement: str, experts: int, top_k: int) -> nn.Module:
         """A stand-alone model of the space's backbone (fresh weights)."""
@@ -299,11 +297,12 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int = 10, batch_si
 
 
 def _values(space: SearchSpace, name: str, default: int) -> list[int]:
-    dim = space.dimensions.get(name)
-    if dim is None:
+    """The values a searched int dimension takes (its grid), or its fixed value."""
+    if name not in space.dimensions:
         return [int(space.fixed.get(name, default))]
-    if dim.kind == "categorical":
-        return sorted(int(v) for v in dim.choices)
-    step = dim.step or 1
-    return list(range(int(dim.low), int(dim.high) + 1, int(step)))
+    return sorted(int(v) for v in space.grid()[name])
 
+
+def placement_bits(placement: str, units_per_stage: tuple[int, ...]) -> str:
+    """A placement preset or mask as one 0/1 character per unit."""
+    return "".join("1" if b else "0" for b in resolve_placement(placement, units_per_stage))
