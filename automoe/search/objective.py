@@ -350,7 +350,9 @@ def _load_resume(path: Path | None, key: str) -> dict | None:
 def _save_resume(path: Path, state: dict) -> None:
     """Write then rename: a worker killed mid-write leaves the previous epoch's state."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    # the temp name carries the trial's, so that whoever owns the trial next can sweep
+    # a temp file that a worker killed mid-write left behind (see _remove)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -361,5 +363,11 @@ def _save_resume(path: Path, state: dict) -> None:
 
 
 def _remove(path: Path | None) -> None:
+    """Remove a trial's saved state and any temp file a killed writer of it left behind.
+
+    Safe: only one worker runs a trial (or its retry) at a time, and this one is it.
+    """
     if path is not None:
         path.unlink(missing_ok=True)
+        for orphan in path.parent.glob(f".{path.stem}.tmp-*"):
+            orphan.unlink(missing_ok=True)

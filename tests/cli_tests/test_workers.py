@@ -38,7 +38,7 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target):
         victim = None
         while victim is None:
             assert time.monotonic() < deadline, "no trial got past its first epoch"
-            saved = {int(p.stem.split("-")[1]) for p in (artifacts / "resume").rglob("*.pt")}
+            saved = {int(p.stem.split("-")[1]) for p in (artifacts / "resume").rglob("trial-*.pt")}
             for t in _trials(url):
                 pid = t.user_attrs.get("worker", {}).get("pid")
                 if t.state.name == "RUNNING" and t.number in saved and pid in pids:
@@ -68,7 +68,8 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target):
     assert retry.user_attrs["config"]["train"]["seed"] == victim.user_attrs["config"]["train"][
         "seed"]
     assert len(retry.user_attrs["history"]) == 6
-    assert not list((artifacts / "resume").rglob("*.pt"))  # states removed once trials end
+    # states, and temp files of a worker killed mid-write, are removed once trials end
+    assert not list((artifacts / "resume").rglob("*.pt"))
     assert not list(artifacts.glob(".tmp-*"))  # no half-written checkpoint
 
 

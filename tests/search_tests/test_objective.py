@@ -98,3 +98,19 @@ def test_a_stale_training_state_is_never_resumed(tmp_path):
     (trial,) = study.trials
     assert trial.state.name == "COMPLETE" and "resumed_from" not in trial.user_attrs
     assert not stale.exists()
+
+
+def test_resume_state_written_atomically_and_swept(tmp_path):
+    from automoe.search.objective import _load_resume, _remove, _save_resume
+
+    path = tmp_path / "resume" / "trial-3.pt"
+    _save_resume(path, {"candidate": "k", "epochs_done": 2})
+    assert _load_resume(path, "k")["epochs_done"] == 2
+    assert _load_resume(path, "other") is None  # saved for another candidate
+    # a worker SIGKILLed mid-write leaves its temp file; the trial's next owner sweeps it
+    orphan = path.parent / ".trial-3.tmp-abc123.pt"
+    orphan.write_bytes(b"half")
+    neighbour = path.parent / ".trial-30.tmp-def456.pt"  # another trial's write in flight
+    neighbour.write_bytes(b"busy")
+    _remove(path)
+    assert not path.exists() and not orphan.exists() and neighbour.exists()
