@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "front sub-networks of --study stand-alone, as trials of the space's "
                         "normal study (--target-study)")
     p.add_argument("--space", default="supernet_digits", metavar="FILE|NAME",
-                   help="train: a space that searches only placement, experts and top_k")
+                   help="train: a space that searches only placement, experts, top_k and "
+                        "width_multiplier")
     p.add_argument("--supernet", default=None, metavar="FILE",
                    help="search: the file `supernet train` wrote")
     p.add_argument("--out", default=None, metavar="FILE", help="train: the supernet file")
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-distill", action="store_true",
                    help="train: plain cross-entropy for every sub-network (default: in-place "
                         "distillation from the largest)")
+    p.add_argument("--adversarial", action="store_true",
+                   help="train: PGD adversarial training through the supernet (examples "
+                        "crafted against the largest sub-network with the space's adv_eps, "
+                        "adv_step_size and adv_steps); the same as `scheme: pgd_at` in the "
+                        "space")
     p.add_argument("--trials", type=int, default=200, metavar="N",
                    help="search: sub-networks to evaluate")
     p.add_argument("--top", type=int, default=3, metavar="N",

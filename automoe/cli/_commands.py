@@ -487,7 +487,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_supernet(args: argparse.Namespace) -> int:
     """Weight-sharing search in three steps. ``train`` trains one supernet over the space's
-    placement x experts x top-k (sandwich rule, in-place distillation). ``search`` runs
+    placement x experts x top-k x width (sandwich rule, in-place distillation, optionally
+    PGD adversarial training). ``search`` runs
     NSGA-II over its sub-networks, each evaluated with inherited weights (BatchNorm
     recalibrated) and stored as a trial with ``fidelity = "supernet"``. ``finalize``
     retrains the best sub-networks of that front stand-alone, as normal trials that
@@ -525,6 +526,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
         epochs = args.epochs or 2 * net.recipe().epochs
         recipe = replace(net.recipe(), epochs=epochs, seed=args.seed)
+        if args.adversarial:
+            recipe = replace(recipe, scheme="pgd_at")
         progress = _TrialProgress(args.quiet, None)
         progress.progress.update(progress.trials, visible=False)
 
@@ -538,8 +541,9 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         net.save(args.out, history)
         if not args.quiet:
-            err.print(f"supernet of {space.name}: {epochs} epochs, largest sub-network loss "
-                      f"{history[-1]['loss']:.3f}; wrote {args.out}")
+            adversarial = " of PGD-AT" if recipe.scheme == "pgd_at" else ""
+            err.print(f"supernet of {space.name}: {epochs} epochs{adversarial}, largest "
+                      f"sub-network loss {history[-1]['loss']:.3f}; wrote {args.out}")
         return 0
 
     storage = open_storage(_storage_url(args), create=args.action == "search")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from automoe.layers.base import MoEModule
@@ -50,8 +49,6 @@ class MoEConv2d(MoEModule):
         self.router = TopKRouter(None if global_routing else in_channels, num_experts, top_k,
                                  **router_kwargs)
         self._last_assignments: torch.Tensor | int = 0  # valid (sample, expert) pairs last run
-        # In a supernet, a layer its sub-network keeps dense runs expert 0 as a plain conv.
-        self.dense_expert = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -61,10 +58,6 @@ class MoEConv2d(MoEModule):
             self.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dense_expert:  # no router, no gate: the dense conv of a sub-network
-            self._last_assignments = x.shape[0]
-            self.last_routing = None
-            return F.conv2d(x, self.weight[0], None, self.stride, self.padding)
         routing = self.route(x)
         self._last_assignments = (routing.expert_index >= 0).sum()  # for FLOPs accounting
         return moe_conv2d(x, self.weight, None, routing.expert_index, routing.gates,

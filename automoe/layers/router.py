@@ -121,9 +121,6 @@ class TopKRouter(nn.Module):
                              "takes gate 'topk', 'vmoe' or 'st_top1'")
         self.num_experts = num_experts
         self.top_k = top_k
-        # A supernet's sub-network routes among the first `active_experts` experts only
-        # (None: all); its scorer rows beyond them are simply not used.
-        self.active_experts: int | None = None
         self.gate = gate
         self.gate_softmax = gate_softmax
         self.capacity_factor = capacity_factor
@@ -144,17 +141,15 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor | None, logits: torch.Tensor | None = None) -> Routing:
         """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
         computed by a global router."""
-        active = self.active_experts or self.num_experts
         clean = self.scorer(x) if logits is None else logits  # (B, E)
-        clean = clean[:, :active]  # (B, E'): a sub-network's experts
         noise_std = None
         noisy = clean
         if self.training and self.gate == "noisy_topk":
             pooled = x.mean(dim=(2, 3))  # (B, C)
-            noise_std = F.softplus(self.w_noise(pooled)[:, :active]) + _MIN_NOISE_STD  # (B, E')
+            noise_std = F.softplus(self.w_noise(pooled)) + _MIN_NOISE_STD  # (B, E)
             noisy = clean + torch.randn_like(clean) * noise_std
         elif self.training and self.gate == "vmoe":
-            noisy = clean + torch.randn_like(clean) / active
+            noisy = clean + torch.randn_like(clean) / self.num_experts
         if self.capacity_factor is not None and (self.training or self.capacity_at_eval):
             expert_index = self._assign_with_capacity(noisy.detach())
         else:

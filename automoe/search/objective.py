@@ -221,17 +221,12 @@ class TrialRunner:
 
     def _inherit(self, trial: optuna.Trial, candidate: Candidate):
         """The candidate's sub-network of the supernet, BatchNorm recalibrated."""
-        from automoe.search.supernet import SubnetSpec, placement_bits, recalibrate_batchnorm
+        from automoe.search.supernet import recalibrate_batchnorm
 
-        model_cfg = candidate.model
-        spec = SubnetSpec(placement_bits(model_cfg.get("placement", "none"),
-                                         self.space.units_per_stage()),
-                          model_cfg.get("num_experts", 1), model_cfg.get("top_k", 1))
-        if spec.is_dense:
-            spec = SubnetSpec(spec.placement, min(self.supernet.expert_choices), 1)
+        spec = self.supernet.spec_for(candidate.model)
         trial.set_user_attr("fidelity", "supernet")
         trial.set_user_attr("subnet", {"placement": spec.placement, "experts": spec.experts,
-                                       "top_k": spec.top_k})
+                                       "top_k": spec.top_k, "width_multiplier": spec.width})
         model = self.supernet.extract(spec)
         return recalibrate_batchnorm(model, self.train_set, batches=self.recalibration_batches,
                                      device=self.device, seed=candidate.train.seed)

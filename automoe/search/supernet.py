@@ -1,42 +1,54 @@
 """A weight-sharing MoE supernet: train once, evaluate many sub-networks with inherited
 weights.
 
-The supernet is the space's backbone with every placement unit in MoE form (granularity
-``conv``) and the largest number of experts the space allows. A sub-network
-(:class:`SubnetSpec`) picks the MoE units (placement), the experts E and the top-k:
+The supernet is the space's backbone at its largest: every placement unit in MoE form
+(granularity ``conv``), the most experts, the widest width multiplier. A sub-network
+(:class:`SubnetSpec`) picks the MoE units (placement), the experts E, the top-k and the
+width multiplier, and is the stand-alone model ``create_model`` builds for those values,
+its tensors taken from the supernet's:
 
-* an MoE unit of the sub-network routes among the supernet's first E experts (its router's
-  first E scorer rows) and keeps the top k;
+* every tensor is the leading slice of the supernet's tensor of the same name (the first
+  channels of each conv, BN and linear; an MoE conv's first E experts; a router's first E
+  scorer rows), so sub-networks of every width share the leading channels (as in
+  once-for-all networks);
 * a unit the sub-network keeps dense runs the supernet's expert 0 of each conv as a plain
   conv (no router).
 
-:func:`extract_subnet` copies a sub-network's weights into the stand-alone model that
-``create_model`` builds for that placement, E and k, so an extracted sub-network computes
-exactly what the supernet computes in that configuration, and is measured (accuracy,
-FLOPs, robustness) like any trial's model. Training samples several sub-networks per step
-(the sandwich rule: the largest, the smallest and random ones, their gradients summed),
-optionally distilling the largest one's predictions into the others (in-place
-distillation). BatchNorm statistics are shared by all sub-networks while training, so
-they are recomputed for each sub-network (:func:`recalibrate_batchnorm`) before it is
-evaluated.
+A sub-network runs as its stand-alone model's code (built once on the ``meta`` device)
+called on those slices (:func:`torch.func.functional_call`), so gradients flow into the
+supernet, and :meth:`Supernet.extract` (the slices copied into a real model) computes
+exactly what the supernet computes, and is measured (accuracy, FLOPs, robustness) like any
+trial's model. Training samples several sub-networks per step (the sandwich rule: the
+largest, the smallest and random ones, their gradients summed), optionally distilling the
+largest one's predictions into the others (in-place distillation), optionally on PGD
+examples (the space's ``scheme: pgd_at``). BatchNorm statistics are shared by all
+sub-networks while training, so they are recomputed for each sub-network
+(:func:`recalibrate_batchnorm`) before it is evaluated.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
-from automoe.errors import AutomoeError, ConfigError
+from automoe.errors import AutomoeError, ConfigError, TrainingDivergedError
 from automoe.layers import MoEConv2d
 from automoe.models import create_model, resolve_placement
+from automoe.robustness import AttackConfig, attack_batch
 from automoe.search.space import PARAMS, SearchSpace
 from automoe.training import TrainConfig, make_loader
 
-SUPERNET_FORMAT = "automoe.supernet.v1"
+SUPERNET_FORMAT = "automoe.supernet.v2"
+# the model parameters a supernet's sub-networks differ in; every other one is shared
+SUBNET_PARAMS = ("placement", "experts", "top_k", "width_multiplier")
+# training schemes the supernet runs: clean, or Madry's PGD-AT through the largest
+SUPERNET_SCHEMES = ("standard", "pgd_at")
 
 
 @dataclass(frozen=True)
@@ -46,32 +58,66 @@ class SubnetSpec:
     placement: str  # one 0/1 bit per placement unit
     experts: int  # E of every MoE unit
     top_k: int  # k of every MoE unit
+    width: float  # the backbone's width multiplier
 
     @property
     def is_dense(self) -> bool:
         return "1" not in self.placement
 
-    def to_params(self) -> dict:
-        """As search-space parameters (a dense sub-network has no MoE parameters)."""
-        if self.is_dense:
-            return {"placement": self.placement}
-        return {"placement": self.placement, "experts": self.experts, "top_k": self.top_k}
+    def describe(self) -> str:
+        return f"{self.placement} E{self.experts} k{self.top_k} w{self.width:g}"
+
+
+class _WithAux(nn.Module):
+    """A model whose forward also returns its balancing loss, so that both are computed
+    inside one functional call on the supernet's tensors."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.net(images)
+        if labels is None:
+            return logits
+        return logits, self.net.aux_loss(labels)
+
+
+class SubnetView(nn.Module):
+    """A sub-network as a module that computes on the supernet's live tensors (no copy;
+    gradients reach the supernet). Its own modules are shape-only (``meta``)."""
+
+    def __init__(self, supernet: Supernet, spec: SubnetSpec, skeleton: _WithAux):
+        super().__init__()
+        self.spec = spec
+        # plain attributes, not children: the skeleton's meta parameters are not ours
+        self._supernet, self._skeleton = supernet, skeleton
+
+    def train(self, mode: bool = True) -> SubnetView:
+        self._skeleton.train(mode)
+        return super().train(mode)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """Logits, or (logits, balancing loss) when ``labels`` are given."""
+        tensors = self._supernet.subnet_tensors(self.spec, prefix="net.")
+        args = (images,) if labels is None else (images, labels)
+        return functional_call(self._skeleton, tensors, args)
 
 
 class Supernet:
-    """The supernet of a search space over placement, experts and top-k.
+    """The supernet of a search space over placement, experts, top-k and width.
 
     Args:
-        space: the search space. Its ``placement``, ``experts`` and ``top_k`` may be
-            searched; every other model field is fixed (width, router, gate, ...), and the
-            granularity must be ``conv``.
+        space: the search space. Its ``placement``, ``experts``, ``top_k`` and
+            ``width_multiplier`` may be searched; every other model and training field is
+            fixed (router, gate, lr, ...), and the granularity must be ``conv``.
         info: the dataset's :class:`~automoe.data.DatasetInfo` (channels, classes, size).
     """
 
     def __init__(self, space: SearchSpace, info):
-        others = set(space.dimensions) - {"placement", "experts", "top_k"}
+        others = set(space.dimensions) - set(SUBNET_PARAMS)
         if others:
-            raise ConfigError(f"the supernet searches placement, experts and top_k with one "
+            raise ConfigError(f"the supernet searches {', '.join(SUBNET_PARAMS)} with one "
                               f"set of shared weights and one training recipe; fix "
                               f"{', '.join(sorted(others))} in the space")
         if space.fixed.get("granularity", "conv") != "conv":
@@ -80,27 +126,32 @@ class Supernet:
         self.info = info
         self.units = sum(space.units_per_stage())
         self.placements = self._placements()
-        self.expert_choices = _values(space, "experts", 2)
+        self.expert_choices = _values(space, "experts", 2, int)
         self.max_experts = max(self.expert_choices)
-        self.k_choices = _values(space, "top_k", 1)
+        self.k_choices = _values(space, "top_k", 1, int)
+        self.width_choices = _values(space, "width_multiplier", 1.0, float)
         self.fixed_model = self._fixed_model_fields()
-        self.model = self.build("1" * self.units, self.max_experts, min(max(self.k_choices),
-                                                                         self.max_experts))
+        self.model = self.build(SubnetSpec("1" * self.units, self.max_experts,
+                                           min(max(self.k_choices), self.max_experts),
+                                           max(self.width_choices)))
         # which MoE layers belong to which placement unit, found by building the model with
         # one unit in MoE form at a time (works for every registered backbone)
         self.unit_layers: list[list[str]] = []
         for unit in range(self.units):
             bits = "".join("1" if u == unit else "0" for u in range(self.units))
-            one = self.build(bits, 2, 1)
+            with torch.device("meta"):
+                one = self.build(SubnetSpec(bits, 2, 1, max(self.width_choices)))
             self.unit_layers.append([n for n, m in one.named_modules()
                                      if isinstance(m, MoEConv2d)])
-        self.layers = dict(self.model.named_modules())
+        self.moe_layers = {name for names in self.unit_layers for name in names}
+        self._skeletons: dict[SubnetSpec, _WithAux] = {}
+        self.history: list[dict] = []
 
     def _fixed_model_fields(self) -> dict:
         fields = dict(self.space.model_fixed)
         for name, value in self.space.fixed.items():
             target, field_name, _ = PARAMS[name]
-            if target == "model" and name not in ("placement", "experts", "top_k"):
+            if target == "model" and name not in SUBNET_PARAMS:
                 fields[field_name] = value
         return fields
 
@@ -110,20 +161,21 @@ class Supernet:
                                                                            "none"),)
         return [placement_bits(p, self.space.units_per_stage()) for p in choices]
 
-    def build(self, placement: str, experts: int, top_k: int) -> nn.Module:
-        """A stand-alone model of the space's backbone (fresh weights)."""
+    def build(self, spec: SubnetSpec) -> nn.Module:
+        """The stand-alone model of ``spec`` (fresh weights)."""
         info = self.info
-        kwargs = {**self.fixed_model, "placement": placement}
-        if "1" in placement:
-            kwargs.update(num_experts=experts, top_k=top_k)
-        else:
+        kwargs = {**self.fixed_model, "placement": spec.placement,
+                  "width_multiplier": spec.width}
+        if spec.is_dense:
             kwargs.update(num_experts=1, top_k=1)
+        else:
+            kwargs.update(num_experts=spec.experts, top_k=spec.top_k)
         return create_model(self.space.model_name, **kwargs, in_channels=info.in_channels,
                             num_classes=info.num_classes, image_size=info.image_size,
                             input_mean=info.mean, input_std=info.std)
 
     def recipe(self) -> TrainConfig:
-        """The space's fixed training recipe (lr, epochs, batch size, ...)."""
+        """The space's fixed training recipe (lr, epochs, batch size, scheme, ...)."""
         return TrainConfig(**{PARAMS[name][1]: value for name, value in self.space.fixed.items()
                               if PARAMS[name][0] == "train"})
 
@@ -132,50 +184,76 @@ class Supernet:
     def largest(self) -> SubnetSpec:
         placement = max(self.placements, key=lambda p: p.count("1"))
         return SubnetSpec(placement, self.max_experts, min(max(self.k_choices),
-                                                           self.max_experts))
+                                                           self.max_experts),
+                          max(self.width_choices))
 
     def smallest(self) -> SubnetSpec:
         placement = min(self.placements, key=lambda p: p.count("1"))
-        experts = min(self.expert_choices)
-        return SubnetSpec(placement, experts, min(self.k_choices))
+        return SubnetSpec(placement, min(self.expert_choices), min(self.k_choices),
+                          min(self.width_choices))
 
     def sample(self, rng: random.Random) -> SubnetSpec:
         """A sub-network drawn uniformly per dimension, k <= E by construction."""
         experts = rng.choice(self.expert_choices)
         k = rng.choice([k for k in self.k_choices if k <= experts])
-        return SubnetSpec(rng.choice(self.placements), experts, k)
+        return SubnetSpec(rng.choice(self.placements), experts, k,
+                          rng.choice(self.width_choices))
 
-    def configure(self, spec: SubnetSpec) -> nn.Module:
-        """Set the supernet to run ``spec``; returns the supernet model."""
-        for unit, names in enumerate(self.unit_layers):
-            moe = spec.placement[unit] == "1"
-            for name in names:
-                layer = self.layers[name]
-                layer.dense_expert = not moe
-                layer.router.active_experts = spec.experts
-                layer.router.top_k = layer.top_k = spec.top_k
-        return self.model
+    def spec_for(self, model_fields: dict) -> SubnetSpec:
+        """The sub-network of a candidate's model fields (a dense one is the same network
+        whatever its E and k, so it gets the smallest)."""
+        spec = SubnetSpec(placement_bits(model_fields.get("placement", "none"),
+                                         self.space.units_per_stage()),
+                          int(model_fields.get("num_experts", 1)),
+                          int(model_fields.get("top_k", 1)),
+                          float(model_fields.get("width_multiplier", 1.0)))
+        if spec.is_dense:
+            spec = SubnetSpec(spec.placement, min(self.expert_choices), 1, spec.width)
+        if spec.width not in self.width_choices or (
+                not spec.is_dense and spec.experts not in self.expert_choices):
+            raise ConfigError(f"sub-network {spec.describe()} is not in the supernet")
+        return spec
+
+    def _skeleton(self, spec: SubnetSpec) -> _WithAux:
+        skeleton = self._skeletons.get(spec)
+        if skeleton is None:
+            with torch.device("meta"):  # code and shapes only; the tensors are the supernet's
+                skeleton = _WithAux(self.build(spec))
+            self._skeletons[spec] = skeleton
+        return skeleton
+
+    def subnet_tensors(self, spec: SubnetSpec, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of ``spec``'s model, by name, as a view of the
+        supernet's tensor of that name (its leading slice)."""
+        source = dict(chain(self.model.named_parameters(), self.model.named_buffers()))
+        skeleton = self._skeleton(spec).net
+        tensors = {}
+        for name, shape in chain(((n, t.shape) for n, t in skeleton.named_parameters()),
+                                 ((n, t.shape) for n, t in skeleton.named_buffers())):
+            tensor = source[name]
+            layer = name.rpartition(".")[0]
+            if layer in self.moe_layers and tensor.dim() == len(shape) + 1:
+                tensor = tensor[0]  # (E, O, C, kh, kw) -> expert 0 as the dense conv
+            if tensor.dim() != len(shape) or any(
+                    n > m for n, m in zip(shape, tensor.shape, strict=True)):
+                raise RuntimeError(f"cannot inherit {name}: {tuple(tensor.shape)} -> "
+                                   f"{tuple(shape)}")
+            if tensor.dim():
+                tensor = tensor[tuple(slice(0, n) for n in shape)]
+            tensors[prefix + name] = tensor
+        return tensors
+
+    def subnet(self, spec: SubnetSpec) -> SubnetView:
+        """``spec`` as a module on the supernet's live tensors (training, attacks)."""
+        return SubnetView(self, spec, self._skeleton(spec)).train(self.model.training)
 
     def extract(self, spec: SubnetSpec) -> nn.Module:
         """The stand-alone model of ``spec`` with the supernet's weights (and its BN
         statistics: recalibrate before evaluating)."""
-        sub = self.build(spec.placement, spec.experts, spec.top_k)
-        source = self.model.state_dict()
-        target = sub.state_dict()
-        moe_layers = {n for names in self.unit_layers for n in names}
-        for key, value in target.items():
-            layer = next((n for n in moe_layers if key.startswith(n + ".")), None)
-            weight = source[key]
-            if layer is not None and key == f"{layer}.weight":
-                # (E_max, O, C, kh, kw) -> the first E experts, or expert 0 as a dense conv
-                weight = weight[:spec.experts] if value.dim() == 5 else weight[0]
-            elif layer is not None and ".router." in key and weight.shape != value.shape:
-                weight = weight[:value.shape[0]]  # scorer / noise rows of the first E experts
-            if weight.shape != value.shape:
-                raise RuntimeError(f"cannot inherit {key}: {tuple(weight.shape)} -> "
-                                   f"{tuple(value.shape)}")
-            target[key] = weight.clone()
-        sub.load_state_dict(target)
+        sub = self.build(spec)
+        tensors = self.subnet_tensors(spec)
+        sub.load_state_dict({name: tensors[name].detach().clone()
+                             for name in sub.state_dict()})
         return sub
 
     # ------------------------------------------------------------ training
@@ -184,10 +262,22 @@ class Supernet:
               distill: bool = True, device: str = "cpu", on_step=None) -> list[dict]:
         """Train the supernet with the sandwich rule; returns a per-epoch history of the
         largest sub-network's cross-entropy (``loss``) and the mean loss of the others
-        (``subnet_loss``: KL to the largest with ``distill``, else cross-entropy)."""
+        (``subnet_loss``: KL to the largest with ``distill``, else cross-entropy).
+
+        With ``config.scheme == "pgd_at"`` every step first crafts PGD examples
+        (``adv_eps``, ``adv_step_size``, ``adv_steps``) against the largest sub-network, and
+        all the step's sub-networks train on them: one attack per step, not one per
+        sub-network."""
         if subnets_per_step < 2:
             raise ConfigError("subnets_per_step must be >= 2 (the largest and the smallest)")
-        model = self.model.to(device)
+        if config.scheme not in SUPERNET_SCHEMES:
+            raise ConfigError(f"the supernet trains with scheme {' or '.join(SUPERNET_SCHEMES)}"
+                              f", not {config.scheme!r}")
+        attack = None
+        if config.scheme == "pgd_at":
+            attack = AttackConfig(eps=config.adv_eps, step_size=config.adv_step_size,
+                                  steps=config.adv_steps)
+        model = self.model.to(device).train()
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
         loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
@@ -198,7 +288,6 @@ class Supernet:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))
         history, step = [], 0
         for epoch in range(config.epochs):
-            model.train()
             sums = torch.zeros(2, dtype=torch.float64)  # largest's CE, others' loss
             seen = 0
             for images, labels in loader:
@@ -206,22 +295,19 @@ class Supernet:
                 optimizer.zero_grad(set_to_none=True)
                 specs = [self.largest(), self.smallest()] + [
                     self.sample(rng) for _ in range(subnets_per_step - 2)]
+                if attack is not None:  # examples against the largest, in eval mode
+                    images = attack_batch(self.subnet(specs[0]).eval(), images, labels, attack)
                 teacher = None
                 for i, spec in enumerate(specs):
-                    self.configure(spec)
-                    logits = model(images)
+                    logits, aux = self.subnet(spec)(images, labels)
                     if i == 0 or not distill:
                         loss = F.cross_entropy(logits, labels)
                     else:  # in-place distillation from the largest sub-network
                         loss = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
                     if i == 0:
                         teacher = logits.detach().softmax(1)
-                    aux = model.aux_loss(labels)
-                    if aux is not None:
-                        loss = loss + aux
+                    loss = loss + aux
                     if not torch.isfinite(loss):
-                        from automoe.errors import TrainingDivergedError
-
                         raise TrainingDivergedError(f"supernet loss became {loss.item()} at "
                                                     f"epoch {epoch + 1}; lower the lr")
                     loss.backward()
@@ -236,9 +322,8 @@ class Supernet:
             largest, others = (sums / max(seen, 1)).tolist()
             # the largest sub-network's cross-entropy, and the others' (distillation) loss
             history.append({"epoch": epoch + 1, "loss": largest, "subnet_loss": others})
-        self.configure(self.largest())
+        self.history = history
         return history
-
 
     # ------------------------------------------------------------ files
 
@@ -248,10 +333,9 @@ class Supernet:
 
         from automoe.storage import save_checkpoint
 
-        self.configure(self.largest())
         save_checkpoint(self.model, path, {"supernet": {
             "format": SUPERNET_FORMAT, "space": self.space.raw, "info": asdict(self.info),
-            "history": history or []}})
+            "history": self.history if history is None else history}})
 
     @classmethod
     def load(cls, path) -> Supernet:
@@ -296,11 +380,11 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int = 10, batch_si
     return model.eval()
 
 
-def _values(space: SearchSpace, name: str, default: int) -> list[int]:
-    """The values a searched int dimension takes (its grid), or its fixed value."""
+def _values(space: SearchSpace, name: str, default, cast) -> list:
+    """The values a searched dimension takes (its grid), or its fixed value."""
     if name not in space.dimensions:
-        return [int(space.fixed.get(name, default))]
-    return sorted(int(v) for v in space.grid()[name])
+        return [cast(space.fixed.get(name, default))]
+    return sorted(cast(v) for v in space.grid()[name])
 
 
 def placement_bits(placement: str, units_per_stage: tuple[int, ...]) -> str:

@@ -14,7 +14,8 @@ params:
   placement: {choices: [none, last_stage, all]}
   experts: {low: 2, high: 3}
   top_k: {low: 1, high: 2}
-  width_multiplier: 0.25
+  width_multiplier: {choices: [0.25, 0.5]}
+  adv_steps: 1
   balance_weight: 0.01
   epochs: 1
   batch_size: 128
@@ -26,8 +27,9 @@ sampler: {name: nsga2, population_size: 4}
 
 def test_supernet_train_search_finalize(workdir):
     (workdir / "super.yaml").write_text(SPACE)
-    run_cli("supernet", "train", "--space", "super.yaml", "--out", "studies/super.safetensors",
-            "-q", cwd=workdir, check=0)
+    proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",
+                   "studies/super.safetensors", "--adversarial", cwd=workdir, check=0)
+    assert "2 epochs of PGD-AT" in proc.stderr
     proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
                    "--trials", "6", "-q", cwd=workdir, check=0)
     assert "Pareto front of 'tinysuper-supernet'" in proc.stdout
@@ -39,6 +41,7 @@ def test_supernet_train_search_finalize(workdir):
         assert t.user_attrs["history"] == []  # nothing trained: inherited weights
         subnet = t.user_attrs["subnet"]
         assert 1 <= subnet["top_k"] <= subnet["experts"] <= 3
+        assert subnet["width_multiplier"] in (0.25, 0.5)
 
     proc = run_cli("supernet", "finalize", "--study", "tinysuper-supernet", "--top", "1",
                    cwd=workdir, check=0)
@@ -56,6 +59,6 @@ def test_supernet_train_search_finalize(workdir):
 def test_supernet_refuses_spaces_it_cannot_share(workdir):
     proc = run_cli("supernet", "train", "--space", "tiny.yaml", "--out", "x.safetensors",
                    cwd=workdir, check=1)
-    assert "the supernet searches placement, experts and top_k" in proc.stderr
+    assert "the supernet searches placement, experts, top_k, width_multiplier" in proc.stderr
     proc = run_cli("supernet", "search", "--supernet", "tiny.yaml", cwd=workdir, check=1)
     assert "is not a supernet" in proc.stderr or "cannot read supernet" in proc.stderr

@@ -8,6 +8,7 @@ import torch
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
+from automoe.models import list_models
 from automoe.search import SearchSpace
 from automoe.search.supernet import SubnetSpec, Supernet, recalibrate_batchnorm
 from automoe.training import TrainConfig
@@ -17,7 +18,7 @@ SPACE = {
     "dataset": {"name": "digits"},
     "params": {"placement": {"choices": ["none", "last_stage", "all", "010"]},
                "experts": {"low": 2, "high": 5}, "top_k": {"low": 1, "high": 3},
-               "width_multiplier": 0.25, "balance_weight": 0.01},
+               "width_multiplier": {"choices": [0.25, 0.5]}, "balance_weight": 0.01},
 }
 
 
@@ -36,27 +37,62 @@ def test_dimensions_and_units(data):
     assert net.placements == ["000", "001", "111", "010"]
     assert net.expert_choices == [2, 3, 4, 5] and net.k_choices == [1, 2, 3]
     assert len(net.unit_layers) == 3 and all(len(names) == 2 for names in net.unit_layers)
-    assert net.largest() == SubnetSpec("111", 5, 3)
-    assert net.smallest() == SubnetSpec("000", 2, 1)
+    assert net.width_choices == [0.25, 0.5]
+    assert net.largest() == SubnetSpec("111", 5, 3, 0.5)
+    assert net.smallest() == SubnetSpec("000", 2, 1, 0.25)
     rng = random.Random(0)
-    assert all(s.top_k <= s.experts for s in (net.sample(rng) for _ in range(50)))
+    samples = [net.sample(rng) for _ in range(50)]
+    assert all(s.top_k <= s.experts for s in samples)
+    assert {s.width for s in samples} == {0.25, 0.5}
 
 
-@pytest.mark.parametrize("spec", [SubnetSpec("111", 5, 3), SubnetSpec("000", 2, 1),
-                                  SubnetSpec("010", 3, 2), SubnetSpec("001", 2, 2),
-                                  SubnetSpec("111", 4, 1)])
-def test_an_extracted_subnet_computes_what_the_supernet_computes(data, spec):
+@pytest.fixture(scope="module")
+def trained(data):
     net = _supernet(data)
     # train a little so the experts and routers differ from their initialisation
     net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05), subnets_per_step=3)
+    return net
+
+
+@pytest.mark.parametrize("spec", [SubnetSpec("111", 5, 3, 0.5), SubnetSpec("000", 2, 1, 0.25),
+                                  SubnetSpec("010", 3, 2, 0.5), SubnetSpec("001", 2, 2, 0.25),
+                                  SubnetSpec("111", 4, 1, 0.25), SubnetSpec("000", 2, 1, 0.5)])
+def test_an_extracted_subnet_computes_what_the_supernet_computes(trained, spec):
+    net = trained
     x = torch.rand(7, 1, 8, 8)
-    supernet = net.configure(spec).eval()
+    view = net.subnet(spec).eval()
     sub = net.extract(spec).eval()
     with torch.no_grad():
-        torch.testing.assert_close(sub(x), supernet(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sub(x), view(x), rtol=1e-5, atol=1e-5)
     moe = [m for m in sub.modules() if hasattr(m, "router") and m.router is not None]
     assert len(moe) == 2 * spec.placement.count("1")
     assert all(m.num_experts == spec.experts and m.top_k == spec.top_k for m in moe)
+    assert sub.config.width_multiplier == spec.width
+    # the sub-network's tensors are leading slices of the supernet's: channels, experts
+    full = net.model.state_dict()
+    for name, tensor in sub.state_dict().items():
+        source = full[name]
+        if source.dim() == tensor.dim() + 1:  # a dense unit runs expert 0
+            source = source[0]
+        if tensor.dim():
+            torch.testing.assert_close(tensor, source[tuple(slice(0, n) for n in tensor.shape)])
+
+
+def test_gradients_of_a_subnet_reach_only_its_slice_of_the_supernet(data):
+    net = _supernet(data)
+    spec = SubnetSpec("010", 3, 2, 0.25)
+    logits, aux = net.subnet(spec)(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    (logits.sum() + aux).backward()
+    moe = net.unit_layers[1][0]  # an MoE conv of the one MoE unit
+    grad = dict(net.model.named_parameters())[f"{moe}.weight"].grad  # (E, O, C, kh, kw)
+    sub_shape = net.extract(spec).get_parameter(f"{moe}.weight").shape
+    inside = tuple(slice(0, n) for n in sub_shape)
+    assert grad[inside].abs().sum() > 0
+    grad[inside] = 0
+    assert not grad.any()  # nothing outside the slice
+    dense = net.unit_layers[0][0]  # a unit the sub-network keeps dense: expert 0 only
+    grad = dict(net.model.named_parameters())[f"{dense}.weight"].grad
+    assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
 def test_sandwich_training_lowers_the_loss(data):
@@ -76,8 +112,35 @@ def test_batchnorm_recalibration_recomputes_the_statistics(data):
     assert bn.momentum == 0.1 and not model.training
 
 
+def test_adversarial_supernet_training(data):
+    net = _supernet(data)
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, scheme="pgd_at", adv_steps=2)
+    history = net.train(data, config, subnets_per_step=3)
+    assert len(history) == 2 and history[-1]["loss"] < history[0]["loss"]
+    with pytest.raises(ConfigError, match="scheme standard or pgd_at"):
+        net.train(data, TrainConfig(epochs=1, scheme="trades"))
+
+
 def test_spaces_the_supernet_cannot_share_weights_over(data):
     with pytest.raises(ConfigError, match="fix lr in the space"):
         _supernet(data, lr={"low": 0.01, "high": 0.1})
     with pytest.raises(ConfigError, match="needs granularity conv"):
         _supernet(data, granularity="block")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_backbone_has_exact_subnets_of_every_width(data, name):
+    """For every registered model: a narrow sub-network with some units dense runs on the
+    supernet's leading slices and computes what its extracted stand-alone model computes."""
+    raw = {**SPACE, "model": {"name": name},
+           "params": {**SPACE["params"], "placement": {"choices": ["none", "all"]},
+                      "experts": {"low": 2, "high": 3}, "top_k": {"low": 1, "high": 2},
+                      "width_multiplier": {"choices": [0.125, 0.25]}}}
+    net = Supernet(SearchSpace.from_dict(raw), data.dataset.info)
+    units = net.units
+    mixed = "".join("1" if u % 2 else "0" for u in range(units))
+    spec = SubnetSpec(mixed, 2, 2, 0.125)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(net.extract(spec).eval()(x), net.subnet(spec).eval()(x),
+                                   rtol=1e-5, atol=1e-5)
