@@ -1,135 +1,261 @@
-"""Weight-sharing supernet vs stand-alone training on digits: rank agreement and cost.
+"""Weight-sharing supernet vs stand-alone training: rank agreement and cost.
 
-    python bench/supernet.py [--subnets 24] [--supernet-epochs 12] [--epochs 6]
+    python bench/supernet.py [--subnets 24] [--supernet-epochs 24] [--recal-batches 2 10]
 
-Trains one supernet over the default space's placement x experts x top-k (MoE ResNet-8,
-width 0.5, digits 16x16) with the sandwich rule (4 sub-networks per step, in-place
-distillation), then, for ``--subnets`` distinct sub-networks, measures validation accuracy
+Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
+(MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
+sub-networks per step, in-place distillation), then, for ``--subnets`` distinct
+sub-networks, measures validation accuracy
 
-* with inherited weights: extracted from the supernet, BatchNorm recalibrated on 10
-  training batches;
-* stand-alone: the same architecture trained from scratch for ``--epochs`` (the recipe of
-  a normal trial), once per seed of ``--standalone-seeds``.
+* with inherited weights: extracted from the supernet, BatchNorm recalibrated on each of
+  ``--recal-batches`` training batches of 128 (the first is the one that is timed);
+* stand-alone: the same architecture trained from scratch with the space's recipe, once
+  per seed of ``--standalone-seeds``.
 
-Prints Kendall's tau (and Spearman's rho) between the two accuracies, the tau between two
-stand-alone seeds (how well stand-alone accuracy ranks itself), and the cost of one
-inherited-weight evaluation against one stand-alone trial, without and with the supernet's
-training amortised over the sub-networks evaluated.
+Prints Kendall's tau (and Spearman's rho) between the two accuracies over all
+sub-networks and within each width, the tau between two stand-alone seeds (how well
+stand-alone accuracy ranks itself: the ceiling any proxy can reach), and the cost of one
+inherited-weight evaluation against one stand-alone trial, without and with the
+supernet's training amortised over the sub-networks evaluated.
+
+Part 2 (``--cifar-cost``, timed, CIFAR-10 shapes on random tensors). Digits' recipe trains
+6 epochs on 1,077 images, so a stand-alone trial costs only ~20x the images an inherited
+evaluation touches. This part times, on 3x32x32 inputs and the widest sub-network, one
+training step and one inherited evaluation (extract, BN recalibration on 2,048 images,
+accuracy on 10,000), and prints the candidates per CPU-hour of each for CIFAR-10 recipes
+(50,000 training images) of 30 and 200 epochs: the epochs are step time x steps, not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from scipy.stats import kendalltau, spearmanr
 
-from automoe.data import load_dataset
+from automoe.data import DatasetInfo, load_dataset
 from automoe.search import SearchSpace, resolve_space_path
-from automoe.search.supernet import Supernet, recalibrate_batchnorm
-from automoe.training import TrainConfig, evaluate_accuracy, train
+from automoe.search.supernet import SubnetSpec, Supernet, recalibrate_batchnorm
+from automoe.training import evaluate_accuracy, train
 
 
-def bench_space(epochs: int) -> SearchSpace:
-    raw = SearchSpace.from_file(resolve_space_path("default")).raw
-    params = raw["params"]
-    raw = {**raw, "params": {"placement": params["placement"], "experts": params["experts"],
-                             "top_k": params["top_k"], "width_multiplier": 0.5,
-                             "balance_weight": 0.01, "lr": 0.08, "epochs": epochs,
-                             "batch_size": 64}}
-    return SearchSpace.from_dict(raw, source="bench")
+def distinct_subnets(net: Supernet, count: int, seed: int) -> list[SubnetSpec]:
+    """``count`` distinct sub-networks, drawn uniformly per dimension (a dense one is the
+    same network whatever its E and k, so it is drawn once per width)."""
+    rng = random.Random(seed)
+    specs: list[SubnetSpec] = []
+    for _ in range(100 * count):
+        if len(specs) == count:
+            break
+        spec = net.sample(rng)
+        if spec.is_dense:
+            spec = replace(spec, experts=min(net.expert_choices), top_k=min(net.k_choices))
+        if spec not in specs:
+            specs.append(spec)
+    return specs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subnets", type=int, default=24)
-    parser.add_argument("--supernet-epochs", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=6, help="stand-alone training epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--standalone-seeds", type=int, default=2,
-                        help="stand-alone trainings per sub-network (their mean is compared; "
-                             "two or more also give the seed-to-seed tau: the noise ceiling)")
-    args = parser.parse_args()
-    console = Console(width=150)
-    space = bench_space(args.epochs)
-    train_set = load_dataset("digits", "train", image_size=16)
-    val_set = load_dataset("digits", "val", image_size=16)
+def tau(a: list[float], b: list[float]) -> str:
+    result = kendalltau(a, b)
+    return f"{result.statistic:.3f} (p {result.pvalue:.2g})"
+
+
+def digits_part(args, console: Console) -> None:
+    space = SearchSpace.from_file(resolve_space_path(args.space))
+    if args.widths:
+        raw = dict(space.raw)
+        raw["params"] = {**raw["params"], "width_multiplier": {"choices": args.widths}}
+        space = SearchSpace.from_dict(raw, source="bench")
+    size = space.dataset["image_size"]
+    train_set = load_dataset(space.dataset["name"], "train", image_size=size)
+    val_set = load_dataset(space.dataset["name"], "val", image_size=size)
     torch.manual_seed(args.seed)
     net = Supernet(space, train_set.info)
-    recipe = TrainConfig(epochs=args.epochs, lr=0.08, batch_size=64, seed=args.seed)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-                  f"{len(net.placements)} placements x experts {net.expert_choices} x top-k "
-                  f"{net.k_choices}")
+    recipe = replace(net.recipe(), seed=args.seed)
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; space "
+                  f"{space.name}: {len(net.placements)} placements x experts "
+                  f"{net.expert_choices} x top-k {net.k_choices} x width {net.width_choices}; "
+                  f"stand-alone recipe {recipe.epochs} epochs, lr {recipe.lr}, batch "
+                  f"{recipe.batch_size}")
 
     start = time.perf_counter()
-    history = net.train(train_set, TrainConfig(epochs=args.supernet_epochs, lr=0.08,
-                                               batch_size=64, seed=args.seed),
-                        subnets_per_step=4, distill=True)
+    history = net.train(train_set, replace(recipe, epochs=args.supernet_epochs),
+                        subnets_per_step=args.subnets_per_step, distill=not args.no_distill)
     supernet_seconds = time.perf_counter() - start
     console.print(f"supernet: {args.supernet_epochs} epochs in {supernet_seconds:.0f}s, "
                   f"last loss {history[-1]['loss']:.3f}")
 
-    rng = random.Random(args.seed)
-    specs = []
-    while len(specs) < args.subnets:
-        spec = net.sample(rng)
-        if spec.is_dense:  # every dense spec is the same network
-            spec = type(spec)(spec.placement, min(net.expert_choices), min(net.k_choices))
-        if spec not in specs:
-            specs.append(spec)
-
+    # stand-alone accuracies by sub-network, recipe and seed, kept across runs with
+    # --standalone-cache (they do not depend on the supernet being compared)
+    cache = {}
+    if args.standalone_cache:
+        try:
+            with open(args.standalone_cache) as f:
+                cache = json.load(f)
+        except FileNotFoundError:
+            pass
     rows = []
     inherit_seconds = standalone_seconds = 0.0
+    timed_alone = 0
+    specs = distinct_subnets(net, args.subnets, args.seed)
     for i, spec in enumerate(specs):
-        t0 = time.perf_counter()
-        sub = recalibrate_batchnorm(net.extract(spec), train_set, batches=10, seed=args.seed)
-        inherited = 100 * evaluate_accuracy(sub, val_set)
-        t1 = time.perf_counter()
+        inherited = []
+        for j, batches in enumerate(args.recal_batches):
+            t0 = time.perf_counter()
+            sub = recalibrate_batchnorm(net.extract(spec), train_set, batches=batches,
+                                        seed=args.seed)
+            inherited.append(100 * evaluate_accuracy(sub, val_set))
+            if j == 0:
+                inherit_seconds += time.perf_counter() - t0
         alone_runs = []
         for seed in range(args.seed, args.seed + args.standalone_seeds):
-            torch.manual_seed(seed)
-            model = net.build(spec.placement, spec.experts, spec.top_k)
-            train(model, train_set, replace(recipe, seed=seed))
-            alone_runs.append(100 * evaluate_accuracy(model, val_set))
-        alone = sum(alone_runs) / len(alone_runs)
-        t2 = time.perf_counter()
-        inherit_seconds += t1 - t0
-        standalone_seconds += (t2 - t1) / args.standalone_seeds
-        rows.append((spec, inherited, alone, alone_runs))
-        console.print(f"{i + 1:>3}/{len(specs)} {spec.placement} E{spec.experts} "
-                      f"k{spec.top_k}: inherited {inherited:5.1f} %, stand-alone "
+            key = json.dumps([spec.describe(), space.name, replace(recipe, seed=seed).to_dict()])
+            if key not in cache:
+                t1 = time.perf_counter()
+                torch.manual_seed(seed)
+                model = net.build(spec)
+                train(model, train_set, replace(recipe, seed=seed))
+                cache[key] = 100 * evaluate_accuracy(model, val_set)
+                standalone_seconds += time.perf_counter() - t1
+                timed_alone += 1
+            alone_runs.append(cache[key])
+        rows.append((spec, inherited, sum(alone_runs) / len(alone_runs), alone_runs))
+        console.print(f"{i + 1:>3}/{len(specs)} {spec.describe():<16} inherited "
+                      + " ".join(f"{a:5.1f}" for a in inherited) + " %, stand-alone "
                       + " ".join(f"{a:5.1f}" for a in alone_runs) + " %")
 
-    tau = kendalltau([r[1] for r in rows], [r[2] for r in rows])
-    rho = spearmanr([r[1] for r in rows], [r[2] for r in rows])
+    if args.standalone_cache:
+        with open(args.standalone_cache, "w") as f:
+            json.dump(cache, f)
     n = len(rows)
-    per_inherit = inherit_seconds / n
-    per_alone = standalone_seconds / n
-    table = Table(title=f"{n} sub-networks", title_justify="left")
+    table = Table(title=f"{n} sub-networks on digits", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("Kendall tau (inherited vs mean stand-alone val accuracy)",
-                  f"{tau.statistic:.3f} (p {tau.pvalue:.2g})")
-    table.add_row("Spearman rho", f"{rho.statistic:.3f}")
+    alone = [r[2] for r in rows]
+    for j, batches in enumerate(args.recal_batches):
+        inherited = [r[1][j] for r in rows]
+        table.add_row(f"Kendall tau, inherited (BN on {batches} batches) vs mean stand-alone",
+                      tau(inherited, alone))
+        table.add_row(f"Spearman rho, inherited (BN on {batches} batches) vs stand-alone",
+                      f"{spearmanr(inherited, alone).statistic:.3f}")
     if args.standalone_seeds >= 2:
-        ceiling = kendalltau([r[3][0] for r in rows], [r[3][1] for r in rows])
         table.add_row("Kendall tau between two stand-alone seeds (noise ceiling)",
-                      f"{ceiling.statistic:.3f} (p {ceiling.pvalue:.2g})")
-    table.add_row("seconds per inherited-weight evaluation", f"{per_inherit:.2f}")
-    table.add_row("seconds per stand-alone trial (train + eval)", f"{per_alone:.2f}")
+                      tau([r[3][0] for r in rows], [r[3][1] for r in rows]))
+    for width in net.width_choices:
+        group = [r for r in rows if r[0].width == width]
+        if len(group) >= 4:
+            line = tau([r[1][0] for r in group], [r[2] for r in group])
+            if args.standalone_seeds >= 2:
+                line += ", seeds " + tau([r[3][0] for r in group], [r[3][1] for r in group])
+            table.add_row(f"  within width {width:g} ({len(group)} sub-networks): tau "
+                          "inherited, seeds", line)
+    per_inherit = inherit_seconds / n
+    per_alone = standalone_seconds / max(timed_alone, 1)
+    table.add_row(f"seconds per inherited-weight evaluation (BN on {args.recal_batches[0]} "
+                  "batches)", f"{per_inherit:.3f}")
+    if not timed_alone:  # every stand-alone result came from the cache
+        console.print(table)
+        return
+    table.add_row(f"seconds per stand-alone trial (train + eval; {timed_alone} timed)",
+                  f"{per_alone:.2f}")
     table.add_row("candidates per CPU-hour, inherited", f"{3600 / per_inherit:,.0f}")
     table.add_row("candidates per CPU-hour, stand-alone", f"{3600 / per_alone:,.0f}")
     table.add_row("speed-up per candidate", f"{per_alone / per_inherit:.1f}x")
-    for count in (n, 1000):
+    for count in (n, 1000, 10000):
         amortised = (supernet_seconds + count * per_inherit) / count
         table.add_row(f"speed-up with the supernet's training over {count} candidates",
                       f"{per_alone / amortised:.1f}x")
     console.print(table)
+
+
+def cifar_cost_part(args, console: Console) -> None:
+    """Time one training step and one inherited evaluation at CIFAR-10 shapes."""
+    space = SearchSpace.from_file(resolve_space_path(args.space))
+    info = DatasetInfo(name="cifar10-shaped", in_channels=3, num_classes=10, image_size=32,
+                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    net = Supernet(space, info)
+    spec = net.largest()
+    images = torch.rand(2048, 3, 32, 32)
+    labels = torch.randint(0, 10, (2048,))
+    recal_set = torch.utils.data.TensorDataset(images, labels)
+    val_set = torch.utils.data.TensorDataset(torch.rand(10000, 3, 32, 32),
+                                             torch.randint(0, 10, (10000,)))
+    recipe = net.recipe()
+    batch = 128
+    model = net.build(spec).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9)
+    steps = 0
+    start = None
+    for i in range(args.cifar_steps + 3):
+        if i == 3:  # after warm-up
+            start = time.perf_counter()
+        x, y = images[(i * batch) % 2048:][:batch], labels[(i * batch) % 2048:][:batch]
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y) + model.aux_loss(y)
+        loss.backward()
+        optimizer.step()
+        steps += i >= 3
+    step_seconds = (time.perf_counter() - start) / steps
+    t0 = time.perf_counter()
+    sub = recalibrate_batchnorm(net.extract(spec), recal_set, batches=16, batch_size=128)
+    evaluate_accuracy(sub, val_set, 256)
+    inherit_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate_accuracy(model.eval(), val_set, 256)
+    eval_seconds = time.perf_counter() - t0
+    table = Table(title=f"cost at CIFAR-10 shapes, sub-network {spec.describe()} "
+                        f"({args.cifar_steps} timed steps of {batch})", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("seconds per training step (batch 128)", f"{step_seconds:.3f}")
+    table.add_row("seconds per inherited evaluation (BN 2,048 + val 10,000 images)",
+                  f"{inherit_seconds:.1f}")
+    steps_per_epoch = -(-50000 // batch)
+    for epochs in (30, 200):
+        alone = epochs * steps_per_epoch * step_seconds + eval_seconds
+        table.add_row(f"{epochs}-epoch recipe: seconds per stand-alone trial",
+                      f"{alone:,.0f}")
+        table.add_row(f"{epochs}-epoch recipe: candidates per CPU-hour, inherited vs "
+                      "stand-alone", f"{3600 / inherit_seconds:,.0f} vs {3600 / alone:.2f} "
+                                     f"({alone / inherit_seconds:,.0f}x)")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--space", default="supernet_digits")
+    parser.add_argument("--widths", type=float, nargs="*", default=None,
+                        help="override the space's width_multiplier choices")
+    parser.add_argument("--subnets", type=int, default=24)
+    parser.add_argument("--supernet-epochs", type=int, default=24)
+    parser.add_argument("--subnets-per-step", type=int, default=4)
+    parser.add_argument("--no-distill", action="store_true",
+                        help="cross-entropy for every sub-network (no in-place distillation)")
+    parser.add_argument("--recal-batches", type=int, nargs="+", default=[2, 10],
+                        help="BN recalibration batches of 128 (the first is timed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--standalone-seeds", type=int, default=2,
+                        help="stand-alone trainings per sub-network (their mean is compared; "
+                             "two or more also give the seed-to-seed tau: the noise ceiling)")
+    parser.add_argument("--standalone-cache", default=None, metavar="FILE",
+                        help="JSON file that keeps stand-alone accuracies across runs")
+    parser.add_argument("--cifar-cost", action="store_true",
+                        help="also time the cost at CIFAR-10 shapes (part 2)")
+    parser.add_argument("--cifar-steps", type=int, default=20)
+    parser.add_argument("--skip-digits", action="store_true")
+    args = parser.parse_args()
+    console = Console(width=150)
+    if not args.skip_digits:
+        digits_part(args, console)
+    if args.cifar_cost:
+        cifar_cost_part(args, console)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "space")
     p.add_argument("--trials", type=int, default=200, metavar="N",
                    help="search: sub-networks to evaluate")
+    p.add_argument("--recal-batches", type=int, default=4, metavar="N",
+                   help="search: training batches of 128 that recompute a sub-network's "
+                        "BatchNorm statistics before it is evaluated")
     p.add_argument("--top", type=int, default=3, metavar="N",
                    help="finalize: front sub-networks to retrain")
     p.add_argument("--target-study", default=None, metavar="NAME",

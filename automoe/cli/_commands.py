@@ -550,6 +550,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     if args.action == "search":
         if not args.supernet:
             raise ConfigError("`supernet search` needs --supernet FILE")
+        if args.recal_batches < 1:
+            raise ConfigError(f"--recal-batches must be >= 1, got {args.recal_batches}")
         net = Supernet.load(args.supernet)
         space = net.space
         study_name = args.study or f"{space.name}-supernet"
@@ -560,7 +562,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         progress = _TrialProgress(args.quiet, args.trials)
         runner = TrialRunner(space, _artifact_store(args), device=device, seed=args.seed,
                              data_root=args.data_root, download=args.download, supernet=net,
-                             usage_plots=False)
+                             recalibration_batches=args.recal_batches, usage_plots=False)
         with progress.progress:
             run_trials(study, runner, args.trials, callbacks=[progress.after_trial,
                                                               _retention(args)])
