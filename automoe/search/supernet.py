@@ -349,9 +349,12 @@ class Supernet:
             meta = read_checkpoint_metadata(path)["extra"].get("supernet")
         except (OSError, AutomoeError, ValueError) as exc:
             raise ConfigError(f"cannot read supernet {str(path)!r}: {exc}") from None
-        if not meta or meta.get("format") != SUPERNET_FORMAT:
+        if not meta or not str(meta.get("format", "")).startswith("automoe.supernet."):
             raise ConfigError(f"{str(path)!r} is not a supernet written by "
                               "`automoe supernet train`")
+        if meta["format"] != SUPERNET_FORMAT:
+            raise ConfigError(f"{str(path)!r} is a supernet of format {meta['format']}; this "
+                              f"automoe reads {SUPERNET_FORMAT}: train it again")
         info = meta["info"]
         info = DatasetInfo(**{**info, "mean": tuple(info["mean"]), "std": tuple(info["std"])})
         net = cls(SearchSpace.from_dict(meta["space"], source=str(path)), info)

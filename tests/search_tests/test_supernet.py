@@ -144,3 +144,21 @@ def test_every_backbone_has_exact_subnets_of_every_width(data, name):
     with torch.no_grad():
         torch.testing.assert_close(net.extract(spec).eval()(x), net.subnet(spec).eval()(x),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_a_supernet_file_round_trips_and_old_formats_are_named(data, tmp_path):
+    from automoe.storage import save_checkpoint
+
+    net = _supernet(data)
+    path = tmp_path / "super.safetensors"
+    net.save(path, [{"epoch": 1, "loss": 1.0, "subnet_loss": 1.0}])
+    again = Supernet.load(path)
+    spec = SubnetSpec("010", 3, 2, 0.25)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(again.extract(spec).eval()(x), net.extract(spec).eval()(x))
+    assert again.history[0]["loss"] == 1.0
+    old = tmp_path / "old.safetensors"
+    save_checkpoint(net.model, old, {"supernet": {"format": "automoe.supernet.v1"}})
+    with pytest.raises(ConfigError, match="format automoe.supernet.v1.*train it again"):
+        Supernet.load(old)
