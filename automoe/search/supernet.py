@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from automoe.errors import AutomoeError, ConfigError, TrainingDivergedError
+from automoe.errors import AutomoeError, ConfigError
 from automoe.layers import MoEConv2d
 from automoe.models import create_model, resolve_placement
 from automoe.robustness import AttackConfig, attack_batch
 from automoe.search.space import PARAMS, SearchSpace
-from automoe.training import TrainConfig, make_loader
+from automoe.training import TrainConfig, check_finite, make_loader
 
 SUPERNET_FORMAT = "automoe.supernet.v2"
 # the model parameters a supernet's sub-networks differ in; every other one is shared
@@ -199,16 +199,21 @@ class Supernet:
         return SubnetSpec(rng.choice(self.placements), experts, k,
                           rng.choice(self.width_choices))
 
+    def canonical(self, spec: SubnetSpec) -> SubnetSpec:
+        """``spec``, or for a dense one (the same network whatever its E and k) the one
+        dense spec of its placement and width."""
+        if spec.is_dense:
+            return SubnetSpec(spec.placement, min(self.expert_choices), 1, spec.width)
+        return spec
+
     def spec_for(self, model_fields: dict) -> SubnetSpec:
-        """The sub-network of a candidate's model fields (a dense one is the same network
-        whatever its E and k, so it gets the smallest)."""
+        """The (canonical) sub-network of a candidate's model fields."""
         spec = SubnetSpec(placement_bits(model_fields.get("placement", "none"),
                                          self.space.units_per_stage()),
                           int(model_fields.get("num_experts", 1)),
                           int(model_fields.get("top_k", 1)),
                           float(model_fields.get("width_multiplier", 1.0)))
-        if spec.is_dense:
-            spec = SubnetSpec(spec.placement, min(self.expert_choices), 1, spec.width)
+        spec = self.canonical(spec)
         if spec.width not in self.width_choices or (
                 not spec.is_dense and spec.experts not in self.expert_choices):
             raise ConfigError(f"sub-network {spec.describe()} is not in the supernet")
@@ -228,8 +233,8 @@ class Supernet:
         source = dict(chain(self.model.named_parameters(), self.model.named_buffers()))
         skeleton = self._skeleton(spec).net
         tensors = {}
-        for name, shape in chain(((n, t.shape) for n, t in skeleton.named_parameters()),
-                                 ((n, t.shape) for n, t in skeleton.named_buffers())):
+        for name, meta in chain(skeleton.named_parameters(), skeleton.named_buffers()):
+            shape = meta.shape
             tensor = source[name]
             layer = name.rpartition(".")[0]
             if layer in self.moe_layers and tensor.dim() == len(shape) + 1:
@@ -307,9 +312,7 @@ class Supernet:
                     if i == 0:
                         teacher = logits.detach().softmax(1)
                     loss = loss + aux
-                    if not torch.isfinite(loss):
-                        raise TrainingDivergedError(f"supernet loss became {loss.item()} at "
-                                                    f"epoch {epoch + 1}; lower the lr")
+                    check_finite(loss, epoch, step, config)
                     loss.backward()
                     share = 1.0 if i == 0 else 1.0 / (len(specs) - 1)
                     sums[0 if i == 0 else 1] += loss.item() * labels.shape[0] * share

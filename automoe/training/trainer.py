@@ -146,12 +146,12 @@ def train(
             if advmoe is not None:  # two optimiser steps of its own
                 task_loss, logits = advmoe(images, labels, aux_loss_fn)
                 aux = task_loss.new_zeros(())
-                _check_finite(task_loss, epoch, step, config)
+                check_finite(task_loss, epoch, step, config)
             else:
                 task_loss, logits = _task_loss(model, images, labels, config)
                 aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
                 loss = task_loss + aux
-                _check_finite(loss, epoch, step, config)
+                check_finite(loss, epoch, step, config)
                 optimizers[0].zero_grad(set_to_none=True)
                 loss.backward()
                 optimizers[0].step()
@@ -241,7 +241,8 @@ def _task_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels), logits
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, step: int, config: TrainConfig) -> None:
+def check_finite(loss: torch.Tensor, epoch: int, step: int, config: TrainConfig) -> None:
+    """A one-line error naming the epoch, step and lr when ``loss`` is NaN or infinite."""
     if not torch.isfinite(loss):
         raise TrainingDivergedError(
             f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
