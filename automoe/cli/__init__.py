@@ -152,12 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search: the file `supernet train` wrote")
     p.add_argument("--out", default=None, metavar="FILE", help="train: the supernet file")
     p.add_argument("--epochs", type=int, default=None,
-                   help="train: supernet epochs (default: 2 x the space's epochs)")
+                   help="train: supernet epochs (default: 4 x the space's epochs)")
     p.add_argument("--subnets-per-step", type=int, default=4,
                    help="train: sub-networks per step (largest, smallest and random ones)")
-    p.add_argument("--no-distill", action="store_true",
-                   help="train: plain cross-entropy for every sub-network (default: in-place "
-                        "distillation from the largest)")
+    p.add_argument("--distill", action="store_true",
+                   help="train: the sub-networks other than the largest learn its predictions "
+                        "(in-place distillation; default: cross-entropy on the labels)")
     p.add_argument("--adversarial", action="store_true",
                    help="train: PGD adversarial training through the supernet (examples "
                         "crafted against the largest sub-network with the space's adv_eps, "

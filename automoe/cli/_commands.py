@@ -487,10 +487,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_supernet(args: argparse.Namespace) -> int:
     """Weight-sharing search in three steps. ``train`` trains one supernet over the space's
-    placement x experts x top-k x width (sandwich rule, in-place distillation, optionally
-    PGD adversarial training). ``search`` runs
-    NSGA-II over its sub-networks, each evaluated with inherited weights (BatchNorm
-    recalibrated) and stored as a trial with ``fidelity = "supernet"``. ``finalize``
+    placement x experts x top-k x width (sandwich rule, optionally in-place distillation
+    and PGD adversarial training). ``search`` runs NSGA-II over its sub-networks, each
+    evaluated with inherited weights (BatchNorm recalibrated) and stored as a trial with
+    ``fidelity = "supernet"``. ``finalize``
     retrains the best sub-networks of that front stand-alone, as normal trials that
     record their supernet values beside their own."""
     from automoe.search import (
@@ -524,7 +524,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         net = Supernet(space, train_set.info)
         from dataclasses import replace
 
-        epochs = args.epochs or 2 * net.recipe().epochs
+        epochs = args.epochs or 4 * net.recipe().epochs
         recipe = replace(net.recipe(), epochs=epochs, seed=args.seed)
         if args.adversarial:
             recipe = replace(recipe, scheme="pgd_at")
@@ -537,7 +537,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
         with progress.progress:
             history = net.train(train_set, recipe, subnets_per_step=args.subnets_per_step,
-                                distill=not args.no_distill, device=device, on_step=on_step)
+                                distill=args.distill, device=device, on_step=on_step)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         net.save(args.out, history)
         if not args.quiet:

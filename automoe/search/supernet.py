@@ -199,6 +199,10 @@ class Supernet:
         return SubnetSpec(rng.choice(self.placements), experts, k,
                           rng.choice(self.width_choices))
 
+    def step_subnets(self, rng: random.Random, count: int) -> list[SubnetSpec]:
+        """The sub-networks of one training step, the largest first (the sandwich rule)."""
+        return [self.largest(), self.smallest()] + [self.sample(rng) for _ in range(count - 2)]
+
     def canonical(self, spec: SubnetSpec) -> SubnetSpec:
         """``spec``, or for a dense one (the same network whatever its E and k) the one
         dense spec of its placement and width."""
@@ -264,7 +268,7 @@ class Supernet:
     # ------------------------------------------------------------ training
 
     def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
-              distill: bool = True, device: str = "cpu", on_step=None) -> list[dict]:
+              distill: bool = False, device: str = "cpu", on_step=None) -> list[dict]:
         """Train the supernet with the sandwich rule; returns a per-epoch history of the
         largest sub-network's cross-entropy (``loss``) and the mean loss of the others
         (``subnet_loss``: KL to the largest with ``distill``, else cross-entropy).
@@ -298,8 +302,7 @@ class Supernet:
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                specs = [self.largest(), self.smallest()] + [
-                    self.sample(rng) for _ in range(subnets_per_step - 2)]
+                specs = self.step_subnets(rng, subnets_per_step)
                 if attack is not None:  # examples against the largest, in eval mode
                     images = attack_batch(self.subnet(specs[0]).eval(), images, labels, attack)
                 teacher = None
@@ -370,13 +373,17 @@ class Supernet:
 def recalibrate_batchnorm(model: nn.Module, dataset, batches: int = 10, batch_size: int = 128,
                           device: str = "cpu", seed: int = 0) -> nn.Module:
     """Recompute every BatchNorm's running statistics from ``batches`` training batches
-    (cumulative averages), as weight-sharing NAS does before evaluating a sub-network."""
+    (cumulative averages), as weight-sharing NAS does before evaluating a sub-network.
+    Only the norms run in training mode: routers route as they will when evaluated."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the batches
-    model.to(device).train()
+    # a noisy router adds noise in training mode: the statistics would be of other routes
+    model.to(device).eval()
+    for m in norms:
+        m.train()
     for i, (images, _) in enumerate(make_loader(dataset, batch_size, shuffle=True, seed=seed)):
         if i >= batches:
             break

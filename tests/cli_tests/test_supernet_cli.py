@@ -29,7 +29,7 @@ def test_supernet_train_search_finalize(workdir):
     (workdir / "super.yaml").write_text(SPACE)
     proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",
                    "studies/super.safetensors", "--adversarial", cwd=workdir, check=0)
-    assert "2 epochs of PGD-AT" in proc.stderr
+    assert "4 epochs of PGD-AT" in proc.stderr
     proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
                    "--trials", "6", "-q", cwd=workdir, check=0)
     assert "Pareto front of 'tinysuper-supernet'" in proc.stdout

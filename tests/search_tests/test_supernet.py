@@ -112,6 +112,22 @@ def test_batchnorm_recalibration_recomputes_the_statistics(data):
     assert bn.momentum == 0.1 and not model.training
 
 
+def test_batchnorm_recalibration_routes_as_evaluation_does(data):
+    # a noisy top-k router adds noise only in training mode; the statistics must be those
+    # of the routes the evaluated model takes, so they do not depend on the global RNG
+    net = _supernet(data, gate="noisy_topk")
+    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05), subnets_per_step=2)
+    stats = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = recalibrate_batchnorm(net.extract(SubnetSpec("111", 5, 1, 0.5)), data,
+                                      batches=2, batch_size=64)
+        stats.append(torch.cat([m.running_var for m in model.modules()
+                                if isinstance(m, torch.nn.BatchNorm2d)]))
+        assert not any(m.training for m in model.modules())
+    assert torch.equal(stats[0], stats[1])
+
+
 def test_adversarial_supernet_training(data):
     net = _supernet(data)
     config = TrainConfig(epochs=2, batch_size=64, lr=0.05, scheme="pgd_at", adv_steps=2)
