@@ -4,8 +4,8 @@
 
 Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
 (MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
-sub-networks per step, in-place distillation), then, for ``--subnets`` distinct
-sub-networks, measures validation accuracy
+sub-networks per step; ``--distill`` for in-place distillation), then, for ``--subnets``
+distinct sub-networks, measures validation accuracy
 
 * with inherited weights: extracted from the supernet, BatchNorm recalibrated on each of
   ``--recal-batches`` training batches of 128 (the first is the one that is timed);
@@ -13,8 +13,9 @@ sub-networks, measures validation accuracy
   per seed of ``--standalone-seeds``.
 
 Prints Kendall's tau (and Spearman's rho) between the two accuracies over all
-sub-networks and within each width, the tau between two stand-alone seeds (how well
-stand-alone accuracy ranks itself: the ceiling any proxy can reach), and the cost of one
+sub-networks and within each width, the tau between two stand-alone seeds and, with four
+or more seeds, between the means of two halves of them (how well stand-alone accuracy
+ranks itself: the ceiling any proxy can reach), and the cost of one
 inherited-weight evaluation against one stand-alone trial, without and with the
 supernet's training amortised over the sub-networks evaluated.
 
@@ -83,15 +84,16 @@ def digits_part(args, console: Console) -> None:
                   f"stand-alone recipe {recipe.epochs} epochs, lr {recipe.lr}, batch "
                   f"{recipe.batch_size}")
 
+    supernet_epochs = args.supernet_epochs or 4 * recipe.epochs
     start = time.perf_counter()
-    history = net.train(train_set, replace(recipe, epochs=args.supernet_epochs),
-                        subnets_per_step=args.subnets_per_step, distill=not args.no_distill)
+    history = net.train(train_set, replace(recipe, epochs=supernet_epochs),
+                        subnets_per_step=args.subnets_per_step, distill=args.distill)
     supernet_seconds = time.perf_counter() - start
-    console.print(f"supernet: {args.supernet_epochs} epochs in {supernet_seconds:.0f}s, "
+    console.print(f"supernet: {supernet_epochs} epochs in {supernet_seconds:.0f}s, "
                   f"last loss {history[-1]['loss']:.3f}")
 
-    # stand-alone accuracies by sub-network, recipe and seed, kept across runs with
-    # --standalone-cache (they do not depend on the supernet being compared)
+    # stand-alone accuracies by sub-network, space (its fixed model fields), recipe and
+    # seed, kept across runs with --standalone-cache (they do not depend on the supernet)
     cache = {}
     if args.standalone_cache:
         try:
@@ -114,7 +116,8 @@ def digits_part(args, console: Console) -> None:
                 inherit_seconds += time.perf_counter() - t0
         alone_runs = []
         for seed in range(args.seed, args.seed + args.standalone_seeds):
-            key = json.dumps([spec.describe(), space.name, replace(recipe, seed=seed).to_dict()])
+            key = json.dumps([spec.describe(), space.raw, replace(recipe, seed=seed).to_dict()],
+                             sort_keys=True)
             if key not in cache:
                 t1 = time.perf_counter()
                 torch.manual_seed(seed)
@@ -146,6 +149,11 @@ def digits_part(args, console: Console) -> None:
     if args.standalone_seeds >= 2:
         table.add_row("Kendall tau between two stand-alone seeds (noise ceiling)",
                       tau([r[3][0] for r in rows], [r[3][1] for r in rows]))
+    if args.standalone_seeds >= 4:
+        half = [(sum(r[3][0::2]) / len(r[3][0::2]), sum(r[3][1::2]) / len(r[3][1::2]))
+                for r in rows]
+        table.add_row("Kendall tau between the means of two halves of the seeds",
+                      tau([h[0] for h in half], [h[1] for h in half]))
     for width in net.width_choices:
         group = [r for r in rows if r[0].width == width]
         if len(group) >= 4:
@@ -230,10 +238,11 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="*", default=None,
                         help="override the space's width_multiplier choices")
     parser.add_argument("--subnets", type=int, default=24)
-    parser.add_argument("--supernet-epochs", type=int, default=24)
+    parser.add_argument("--supernet-epochs", type=int, default=None,
+                        help="supernet epochs (default: 4 x the recipe's, as `supernet train`)")
     parser.add_argument("--subnets-per-step", type=int, default=4)
-    parser.add_argument("--no-distill", action="store_true",
-                        help="cross-entropy for every sub-network (no in-place distillation)")
+    parser.add_argument("--distill", action="store_true",
+                        help="in-place distillation from the largest sub-network")
     parser.add_argument("--recal-batches", type=int, nargs="+", default=[2, 10],
                         help="BN recalibration batches of 128 (the first is timed)")
     parser.add_argument("--seed", type=int, default=0)
