@@ -490,9 +490,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     placement x experts x top-k x width (sandwich rule, optionally in-place distillation
     and PGD adversarial training). ``search`` runs NSGA-II over its sub-networks, each
     evaluated with inherited weights (BatchNorm recalibrated) and stored as a trial with
-    ``fidelity = "supernet"``. ``finalize``
-    retrains the best sub-networks of that front stand-alone, as normal trials that
-    record their supernet values beside their own."""
+    ``fidelity = "supernet"``. ``finalize`` retrains the best sub-networks of that front
+    stand-alone, as normal trials that record their supernet values beside their own."""
     from automoe.search import (
         SearchSpace,
         TrialRunner,
