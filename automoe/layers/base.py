@@ -81,9 +81,6 @@ class MoEModule(nn.Module):
         """``balance_weight * loss`` of the last training forward, or None."""
         if self.last_routing is None or not self.training or self.balance_weight == 0:
             return None
-        # the routing's own width: a supernet sub-network routes among fewer experts
-        num_experts = self.last_routing.clean_logits.shape[1]
-        loss = balancing_loss(self.balance_loss, self.last_routing, num_experts,
-                              self.router.top_k if self.router is not None else self.top_k,
-                              targets)
+        loss = balancing_loss(self.balance_loss, self.last_routing, self.num_experts,
+                              self.top_k, targets)
         return None if loss is None else self.balance_weight * loss

@@ -20,12 +20,7 @@ from optuna.artifacts import upload_artifact
 from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import track_expert_usage
-from automoe.models import (
-    count_flops,
-    count_params,
-    create_model,
-    measure_latency,
-)
+from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
 from automoe.search.objectives import minimised

@@ -37,7 +37,6 @@ def trial_row(trial: FrozenTrial, names) -> dict:
     }
 
 
-
 def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None = None
                       ) -> tuple[float, tuple[float, ...]]:
     """``(hypervolume of the feasible front, reference point used)``; the default reference
