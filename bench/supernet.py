@@ -19,6 +19,11 @@ ranks itself: the ceiling any proxy can reach), and the cost of one
 inherited-weight evaluation against one stand-alone trial, without and with the
 supernet's training amortised over the sub-networks evaluated.
 
+With ``--trial-cost N`` it also times N of those sub-networks as whole search trials, once
+as `automoe supernet search` runs them (inherited weights) and once as `automoe search`
+does (trained): every objective of the space measured, PGD included, and the checkpoint
+stored. The robustness objective costs the same either way, so it bounds this ratio.
+
 Part 2 (``--cifar-cost``, timed, CIFAR-10 shapes on random tensors). Digits' recipe trains
 6 epochs on 1,077 images, so a stand-alone trial costs only ~20x the images an inherited
 evaluation touches. This part times, on 3x32x32 inputs and the widest sub-network, one
@@ -66,7 +71,7 @@ def tau(a: list[float], b: list[float]) -> str:
     return f"{result.statistic:.3f} (p {result.pvalue:.2g})"
 
 
-def digits_part(args, console: Console) -> None:
+def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     space = SearchSpace.from_file(resolve_space_path(args.space))
     if args.widths:
         raw = dict(space.raw)
@@ -168,7 +173,7 @@ def digits_part(args, console: Console) -> None:
                   "batches)", f"{per_inherit:.3f}")
     if not timed_alone:  # every stand-alone result came from the cache
         console.print(table)
-        return
+        return net, specs
     table.add_row(f"seconds per stand-alone trial (train + eval; {timed_alone} timed)",
                   f"{per_alone:.2f}")
     table.add_row("candidates per CPU-hour, inherited", f"{3600 / per_inherit:,.0f}")
@@ -178,6 +183,61 @@ def digits_part(args, console: Console) -> None:
         amortised = (supernet_seconds + count * per_inherit) / count
         table.add_row(f"speed-up with the supernet's training over {count} candidates",
                       f"{per_alone / amortised:.1f}x")
+    console.print(table)
+    return net, specs
+
+
+def trial_cost_part(args, console: Console, net: Supernet, specs: list[SubnetSpec]) -> None:
+    """Whole search trials, as `automoe supernet search` and `automoe search` run them:
+    the same candidates once with inherited weights and once trained stand-alone, each
+    measured on every objective of the space (clean and PGD accuracy on val, MACs, test
+    accuracy, checkpoint stored)."""
+    import tempfile
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from automoe.search import TrialRunner, create_or_resume_study, make_sampler
+    from automoe.storage import AtomicFileSystemArtifactStore
+
+    space = net.space
+    names = list(space.dimensions["placement"].choices)
+    seconds = {}
+    runs = [("inherited", net, space)]
+    if args.attack_samples:  # `supernet search --attack-samples`: PGD on the first N only
+        runs.append((f"inherited, PGD on {args.attack_samples} val images", net,
+                     replace(space, attack=replace(space.attack,
+                                                   max_samples=args.attack_samples))))
+    runs.append(("stand-alone", None, space))
+    with tempfile.TemporaryDirectory(prefix="bench-supernet-") as tmp:
+        for i, (label, supernet, trial_space) in enumerate(runs):
+            sampler = make_sampler("random", args.seed, 2, space)
+            study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), label,
+                                              trial_space, sampler, args.seed)
+            for spec in specs:
+                study.enqueue_trial({"placement": names[net.placements.index(spec.placement)],
+                                     "experts": spec.experts, "top_k": spec.top_k,
+                                     "width_multiplier": spec.width})
+            store = AtomicFileSystemArtifactStore(f"{tmp}/{i}")
+            runner = TrialRunner(trial_space, store, seed=args.seed, supernet=supernet,
+                                 usage_plots=False,
+                                 recalibration_batches=args.recal_batches[0])
+            study.optimize(runner, n_trials=len(specs))
+            seconds[label] = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                                 for t in study.trials) / len(study.trials)
+            seconds[label + " eval"] = sum(t.user_attrs.get("eval_seconds", 0.0)
+                                           for t in study.trials) / len(study.trials)
+    table = Table(title=f"whole trials, {len(specs)} sub-networks each way (objectives "
+                        f"{', '.join(space.objectives)}; PGD-{space.attack.steps} on val)",
+                  title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, _, _ in runs:
+        table.add_row(f"seconds per trial, {label} (of which measuring)",
+                      f"{seconds[label]:.2f} ({seconds[label + ' eval']:.2f})")
+    for label, _, _ in runs[:-1]:
+        table.add_row(f"speed-up per trial, {label}",
+                      f"{seconds['stand-alone'] / seconds[label]:.1f}x")
     console.print(table)
 
 
@@ -251,6 +311,12 @@ def main() -> None:
                              "two or more also give the seed-to-seed tau: the noise ceiling)")
     parser.add_argument("--standalone-cache", default=None, metavar="FILE",
                         help="JSON file that keeps stand-alone accuracies across runs")
+    parser.add_argument("--trial-cost", type=int, default=0, metavar="N",
+                        help="also time N whole search trials each way (objectives measured, "
+                             "checkpoint stored)")
+    parser.add_argument("--attack-samples", type=int, default=None, metavar="N",
+                        help="with --trial-cost: also time inherited trials that attack only "
+                             "the first N val images (`supernet search --attack-samples`)")
     parser.add_argument("--cifar-cost", action="store_true",
                         help="also time the cost at CIFAR-10 shapes (part 2)")
     parser.add_argument("--cifar-steps", type=int, default=20)
@@ -258,7 +324,9 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=150)
     if not args.skip_digits:
-        digits_part(args, console)
+        net, specs = digits_part(args, console)
+        if args.trial_cost:
+            trial_cost_part(args, console, net, specs[:args.trial_cost])
     if args.cifar_cost:
         cifar_cost_part(args, console)
 

@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recal-batches", type=int, default=4, metavar="N",
                    help="search: training batches of 128 that recompute a sub-network's "
                         "BatchNorm statistics before it is evaluated")
+    p.add_argument("--attack-samples", type=int, default=None, metavar="N",
+                   help="search: attack only the first N val samples when measuring robust "
+                        "accuracy, a cheaper screen of many candidates (default: the space's "
+                        "evaluation.attack; finalize measures finalists with it)")
     p.add_argument("--top", type=int, default=3, metavar="N",
                    help="finalize: front sub-networks to retrain")
     p.add_argument("--target-study", default=None, metavar="NAME",

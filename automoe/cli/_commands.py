@@ -551,15 +551,23 @@ def cmd_supernet(args: argparse.Namespace) -> int:
             raise ConfigError("`supernet search` needs --supernet FILE")
         if args.recal_batches < 1:
             raise ConfigError(f"--recal-batches must be >= 1, got {args.recal_batches}")
+        if args.attack_samples is not None and args.attack_samples < 1:
+            raise ConfigError(f"--attack-samples must be >= 1, got {args.attack_samples}")
         net = Supernet.load(args.supernet)
         space = net.space
+        screen = space  # what the trials measure with; the study keeps the space as written
+        if args.attack_samples is not None:
+            from dataclasses import replace
+
+            screen = replace(space, attack=replace(space.attack,
+                                                   max_samples=args.attack_samples))
         study_name = args.study or f"{space.name}-supernet"
         sampler = make_sampler(space.sampler["name"], args.seed, space.sampler["population_size"],
                                space)
         study, _ = create_or_resume_study(storage, study_name, space, sampler, args.seed)
         study.set_user_attr("fidelity", "supernet")
         progress = _TrialProgress(args.quiet, args.trials)
-        runner = TrialRunner(space, _artifact_store(args), device=device, seed=args.seed,
+        runner = TrialRunner(screen, _artifact_store(args), device=device, seed=args.seed,
                              data_root=args.data_root, download=args.download, supernet=net,
                              recalibration_batches=args.recal_batches, usage_plots=False)
         with progress.progress:

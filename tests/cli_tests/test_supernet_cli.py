@@ -31,7 +31,7 @@ def test_supernet_train_search_finalize(workdir):
                    "studies/super.safetensors", "--adversarial", cwd=workdir, check=0)
     assert "4 epochs of PGD-AT" in proc.stderr
     proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
-                   "--trials", "6", "-q", cwd=workdir, check=0)
+                   "--trials", "6", "--attack-samples", "16", "-q", cwd=workdir, check=0)
     assert "Pareto front of 'tinysuper-supernet'" in proc.stdout
     storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"), create=False)
     study = optuna.load_study(study_name="tinysuper-supernet", storage=storage)
@@ -42,6 +42,7 @@ def test_supernet_train_search_finalize(workdir):
         subnet = t.user_attrs["subnet"]
         assert 1 <= subnet["top_k"] <= subnet["experts"] <= 3
         assert subnet["width_multiplier"] in (0.25, 0.5)
+        assert t.user_attrs["attack"]["max_samples"] == 16  # the cheaper screen, recorded
 
     proc = run_cli("supernet", "finalize", "--study", "tinysuper-supernet", "--top", "1",
                    cwd=workdir, check=0)
@@ -54,6 +55,7 @@ def test_supernet_train_search_finalize(workdir):
     # the same architecture: the same active MACs, inherited or trained
     assert trial.values[1] == origin["values"]["mmacs"]
     assert len(trial.user_attrs["history"]) == 1  # trained stand-alone for the space's epochs
+    assert trial.user_attrs["attack"]["max_samples"] == 64  # finalists: the space's attack
 
 
 def test_supernet_refuses_spaces_it_cannot_share(workdir):
@@ -62,3 +64,6 @@ def test_supernet_refuses_spaces_it_cannot_share(workdir):
     assert "the supernet searches placement, experts, top_k, width_multiplier" in proc.stderr
     proc = run_cli("supernet", "search", "--supernet", "tiny.yaml", cwd=workdir, check=1)
     assert "is not a supernet" in proc.stderr or "cannot read supernet" in proc.stderr
+    proc = run_cli("supernet", "search", "--supernet", "tiny.yaml", "--attack-samples", "0",
+                   cwd=workdir, check=1)
+    assert "--attack-samples must be >= 1, got 0" in proc.stderr
