@@ -1,6 +1,7 @@
 """Weight-sharing supernet vs stand-alone training: rank agreement and cost.
 
     python bench/supernet.py [--subnets 24] [--supernet-epochs 24] [--recal-batches 2 10]
+    python bench/supernet.py --task cluttered --recipe-epochs 10 --standalone-seeds 4
 
 Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
 (MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
@@ -18,6 +19,11 @@ or more seeds, between the means of two halves of them (how well stand-alone acc
 ranks itself: the ceiling any proxy can reach), and the cost of one
 inherited-weight evaluation against one stand-alone trial, without and with the
 supernet's training amortised over the sub-networks evaluated.
+
+``--task cluttered`` runs part 1 on a harder task built from the same digits, where
+accuracy depends on capacity: each digit (11 px) at a random place of the 16 px canvas
+under two fragments of other digits and Gaussian noise, three renderings of each train and
+val image (``--recipe-epochs`` sets the stand-alone epochs; the supernet trains 4x them).
 
 With ``--trial-cost N`` it also times N of those sub-networks as whole search trials, once
 as `automoe supernet search` runs them (inherited weights) and once as `automoe search`
@@ -45,6 +51,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from scipy.stats import kendalltau, spearmanr
+from torch.utils.data import TensorDataset
 
 from automoe.data import DatasetInfo, load_dataset
 from automoe.search import SearchSpace, resolve_space_path
@@ -71,6 +78,47 @@ def tau(a: list[float], b: list[float]) -> str:
     return f"{result.statistic:.3f} (p {result.pvalue:.2g})"
 
 
+def _place(canvas: torch.Tensor, patches: torch.Tensor, generator: torch.Generator) -> None:
+    """Paste each patch ``(N, 1, p, p)`` at a random place of its canvas ``(N, 1, S, S)``,
+    keeping the brighter pixel where they overlap."""
+    n, side, patch = canvas.shape[0], canvas.shape[-1], patches.shape[-1]
+    xs = torch.randint(0, side - patch + 1, (n,), generator=generator).tolist()
+    ys = torch.randint(0, side - patch + 1, (n,), generator=generator).tolist()
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        region = canvas[i, :, y:y + patch, x:x + patch]
+        torch.maximum(region, patches[i], out=region)
+
+
+def cluttered_digits(copies: int = 3, side: int = 16, digit: int = 11, fragments: int = 2,
+                     noise: float = 0.2) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
+    """A harder task made from the embedded digits, where accuracy depends on the
+    network's capacity: each image is one digit (``digit`` px) at a random place of a
+    ``side`` px canvas, under ``fragments`` other training digits (8 px, 0.6 intensity) at
+    random places and Gaussian noise. ``copies`` renderings of every train / val digit."""
+    fragment_pool = load_dataset("digits", "train", image_size=8)
+    pool = torch.stack([fragment_pool[i][0] for i in range(len(fragment_pool))])
+    sets = {}
+    for split, seed in (("train", 1), ("val", 2)):
+        base = load_dataset("digits", split, image_size=digit)
+        images = torch.stack([base[i][0] for i in range(len(base))])  # (N, 1, d, d)
+        labels = torch.tensor([base[i][1] for i in range(len(base))])
+        generator = torch.Generator().manual_seed(seed)
+        rendered = []
+        for _ in range(copies):
+            canvas = torch.zeros(len(images), 1, side, side)
+            for _ in range(fragments):
+                pick = torch.randint(0, len(pool), (len(images),), generator=generator)
+                _place(canvas, 0.6 * pool[pick], generator)
+            _place(canvas, images, generator)
+            canvas += noise * torch.randn(canvas.shape, generator=generator)
+            rendered.append(canvas.clamp_(0.0, 1.0))
+        sets[split] = (torch.cat(rendered), labels.repeat(copies))
+    train_images = sets["train"][0]
+    info = DatasetInfo("digits-cluttered", 10, 1, side, (round(float(train_images.mean()), 6),),
+                       (round(float(train_images.std()), 6),))
+    return TensorDataset(*sets["train"]), TensorDataset(*sets["val"]), info
+
+
 def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     space = SearchSpace.from_file(resolve_space_path(args.space))
     if args.widths:
@@ -78,12 +126,19 @@ def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
         raw["params"] = {**raw["params"], "width_multiplier": {"choices": args.widths}}
         space = SearchSpace.from_dict(raw, source="bench")
     size = space.dataset["image_size"]
-    train_set = load_dataset(space.dataset["name"], "train", image_size=size)
-    val_set = load_dataset(space.dataset["name"], "val", image_size=size)
+    if args.task == "cluttered":
+        train_set, val_set, info = cluttered_digits(side=size)
+    else:
+        train_set = load_dataset(space.dataset["name"], "train", image_size=size)
+        val_set = load_dataset(space.dataset["name"], "val", image_size=size)
+        info = train_set.info
     torch.manual_seed(args.seed)
-    net = Supernet(space, train_set.info)
+    net = Supernet(space, info)
     recipe = replace(net.recipe(), seed=args.seed)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; space "
+    if args.recipe_epochs:
+        recipe = replace(recipe, epochs=args.recipe_epochs)
+    console.print(f"task {info.name} ({len(train_set)} train, {len(val_set)} val images); "
+                  f"torch {torch.__version__}, {torch.get_num_threads()} threads; space "
                   f"{space.name}: {len(net.placements)} placements x experts "
                   f"{net.expert_choices} x top-k {net.k_choices} x width {net.width_choices}; "
                   f"stand-alone recipe {recipe.epochs} epochs, lr {recipe.lr}, batch "
@@ -91,7 +146,8 @@ def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
 
     supernet_epochs = args.supernet_epochs or 4 * recipe.epochs
     start = time.perf_counter()
-    history = net.train(train_set, replace(recipe, epochs=supernet_epochs),
+    supernet_seed = args.seed if args.supernet_seed is None else args.supernet_seed
+    history = net.train(train_set, replace(recipe, epochs=supernet_epochs, seed=supernet_seed),
                         subnets_per_step=args.subnets_per_step, distill=args.distill)
     supernet_seconds = time.perf_counter() - start
     console.print(f"supernet: {supernet_epochs} epochs in {supernet_seconds:.0f}s, "
@@ -121,8 +177,8 @@ def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
                 inherit_seconds += time.perf_counter() - t0
         alone_runs = []
         for seed in range(args.seed, args.seed + args.standalone_seeds):
-            key = json.dumps([spec.describe(), space.raw, replace(recipe, seed=seed).to_dict()],
-                             sort_keys=True)
+            key = json.dumps([spec.describe(), space.raw, replace(recipe, seed=seed).to_dict()]
+                             + ([] if args.task == "digits" else [args.task]), sort_keys=True)
             if key not in cache:
                 t1 = time.perf_counter()
                 torch.manual_seed(seed)
@@ -141,7 +197,7 @@ def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
         with open(args.standalone_cache, "w") as f:
             json.dump(cache, f)
     n = len(rows)
-    table = Table(title=f"{n} sub-networks on digits", title_justify="left")
+    table = Table(title=f"{n} sub-networks on {info.name}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     alone = [r[2] for r in rows]
@@ -305,7 +361,15 @@ def main() -> None:
                         help="in-place distillation from the largest sub-network")
     parser.add_argument("--recal-batches", type=int, nargs="+", default=[2, 10],
                         help="BN recalibration batches of 128 (the first is timed)")
+    parser.add_argument("--task", choices=["digits", "cluttered"], default="digits",
+                        help="digits: the space's dataset; cluttered: digits at random places "
+                             "under clutter and noise, a task where capacity matters")
+    parser.add_argument("--recipe-epochs", type=int, default=None,
+                        help="stand-alone epochs (default: the space's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--supernet-seed", type=int, default=None,
+                        help="seed of the supernet's training: its batches and sub-networks "
+                             "(default: --seed); the sub-networks compared stay the same")
     parser.add_argument("--standalone-seeds", type=int, default=2,
                         help="stand-alone trainings per sub-network (their mean is compared; "
                              "two or more also give the seed-to-seed tau: the noise ceiling)")
@@ -322,6 +386,8 @@ def main() -> None:
     parser.add_argument("--cifar-steps", type=int, default=20)
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args()
+    if args.trial_cost and args.task != "digits":
+        parser.error("--trial-cost runs search trials on the space's own dataset: --task digits")
     console = Console(width=150)
     if not args.skip_digits:
         net, specs = digits_part(args, console)
