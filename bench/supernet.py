@@ -89,19 +89,22 @@ def _place(canvas: torch.Tensor, patches: torch.Tensor, generator: torch.Generat
         torch.maximum(region, patches[i], out=region)
 
 
+def _tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset's images ``(N, C, H, W)`` and labels ``(N,)``, in one pass."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.tensor(labels)
+
+
 def cluttered_digits(copies: int = 3, side: int = 16, digit: int = 11, fragments: int = 2,
                      noise: float = 0.2) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
     """A harder task made from the embedded digits, where accuracy depends on the
     network's capacity: each image is one digit (``digit`` px) at a random place of a
     ``side`` px canvas, under ``fragments`` other training digits (8 px, 0.6 intensity) at
     random places and Gaussian noise. ``copies`` renderings of every train / val digit."""
-    fragment_pool = load_dataset("digits", "train", image_size=8)
-    pool = torch.stack([fragment_pool[i][0] for i in range(len(fragment_pool))])
+    pool, _ = _tensors(load_dataset("digits", "train", image_size=8))
     sets = {}
     for split, seed in (("train", 1), ("val", 2)):
-        base = load_dataset("digits", split, image_size=digit)
-        images = torch.stack([base[i][0] for i in range(len(base))])  # (N, 1, d, d)
-        labels = torch.tensor([base[i][1] for i in range(len(base))])
+        images, labels = _tensors(load_dataset("digits", split, image_size=digit))  # (N,1,d,d)
         generator = torch.Generator().manual_seed(seed)
         rendered = []
         for _ in range(copies):
@@ -119,7 +122,7 @@ def cluttered_digits(copies: int = 3, side: int = 16, digit: int = 11, fragments
     return TensorDataset(*sets["train"]), TensorDataset(*sets["val"]), info
 
 
-def digits_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
+def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     space = SearchSpace.from_file(resolve_space_path(args.space))
     if args.widths:
         raw = dict(space.raw)
@@ -390,7 +393,7 @@ def main() -> None:
         parser.error("--trial-cost runs search trials on the space's own dataset: --task digits")
     console = Console(width=150)
     if not args.skip_digits:
-        net, specs = digits_part(args, console)
+        net, specs = ranking_part(args, console)
         if args.trial_cost:
             trial_cost_part(args, console, net, specs[:args.trial_cost])
     if args.cifar_cost:

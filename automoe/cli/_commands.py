@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from automoe.cli._output import err, out, pareto_table, print_json, trial_line
@@ -521,8 +522,6 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
         torch.manual_seed(args.seed)
         net = Supernet(space, train_set.info)
-        from dataclasses import replace
-
         epochs = args.epochs or 4 * net.recipe().epochs
         recipe = replace(net.recipe(), epochs=epochs, seed=args.seed)
         if args.adversarial:
@@ -557,8 +556,6 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         space = net.space
         screen = space  # what the trials measure with; the study keeps the space as written
         if args.attack_samples is not None:
-            from dataclasses import replace
-
             screen = replace(space, attack=replace(space.attack,
                                                    max_samples=args.attack_samples))
         study_name = args.study or f"{space.name}-supernet"
