@@ -55,7 +55,12 @@ from torch.utils.data import TensorDataset
 
 from automoe.data import DatasetInfo, load_dataset
 from automoe.search import SearchSpace, resolve_space_path
-from automoe.search.supernet import SubnetSpec, Supernet, recalibrate_batchnorm
+from automoe.search.supernet import (
+    RECIPE_EPOCHS_FACTOR,
+    SubnetSpec,
+    Supernet,
+    recalibrate_batchnorm,
+)
 from automoe.training import evaluate_accuracy, train
 
 
@@ -147,7 +152,7 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
                   f"stand-alone recipe {recipe.epochs} epochs, lr {recipe.lr}, batch "
                   f"{recipe.batch_size}")
 
-    supernet_epochs = args.supernet_epochs or 4 * recipe.epochs
+    supernet_epochs = args.supernet_epochs or RECIPE_EPOCHS_FACTOR * recipe.epochs
     start = time.perf_counter()
     supernet_seed = args.seed if args.supernet_seed is None else args.supernet_seed
     history = net.train(train_set, replace(recipe, epochs=supernet_epochs, seed=supernet_seed),
@@ -387,12 +392,13 @@ def main() -> None:
     parser.add_argument("--cifar-cost", action="store_true",
                         help="also time the cost at CIFAR-10 shapes (part 2)")
     parser.add_argument("--cifar-steps", type=int, default=20)
-    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--skip-ranking", action="store_true",
+                        help="skip part 1 (the rank agreement on --task)")
     args = parser.parse_args()
     if args.trial_cost and args.task != "digits":
         parser.error("--trial-cost runs search trials on the space's own dataset: --task digits")
     console = Console(width=150)
-    if not args.skip_digits:
+    if not args.skip_ranking:
         net, specs = ranking_part(args, console)
         if args.trial_cost:
             trial_cost_part(args, console, net, specs[:args.trial_cost])

@@ -503,7 +503,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         run_trials,
         study_objectives,
     )
-    from automoe.search.supernet import Supernet
+    from automoe.search.supernet import RECIPE_EPOCHS_FACTOR, Supernet
     from automoe.storage import open_storage
 
     _quiet_optuna(args)
@@ -522,7 +522,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
         torch.manual_seed(args.seed)
         net = Supernet(space, train_set.info)
-        epochs = args.epochs or 4 * net.recipe().epochs
+        epochs = args.epochs or RECIPE_EPOCHS_FACTOR * net.recipe().epochs
         recipe = replace(net.recipe(), epochs=epochs, seed=args.seed)
         if args.adversarial:
             recipe = replace(recipe, scheme="pgd_at")

@@ -49,6 +49,9 @@ SUPERNET_FORMAT = "automoe.supernet.v2"
 SUBNET_PARAMS = ("placement", "experts", "top_k", "width_multiplier")
 # training schemes the supernet runs: clean, or Madry's PGD-AT through the largest
 SUPERNET_SCHEMES = ("standard", "pgd_at")
+# a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
+# sub-networks on shared weights, so it gets longer than one of them would
+RECIPE_EPOCHS_FACTOR = 4
 
 
 @dataclass(frozen=True)
