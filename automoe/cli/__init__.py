@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", action="store_true",
                    help="train: the sub-networks other than the largest learn its predictions "
                         "(in-place distillation; default: cross-entropy on the labels)")
+    p.add_argument("--expert-sampling", choices=["first", "subset"], default="first",
+                   help="train: the experts a step's sub-network of E experts runs: the "
+                        "first E (as evaluated), or the first E of a random order of all, "
+                        "a dense unit the order's first (every expert trains in every role)")
     p.add_argument("--adversarial", action="store_true",
                    help="train: PGD adversarial training through the supernet (examples "
                         "crafted against the largest sub-network with the space's adv_eps, "

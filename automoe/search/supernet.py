@@ -12,7 +12,10 @@ its tensors taken from the supernet's:
   scorer rows), so sub-networks of every width share the leading channels (as in
   once-for-all networks);
 * a unit the sub-network keeps dense runs the supernet's expert 0 of each conv as a plain
-  conv (no router).
+  conv (no router);
+* training may instead run a step's sub-networks on a random subset of the experts
+  (``expert_sampling="subset"``), so that expert 0 is not the only one trained as a dense
+  conv; evaluation always takes the first E.
 
 A sub-network runs as its stand-alone model's code (built once on the ``meta`` device)
 called on those slices (:func:`torch.func.functional_call`), so gradients flow into the
@@ -49,6 +52,9 @@ SUPERNET_FORMAT = "automoe.supernet.v2"
 SUBNET_PARAMS = ("placement", "experts", "top_k", "width_multiplier")
 # training schemes the supernet runs: clean, or Madry's PGD-AT through the largest
 SUPERNET_SCHEMES = ("standard", "pgd_at")
+# which of the supernet's experts a training step's sub-network runs: the first E (what
+# every sub-network is evaluated on), or the first E of a random order of all of them
+EXPERT_SAMPLING = ("first", "subset")
 # a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
 # sub-networks on shared weights, so it gets longer than one of them would
 RECIPE_EPOCHS_FACTOR = 4
@@ -90,9 +96,11 @@ class SubnetView(nn.Module):
     """A sub-network as a module that computes on the supernet's live tensors (no copy;
     gradients reach the supernet). Its own modules are shape-only (``meta``)."""
 
-    def __init__(self, supernet: Supernet, spec: SubnetSpec, skeleton: _WithAux):
+    def __init__(self, supernet: Supernet, spec: SubnetSpec, skeleton: _WithAux,
+                 experts: tuple[int, ...] | None = None):
         super().__init__()
         self.spec = spec
+        self.experts = experts
         # plain attributes, not children: the skeleton's meta parameters are not ours
         self._supernet, self._skeleton = supernet, skeleton
 
@@ -102,7 +110,7 @@ class SubnetView(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         """Logits, or (logits, balancing loss) when ``labels`` are given."""
-        tensors = self._supernet.subnet_tensors(self.spec, prefix="net.")
+        tensors = self._supernet.subnet_tensors(self.spec, prefix="net.", experts=self.experts)
         args = (images,) if labels is None else (images, labels)
         return functional_call(self._skeleton, tensors, args)
 
@@ -147,8 +155,10 @@ class Supernet:
             self.unit_layers.append([n for n, m in one.named_modules()
                                      if isinstance(m, MoEConv2d)])
         self.moe_layers = {name for names in self.unit_layers for name in names}
+        self.expert_tensors = _expert_tensor_names(self.model)
         self._skeletons: dict[SubnetSpec, _WithAux] = {}
         self.history: list[dict] = []
+        self.trained_with: dict = {}  # its recipe and sampling options, kept in its file
 
     def _fixed_model_fields(self) -> dict:
         fields = dict(self.space.model_fixed)
@@ -234,9 +244,12 @@ class Supernet:
             self._skeletons[spec] = skeleton
         return skeleton
 
-    def subnet_tensors(self, spec: SubnetSpec, prefix: str = "") -> dict[str, torch.Tensor]:
-        """Every parameter and buffer of ``spec``'s model, by name, as a view of the
-        supernet's tensor of that name (its leading slice)."""
+    def subnet_tensors(self, spec: SubnetSpec, prefix: str = "",
+                       experts: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of ``spec``'s model, by name, from the supernet's
+        tensor of that name: its leading slice (a view), or with ``experts`` (an order of
+        the supernet's experts) the first E experts of that order and the matching router
+        rows (a gather), a dense unit running the order's first expert."""
         source = dict(chain(self.model.named_parameters(), self.model.named_buffers()))
         skeleton = self._skeleton(spec).net
         tensors = {}
@@ -244,20 +257,27 @@ class Supernet:
             shape = meta.shape
             tensor = source[name]
             layer = name.rpartition(".")[0]
+            by_expert = name in self.expert_tensors
             if layer in self.moe_layers and tensor.dim() == len(shape) + 1:
-                tensor = tensor[0]  # (E, O, C, kh, kw) -> expert 0 as the dense conv
+                # (E, O, C, kh, kw) -> the order's first expert as the dense conv
+                tensor = tensor[0 if experts is None else experts[0]]
+                by_expert = False
             if tensor.dim() != len(shape) or any(
                     n > m for n, m in zip(shape, tensor.shape, strict=True)):
                 raise RuntimeError(f"cannot inherit {name}: {tuple(tensor.shape)} -> "
                                    f"{tuple(shape)}")
+            if by_expert and experts is not None:  # (E_max, ...) -> (E, ...) in that order
+                index = torch.tensor(experts[:shape[0]], device=tensor.device)
+                tensor = tensor.index_select(0, index)
             if tensor.dim():
                 tensor = tensor[tuple(slice(0, n) for n in shape)]
             tensors[prefix + name] = tensor
         return tensors
 
-    def subnet(self, spec: SubnetSpec) -> SubnetView:
-        """``spec`` as a module on the supernet's live tensors (training, attacks)."""
-        return SubnetView(self, spec, self._skeleton(spec)).train(self.model.training)
+    def subnet(self, spec: SubnetSpec, experts: tuple[int, ...] | None = None) -> SubnetView:
+        """``spec`` as a module on the supernet's live tensors (training, attacks), on the
+        first E experts or on the first E of the order ``experts``."""
+        return SubnetView(self, spec, self._skeleton(spec), experts).train(self.model.training)
 
     def extract(self, spec: SubnetSpec) -> nn.Module:
         """The stand-alone model of ``spec`` with the supernet's weights (and its BN
@@ -271,7 +291,8 @@ class Supernet:
     # ------------------------------------------------------------ training
 
     def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
-              distill: bool = False, device: str = "cpu", on_step=None) -> list[dict]:
+              distill: bool = False, expert_sampling: str = "first", device: str = "cpu",
+              on_step=None) -> list[dict]:
         """Train the supernet with the sandwich rule; returns a per-epoch history of the
         largest sub-network's cross-entropy (``loss``) and the mean loss of the others
         (``subnet_loss``: KL to the largest with ``distill``, else cross-entropy).
@@ -279,9 +300,18 @@ class Supernet:
         With ``config.scheme == "pgd_at"`` every step first crafts PGD examples
         (``adv_eps``, ``adv_step_size``, ``adv_steps``) against the largest sub-network, and
         all the step's sub-networks train on them: one attack per step, not one per
-        sub-network."""
+        sub-network.
+
+        ``expert_sampling="subset"`` runs each step's sub-network of E experts on the first
+        E of a random order of the supernet's experts (router rows in the same order), and
+        a dense unit on that order's first expert, instead of always the first E and
+        expert 0: every expert is trained as the dense conv and in every position.
+        Sub-networks are still evaluated on the first E."""
         if subnets_per_step < 2:
             raise ConfigError("subnets_per_step must be >= 2 (the largest and the smallest)")
+        if expert_sampling not in EXPERT_SAMPLING:
+            raise ConfigError(f"expert_sampling must be one of {', '.join(EXPERT_SAMPLING)}, "
+                              f"not {expert_sampling!r}")
         if config.scheme not in SUPERNET_SCHEMES:
             raise ConfigError(f"the supernet trains with scheme {' or '.join(SUPERNET_SCHEMES)}"
                               f", not {config.scheme!r}")
@@ -292,6 +322,7 @@ class Supernet:
         model = self.model.to(device).train()
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
+        order_rng = random.Random(config.seed + 1)  # expert orders, apart from the specs
         loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     nesterov=config.momentum > 0,
@@ -310,7 +341,11 @@ class Supernet:
                     images = attack_batch(self.subnet(specs[0]).eval(), images, labels, attack)
                 teacher = None
                 for i, spec in enumerate(specs):
-                    logits, aux = self.subnet(spec)(images, labels)
+                    experts = None
+                    if expert_sampling == "subset":
+                        experts = tuple(order_rng.sample(range(self.max_experts),
+                                                         self.max_experts))
+                    logits, aux = self.subnet(spec, experts)(images, labels)
                     if i == 0 or not distill:
                         loss = F.cross_entropy(logits, labels)
                     else:  # in-place distillation from the largest sub-network
@@ -332,6 +367,8 @@ class Supernet:
             # the largest sub-network's cross-entropy, and the others' (distillation) loss
             history.append({"epoch": epoch + 1, "loss": largest, "subnet_loss": others})
         self.history = history
+        self.trained_with = {"recipe": config.to_dict(), "subnets_per_step": subnets_per_step,
+                             "distill": distill, "expert_sampling": expert_sampling}
         return history
 
     # ------------------------------------------------------------ files
@@ -344,7 +381,8 @@ class Supernet:
 
         save_checkpoint(self.model, path, {"supernet": {
             "format": SUPERNET_FORMAT, "space": self.space.raw, "info": asdict(self.info),
-            "history": self.history if history is None else history}})
+            "history": self.history if history is None else history,
+            "trained_with": self.trained_with}})
 
     @classmethod
     def load(cls, path) -> Supernet:
@@ -369,6 +407,7 @@ class Supernet:
         net = cls(SearchSpace.from_dict(meta["space"], source=str(path)), info)
         net.model.load_state_dict(load_file(str(path)))
         net.history = meta.get("history", [])
+        net.trained_with = meta.get("trained_with", {})
         return net
 
 
@@ -394,6 +433,32 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int = 10, batch_si
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     return model.eval()
+
+
+def _expert_tensor_names(model: nn.Module) -> set[str]:
+    """The names of ``model``'s tensors whose first dimension indexes the experts: each
+    MoE conv's expert weights, its router's last scorer layer and noise layer, and the
+    global router's head."""
+    names = set()
+    for layer_name, layer in model.named_modules():
+        if isinstance(layer, MoEConv2d):
+            names.add(f"{layer_name}.weight")
+            router = layer.router
+            last = None
+            if router.scorer is not None:
+                last = [n for n, m in router.scorer.named_children()
+                        if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+            for module_name in (f"scorer.{last}" if last is not None else None,
+                                "w_noise" if router.w_noise is not None else None):
+                if module_name is None:
+                    continue
+                module = router.get_submodule(module_name)
+                names.update(f"{layer_name}.router.{module_name}.{p}"
+                             for p, _ in module.named_parameters())
+    head = getattr(getattr(model, "global_router", None), "head", None)
+    if head is not None:
+        names.update(f"global_router.head.{p}" for p, _ in head.named_parameters())
+    return names
 
 
 def _values(space: SearchSpace, name: str, default, cast) -> list:

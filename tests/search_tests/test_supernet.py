@@ -95,6 +95,51 @@ def test_gradients_of_a_subnet_reach_only_its_slice_of_the_supernet(data):
     assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
+def test_an_expert_order_runs_those_experts_and_their_router_rows(trained, data):
+    net = trained
+    x = torch.rand(5, 1, 8, 8)
+    # every expert of the largest sub-network in another order, router rows gathered in the
+    # same order: the same network
+    largest = net.largest()
+    with torch.no_grad():
+        torch.testing.assert_close(net.subnet(largest, (3, 1, 4, 0, 2)).eval()(x),
+                                   net.subnet(largest).eval()(x), rtol=1e-5, atol=1e-5)
+    # a smaller one runs the order's first E experts (a dense unit its first expert), and
+    # its gradients reach only those
+    net = _supernet(data)
+    spec, order = SubnetSpec("010", 3, 2, 0.25), (4, 2, 0, 1, 3)
+    logits, aux = net.subnet(spec, order)(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    (logits.sum() + aux).backward()
+    grads = {name: p.grad for name, p in net.model.named_parameters()}
+    moe = net.unit_layers[1][0]
+    touched = grads[f"{moe}.weight"].flatten(1).abs().sum(1) > 0  # per expert
+    assert touched.tolist() == [True, False, True, False, True]
+    router = grads[f"{moe}.router.scorer.2.weight"].abs().sum(1) > 0  # per router row
+    assert router.tolist() == [True, False, True, False, True]
+    dense = grads[f"{net.unit_layers[0][0]}.weight"].flatten(1).abs().sum(1) > 0
+    assert dense.tolist() == [False, False, False, False, True]
+
+
+@pytest.mark.parametrize("sampling", ["first", "subset"])
+def test_subset_sampling_trains_every_expert_as_the_dense_conv(data, sampling):
+    net = _supernet(data, placement={"choices": ["none", "010"]},
+                    experts={"choices": [2, 5]}, top_k=1)
+    weight = net.model.get_parameter(f"{net.unit_layers[0][0]}.weight")  # unit 0: dense
+    before = weight.detach().clone()
+    # the largest (only unit 1 MoE) and the smallest (dense) each step: with the first E,
+    # unit 0 only ever runs expert 0; with random orders, each of its experts in turn
+    # (no weight decay, which would move every expert of a tensor with a gradient)
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.05, weight_decay=0.0)
+    net.train(data, config, subnets_per_step=2, expert_sampling=sampling)
+    moved = (weight.detach() - before).flatten(1).abs().sum(1) > 0  # per expert
+    assert moved.tolist() == ([True] * 5 if sampling == "subset" else [True] + [False] * 4)
+
+
+def test_an_unknown_expert_sampling_is_named(data):
+    with pytest.raises(ConfigError, match="expert_sampling must be one of first, subset"):
+        _supernet(data).train(data, TrainConfig(epochs=1), expert_sampling="random")
+
+
 def test_sandwich_training_lowers_the_loss(data):
     net = _supernet(data)
     history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
@@ -173,7 +218,7 @@ def test_a_supernet_file_round_trips_and_old_formats_are_named(data, tmp_path):
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(again.extract(spec).eval()(x), net.extract(spec).eval()(x))
-    assert again.history[0]["loss"] == 1.0
+    assert again.history[0]["loss"] == 1.0 and again.trained_with == {}  # never trained
     old = tmp_path / "old.safetensors"
     save_checkpoint(net.model, old, {"supernet": {"format": "automoe.supernet.v1"}})
     with pytest.raises(ConfigError, match="format automoe.supernet.v1.*train it again"):
