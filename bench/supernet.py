@@ -5,7 +5,8 @@
 
 Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
 (MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
-sub-networks per step; ``--distill`` for in-place distillation), then, for ``--subnets``
+sub-networks per step; ``--distill`` for in-place distillation, ``--expert-sampling
+subset`` for random expert subsets), then, for ``--subnets``
 distinct sub-networks, measures validation accuracy
 
 * with inherited weights: extracted from the supernet, BatchNorm recalibrated on each of
@@ -14,7 +15,8 @@ distinct sub-networks, measures validation accuracy
   per seed of ``--standalone-seeds``.
 
 Prints Kendall's tau (and Spearman's rho) between the two accuracies over all
-sub-networks and within each width, the tau between two stand-alone seeds and, with four
+sub-networks and within each width, the tau of a proxy that needs no training (ranking by
+active MACs, the bigger the better), the tau between two stand-alone seeds and, with four
 or more seeds, between the means of two halves of them (how well stand-alone accuracy
 ranks itself: the ceiling any proxy can reach), and the cost of one
 inherited-weight evaluation against one stand-alone trial, without and with the
@@ -54,8 +56,10 @@ from scipy.stats import kendalltau, spearmanr
 from torch.utils.data import TensorDataset
 
 from automoe.data import DatasetInfo, load_dataset
+from automoe.models import count_flops
 from automoe.search import SearchSpace, resolve_space_path
 from automoe.search.supernet import (
+    EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
     SubnetSpec,
     Supernet,
@@ -156,7 +160,8 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     start = time.perf_counter()
     supernet_seed = args.seed if args.supernet_seed is None else args.supernet_seed
     history = net.train(train_set, replace(recipe, epochs=supernet_epochs, seed=supernet_seed),
-                        subnets_per_step=args.subnets_per_step, distill=args.distill)
+                        subnets_per_step=args.subnets_per_step, distill=args.distill,
+                        expert_sampling=args.expert_sampling)
     supernet_seconds = time.perf_counter() - start
     console.print(f"supernet: {supernet_epochs} epochs in {supernet_seconds:.0f}s, "
                   f"last loss {history[-1]['loss']:.3f}")
@@ -196,7 +201,8 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
                 standalone_seconds += time.perf_counter() - t1
                 timed_alone += 1
             alone_runs.append(cache[key])
-        rows.append((spec, inherited, sum(alone_runs) / len(alone_runs), alone_runs))
+        macs = count_flops(sub, (info.in_channels, info.image_size, info.image_size))["active"]
+        rows.append((spec, inherited, sum(alone_runs) / len(alone_runs), alone_runs, macs))
         console.print(f"{i + 1:>3}/{len(specs)} {spec.describe():<16} inherited "
                       + " ".join(f"{a:5.1f}" for a in inherited) + " %, stand-alone "
                       + " ".join(f"{a:5.1f}" for a in alone_runs) + " %")
@@ -215,6 +221,9 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
                       tau(inherited, alone))
         table.add_row(f"Spearman rho, inherited (BN on {batches} batches) vs stand-alone",
                       f"{spearmanr(inherited, alone).statistic:.3f}")
+    # a proxy that costs nothing: a bigger sub-network is a better one
+    table.add_row("Kendall tau, active MACs (no training) vs mean stand-alone",
+                  tau([r[4] for r in rows], alone))
     if args.standalone_seeds >= 2:
         table.add_row("Kendall tau between two stand-alone seeds (noise ceiling)",
                       tau([r[3][0] for r in rows], [r[3][1] for r in rows]))
@@ -367,6 +376,9 @@ def main() -> None:
     parser.add_argument("--subnets-per-step", type=int, default=4)
     parser.add_argument("--distill", action="store_true",
                         help="in-place distillation from the largest sub-network")
+    parser.add_argument("--expert-sampling", choices=EXPERT_SAMPLING, default="first",
+                        help="experts a training step's sub-network runs: the first E, or "
+                             "the first E of a random order of all")
     parser.add_argument("--recal-batches", type=int, nargs="+", default=[2, 10],
                         help="BN recalibration batches of 128 (the first is timed)")
     parser.add_argument("--task", choices=["digits", "cluttered"], default="digits",
