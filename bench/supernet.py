@@ -6,8 +6,8 @@
 Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
 (MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
 sub-networks per step; ``--distill`` for in-place distillation, ``--expert-sampling
-subset`` for random expert subsets), then, for ``--subnets``
-distinct sub-networks, measures validation accuracy
+subset`` for random expert subsets), then, for ``--subnets`` distinct sub-networks,
+measures validation accuracy
 
 * with inherited weights: extracted from the supernet, BatchNorm recalibrated on each of
   ``--recal-batches`` training batches of 128 (the first is the one that is timed);
