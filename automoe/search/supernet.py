@@ -441,20 +441,19 @@ def _expert_tensor_names(model: nn.Module) -> set[str]:
     global router's head."""
     names = set()
     for layer_name, layer in model.named_modules():
-        if isinstance(layer, MoEConv2d):
-            names.add(f"{layer_name}.weight")
-            router = layer.router
-            last = None
-            if router.scorer is not None:
-                last = [n for n, m in router.scorer.named_children()
-                        if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-            for module_name in (f"scorer.{last}" if last is not None else None,
-                                "w_noise" if router.w_noise is not None else None):
-                if module_name is None:
-                    continue
-                module = router.get_submodule(module_name)
-                names.update(f"{layer_name}.router.{module_name}.{p}"
-                             for p, _ in module.named_parameters())
+        if not isinstance(layer, MoEConv2d):
+            continue
+        names.add(f"{layer_name}.weight")  # (E, O, C, kh, kw)
+        router = layer.router
+        by_expert = []  # the router's modules with one output row per expert
+        if router.scorer is not None:  # per-layer scorer: its last layer, (E, ...)
+            by_expert.append("scorer." + [n for n, m in router.scorer.named_children()
+                                          if isinstance(m, nn.Linear | nn.Conv2d)][-1])
+        if router.w_noise is not None:  # learned gate noise, (E, C)
+            by_expert.append("w_noise")
+        for module_name in by_expert:
+            names.update(f"{layer_name}.router.{module_name}.{p}"
+                         for p, _ in router.get_submodule(module_name).named_parameters())
     head = getattr(getattr(model, "global_router", None), "head", None)
     if head is not None:
         names.update(f"global_router.head.{p}" for p, _ in head.named_parameters())

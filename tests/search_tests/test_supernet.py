@@ -95,16 +95,22 @@ def test_gradients_of_a_subnet_reach_only_its_slice_of_the_supernet(data):
     assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
-def test_an_expert_order_runs_those_experts_and_their_router_rows(trained, data):
-    net = trained
+@pytest.mark.parametrize("router", ["linear", "conv", "mlp", "global"])
+def test_reordering_all_experts_and_their_router_rows_is_the_same_network(data, router):
+    gate = {"gate": "topk"} if router == "global" else {}  # no noise without features
+    raw = {**SPACE, "model": {"name": "resnet8", "global_router_blocks": 1},
+           "params": {**SPACE["params"], "router": router, **gate}}
+    net = Supernet(SearchSpace.from_dict(raw), data.dataset.info)
+    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05), subnets_per_step=2)
     x = torch.rand(5, 1, 8, 8)
-    # every expert of the largest sub-network in another order, router rows gathered in the
-    # same order: the same network
     largest = net.largest()
     with torch.no_grad():
         torch.testing.assert_close(net.subnet(largest, (3, 1, 4, 0, 2)).eval()(x),
                                    net.subnet(largest).eval()(x), rtol=1e-5, atol=1e-5)
-    # a smaller one runs the order's first E experts (a dense unit its first expert), and
+
+
+def test_an_expert_order_runs_those_experts_and_their_router_rows(data):
+    # a sub-network runs the order's first E experts (a dense unit its first expert), and
     # its gradients reach only those
     net = _supernet(data)
     spec, order = SubnetSpec("010", 3, 2, 0.25), (4, 2, 0, 1, 3)
