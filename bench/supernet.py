@@ -5,9 +5,9 @@
 
 Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
 (MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
-sub-networks per step; ``--distill`` for in-place distillation, ``--expert-sampling
-subset`` for random expert subsets), then, for ``--subnets`` distinct sub-networks,
-measures validation accuracy
+sub-networks per step; ``--step-rule largest_random`` for the largest and random ones,
+``--distill`` for in-place distillation, ``--expert-sampling subset`` for random expert
+subsets), then, for ``--subnets`` distinct sub-networks, measures validation accuracy
 
 * with inherited weights: extracted from the supernet, BatchNorm recalibrated on each of
   ``--recal-batches`` training batches of 128 (the first is the one that is timed);
@@ -61,6 +61,7 @@ from automoe.search import SearchSpace, resolve_space_path
 from automoe.search.supernet import (
     EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
+    STEP_RULES,
     SubnetSpec,
     Supernet,
     recalibrate_batchnorm,
@@ -161,7 +162,7 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     supernet_seed = args.seed if args.supernet_seed is None else args.supernet_seed
     history = net.train(train_set, replace(recipe, epochs=supernet_epochs, seed=supernet_seed),
                         subnets_per_step=args.subnets_per_step, distill=args.distill,
-                        expert_sampling=args.expert_sampling)
+                        expert_sampling=args.expert_sampling, step_rule=args.step_rule)
     supernet_seconds = time.perf_counter() - start
     console.print(f"supernet: {supernet_epochs} epochs in {supernet_seconds:.0f}s, "
                   f"last loss {history[-1]['loss']:.3f}")
@@ -374,6 +375,9 @@ def main() -> None:
     parser.add_argument("--supernet-epochs", type=int, default=None,
                         help="supernet epochs (default: 4 x the recipe's, as `supernet train`)")
     parser.add_argument("--subnets-per-step", type=int, default=4)
+    parser.add_argument("--step-rule", choices=STEP_RULES, default="sandwich",
+                        help="a step's sub-networks: the largest, the smallest and random ones "
+                             "(sandwich), or the largest and random ones")
     parser.add_argument("--distill", action="store_true",
                         help="in-place distillation from the largest sub-network")
     parser.add_argument("--expert-sampling", choices=EXPERT_SAMPLING, default="first",

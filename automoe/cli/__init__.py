@@ -154,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help="train: supernet epochs (default: 4 x the space's epochs)")
     p.add_argument("--subnets-per-step", type=int, default=4,
-                   help="train: sub-networks per step (largest, smallest and random ones)")
+                   help="train: sub-networks per step (the largest first)")
+    p.add_argument("--step-rule", choices=["sandwich", "largest_random"], default="sandwich",
+                   help="train: a step's sub-networks: the largest, the smallest and random "
+                        "ones (sandwich), or the largest and random ones")
     p.add_argument("--distill", action="store_true",
                    help="train: the sub-networks other than the largest learn its predictions "
                         "(in-place distillation; default: cross-entropy on the labels)")

@@ -22,11 +22,11 @@ called on those slices (:func:`torch.func.functional_call`), so gradients flow i
 supernet, and :meth:`Supernet.extract` (the slices copied into a real model) computes
 exactly what the supernet computes, and is measured (accuracy, FLOPs, robustness) like any
 trial's model. Training samples several sub-networks per step (the sandwich rule: the
-largest, the smallest and random ones, their gradients summed), optionally distilling the
-largest one's predictions into the others (in-place distillation), optionally on PGD
-examples (the space's ``scheme: pgd_at``). BatchNorm statistics are shared by all
-sub-networks while training, so they are recomputed for each sub-network
-(:func:`recalibrate_batchnorm`) before it is evaluated.
+largest, the smallest and random ones, or the largest and random ones; their gradients
+summed), optionally distilling the largest one's predictions into the others (in-place
+distillation), optionally on PGD examples (the space's ``scheme: pgd_at``). BatchNorm
+statistics are shared by all sub-networks while training, so they are recomputed for each
+sub-network (:func:`recalibrate_batchnorm`) before it is evaluated.
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ SUPERNET_SCHEMES = ("standard", "pgd_at")
 # which of the supernet's experts a training step's sub-network runs: the first E (what
 # every sub-network is evaluated on), or the first E of a random order of all of them
 EXPERT_SAMPLING = ("first", "subset")
+# the sub-networks of a training step: the sandwich rule (the largest, the smallest and
+# random ones; BigNAS), or the largest and random ones, drawn as a search draws them. A
+# narrow sub-network's tensors are the leading slices of every wider one's, so every step
+# trains them even without the smallest; which rule ranks sub-networks better is measured
+# in bench/RESULTS.md
+STEP_RULES = ("sandwich", "largest_random")
 # a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
 # sub-networks on shared weights, so it gets longer than one of them would
 RECIPE_EPOCHS_FACTOR = 4
@@ -212,9 +218,12 @@ class Supernet:
         return SubnetSpec(rng.choice(self.placements), experts, k,
                           rng.choice(self.width_choices))
 
-    def step_subnets(self, rng: random.Random, count: int) -> list[SubnetSpec]:
-        """The sub-networks of one training step, the largest first (the sandwich rule)."""
-        return [self.largest(), self.smallest()] + [self.sample(rng) for _ in range(count - 2)]
+    def step_subnets(self, rng: random.Random, count: int,
+                     rule: str = "sandwich") -> list[SubnetSpec]:
+        """The ``count`` sub-networks of one training step, the largest first, then with
+        ``rule="sandwich"`` the smallest, then random ones."""
+        fixed = [self.largest(), self.smallest()] if rule == "sandwich" else [self.largest()]
+        return fixed + [self.sample(rng) for _ in range(count - len(fixed))]
 
     def canonical(self, spec: SubnetSpec) -> SubnetSpec:
         """``spec``, or for a dense one (the same network whatever its E and k) the one
@@ -291,11 +300,13 @@ class Supernet:
     # ------------------------------------------------------------ training
 
     def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
-              distill: bool = False, expert_sampling: str = "first", device: str = "cpu",
-              on_step=None) -> list[dict]:
-        """Train the supernet with the sandwich rule; returns a per-epoch history of the
-        largest sub-network's cross-entropy (``loss``) and the mean loss of the others
-        (``subnet_loss``: KL to the largest with ``distill``, else cross-entropy).
+              distill: bool = False, expert_sampling: str = "first",
+              step_rule: str = "sandwich", device: str = "cpu", on_step=None) -> list[dict]:
+        """Train the supernet on several sub-networks per step (``step_rule``: the sandwich
+        rule, or ``"largest_random"``: the largest and random ones); returns a per-epoch
+        history of the largest sub-network's cross-entropy (``loss``) and the mean loss of
+        the others (``subnet_loss``: KL to the largest with ``distill``, else
+        cross-entropy).
 
         With ``config.scheme == "pgd_at"`` every step first crafts PGD examples
         (``adv_eps``, ``adv_step_size``, ``adv_steps``) against the largest sub-network, and
@@ -307,8 +318,11 @@ class Supernet:
         a dense unit on that order's first expert, instead of always the first E and
         expert 0: every expert is trained as the dense conv and in every position.
         Sub-networks are still evaluated on the first E."""
+        if step_rule not in STEP_RULES:
+            raise ConfigError(f"step_rule must be one of {', '.join(STEP_RULES)}, "
+                              f"not {step_rule!r}")
         if subnets_per_step < 2:
-            raise ConfigError("subnets_per_step must be >= 2 (the largest and the smallest)")
+            raise ConfigError("subnets_per_step must be >= 2 (the largest and one more)")
         if expert_sampling not in EXPERT_SAMPLING:
             raise ConfigError(f"expert_sampling must be one of {', '.join(EXPERT_SAMPLING)}, "
                               f"not {expert_sampling!r}")
@@ -336,7 +350,7 @@ class Supernet:
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                specs = self.step_subnets(rng, subnets_per_step)
+                specs = self.step_subnets(rng, subnets_per_step, step_rule)
                 if attack is not None:  # examples against the largest, in eval mode
                     images = attack_batch(self.subnet(specs[0]).eval(), images, labels, attack)
                 teacher = None
@@ -368,7 +382,8 @@ class Supernet:
             history.append({"epoch": epoch + 1, "loss": largest, "subnet_loss": others})
         self.history = history
         self.trained_with = {"recipe": config.to_dict(), "subnets_per_step": subnets_per_step,
-                             "distill": distill, "expert_sampling": expert_sampling}
+                             "distill": distill, "expert_sampling": expert_sampling,
+                             "step_rule": step_rule}
         return history
 
     # ------------------------------------------------------------ files

@@ -141,6 +141,32 @@ def test_subset_sampling_trains_every_expert_as_the_dense_conv(data, sampling):
     assert moved.tolist() == ([True] * 5 if sampling == "subset" else [True] + [False] * 4)
 
 
+def test_step_rules_pick_the_largest_first_and_the_smallest_only_in_the_sandwich(data):
+    net = _supernet(data)
+    rng = random.Random(0)
+    sandwich = [net.step_subnets(rng, 4, "sandwich") for _ in range(100)]
+    assert all(specs[:2] == [net.largest(), net.smallest()] for specs in sandwich)
+    others = [net.step_subnets(rng, 3, "largest_random") for _ in range(100)]
+    assert all(len(specs) == 3 and specs[0] == net.largest() for specs in others)
+    # the rest are drawn as any sample is: of every width, the smallest no more than others
+    rest = [spec for specs in others for spec in specs[1:]]
+    assert {spec.width for spec in rest} == {0.25, 0.5}
+    assert rest.count(net.smallest()) < 20
+
+
+def test_training_with_the_largest_and_random_subnets_lowers_the_loss(data):
+    net = _supernet(data)
+    history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
+                        subnets_per_step=2, step_rule="largest_random")
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert net.trained_with["step_rule"] == "largest_random"
+
+
+def test_an_unknown_step_rule_is_named(data):
+    with pytest.raises(ConfigError, match="step_rule must be one of sandwich, largest_random"):
+        _supernet(data).train(data, TrainConfig(epochs=1), step_rule="smallest")
+
+
 def test_an_unknown_expert_sampling_is_named(data):
     with pytest.raises(ConfigError, match="expert_sampling must be one of first, subset"):
         _supernet(data).train(data, TrainConfig(epochs=1), expert_sampling="random")
