@@ -5,9 +5,11 @@
 
 Part 1 (digits, measured end to end). Trains one supernet of the ``supernet_digits`` space
 (MoE ResNet-8 over placement x experts x top-k x width) with the sandwich rule (4
-sub-networks per step; ``--step-rule largest_random`` for the largest and random ones,
-``--distill`` for in-place distillation, ``--expert-sampling subset`` for random expert
-subsets), then, for ``--subnets`` distinct sub-networks, measures validation accuracy
+sub-networks per step) and progressive shrinking of the width (``--width-schedule all``
+for every width from the first step; ``--step-rule largest_random`` for the largest and
+random ones, ``--distill`` for in-place distillation, ``--expert-sampling subset`` for
+random expert subsets), then, for ``--subnets`` distinct sub-networks, measures
+validation accuracy
 
 * with inherited weights: extracted from the supernet, BatchNorm recalibrated on each of
   ``--recal-batches`` training batches of 128 (the first is the one that is timed);
@@ -62,6 +64,7 @@ from automoe.search.supernet import (
     EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
     STEP_RULES,
+    WIDTH_SCHEDULES,
     SubnetSpec,
     Supernet,
     recalibrate_batchnorm,
@@ -162,7 +165,8 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     supernet_seed = args.seed if args.supernet_seed is None else args.supernet_seed
     history = net.train(train_set, replace(recipe, epochs=supernet_epochs, seed=supernet_seed),
                         subnets_per_step=args.subnets_per_step, distill=args.distill,
-                        expert_sampling=args.expert_sampling, step_rule=args.step_rule)
+                        expert_sampling=args.expert_sampling, step_rule=args.step_rule,
+                        width_schedule=args.width_schedule)
     supernet_seconds = time.perf_counter() - start
     console.print(f"supernet: {supernet_epochs} epochs in {supernet_seconds:.0f}s, "
                   f"last loss {history[-1]['loss']:.3f}")
@@ -378,6 +382,9 @@ def main() -> None:
     parser.add_argument("--step-rule", choices=STEP_RULES, default="sandwich",
                         help="a step's sub-networks: the largest, the smallest and random ones "
                              "(sandwich), or the largest and random ones")
+    parser.add_argument("--width-schedule", choices=WIDTH_SCHEDULES, default="progressive",
+                        help="widths a step draws from: progressive shrinking (the widest "
+                             "alone for half the steps, then narrower ones added), or all")
     parser.add_argument("--distill", action="store_true",
                         help="in-place distillation from the largest sub-network")
     parser.add_argument("--expert-sampling", choices=EXPERT_SAMPLING, default="first",

@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-rule", choices=["sandwich", "largest_random"], default="sandwich",
                    help="train: a step's sub-networks: the largest, the smallest and random "
                         "ones (sandwich), or the largest and random ones")
+    p.add_argument("--width-schedule", choices=["progressive", "all"], default="progressive",
+                   help="train: the widths a step draws from: progressive shrinking (the "
+                        "widest alone for the first half of the steps, then each narrower "
+                        "width added in turn), or all of them from the start")
     p.add_argument("--distill", action="store_true",
                    help="train: the sub-networks other than the largest learn its predictions "
                         "(in-place distillation; default: cross-entropy on the labels)")

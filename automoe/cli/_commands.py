@@ -536,7 +536,9 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         with progress.progress:
             history = net.train(train_set, recipe, subnets_per_step=args.subnets_per_step,
                                 distill=args.distill, expert_sampling=args.expert_sampling,
-                                step_rule=args.step_rule, device=device, on_step=on_step)
+                                step_rule=args.step_rule,
+                                width_schedule=args.width_schedule, device=device,
+                                on_step=on_step)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         net.save(args.out, history)
         if not args.quiet:

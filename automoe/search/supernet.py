@@ -23,10 +23,12 @@ supernet, and :meth:`Supernet.extract` (the slices copied into a real model) com
 exactly what the supernet computes, and is measured (accuracy, FLOPs, robustness) like any
 trial's model. Training samples several sub-networks per step (the sandwich rule: the
 largest, the smallest and random ones, or the largest and random ones; their gradients
-summed), optionally distilling the largest one's predictions into the others (in-place
-distillation), optionally on PGD examples (the space's ``scheme: pgd_at``). BatchNorm
-statistics are shared by all sub-networks while training, so they are recomputed for each
-sub-network (:func:`recalibrate_batchnorm`) before it is evaluated.
+summed), by default with progressive shrinking of the width (the widest alone for the
+first half of the steps, then each narrower width added in turn), optionally distilling
+the largest one's predictions into the others (in-place distillation), optionally on PGD
+examples (the space's ``scheme: pgd_at``). BatchNorm statistics are shared by all
+sub-networks while training, so they are recomputed for each sub-network
+(:func:`recalibrate_batchnorm`) before it is evaluated.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ EXPERT_SAMPLING = ("first", "subset")
 # trains them even without the smallest; which rule ranks sub-networks better is measured
 # in bench/RESULTS.md
 STEP_RULES = ("sandwich", "largest_random")
+# which widths a training step draws from: all of them from the start, or progressive
+# shrinking (once-for-all networks): the widest alone for the first half of the steps,
+# then each narrower width added in turn. Trained on every width from the start, narrow
+# sub-networks inherit more than they train to stand-alone and wide ones less, which
+# blurs the ranking across widths; bench/RESULTS.md measures both
+WIDTH_SCHEDULES = ("all", "progressive")
 # a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
 # sub-networks on shared weights, so it gets longer than one of them would
 RECIPE_EPOCHS_FACTOR = 4
@@ -206,24 +214,43 @@ class Supernet:
                                                            self.max_experts),
                           max(self.width_choices))
 
-    def smallest(self) -> SubnetSpec:
+    def smallest(self, widths: tuple[float, ...] | None = None) -> SubnetSpec:
+        """The smallest sub-network, at the narrowest of ``widths`` (default: all)."""
         placement = min(self.placements, key=lambda p: p.count("1"))
         return SubnetSpec(placement, min(self.expert_choices), min(self.k_choices),
-                          min(self.width_choices))
+                          min(widths or self.width_choices))
 
-    def sample(self, rng: random.Random) -> SubnetSpec:
-        """A sub-network drawn uniformly per dimension, k <= E by construction."""
+    def sample(self, rng: random.Random, widths: tuple[float, ...] | None = None) -> SubnetSpec:
+        """A sub-network drawn uniformly per dimension (the width from ``widths``, default
+        all), k <= E by construction."""
         experts = rng.choice(self.expert_choices)
         k = rng.choice([k for k in self.k_choices if k <= experts])
         return SubnetSpec(rng.choice(self.placements), experts, k,
-                          rng.choice(self.width_choices))
+                          rng.choice(widths or self.width_choices))
 
-    def step_subnets(self, rng: random.Random, count: int,
-                     rule: str = "sandwich") -> list[SubnetSpec]:
+    def step_subnets(self, rng: random.Random, count: int, rule: str = "sandwich",
+                     widths: tuple[float, ...] | None = None) -> list[SubnetSpec]:
         """The ``count`` sub-networks of one training step, the largest first, then with
-        ``rule="sandwich"`` the smallest, then random ones."""
-        fixed = [self.largest(), self.smallest()] if rule == "sandwich" else [self.largest()]
-        return fixed + [self.sample(rng) for _ in range(count - len(fixed))]
+        ``rule="sandwich"`` the smallest, then random ones; the smallest and the random
+        ones at ``widths`` (default: all)."""
+        fixed = [self.largest()]
+        if rule == "sandwich":
+            fixed.append(self.smallest(widths))
+        return fixed + [self.sample(rng, widths) for _ in range(count - len(fixed))]
+
+    def step_widths(self, step: int, total: int, schedule: str = "all") -> tuple[float, ...]:
+        """The widths training step ``step`` of ``total`` draws from: all of them, or with
+        ``schedule="progressive"`` the widest alone for the first half of the steps and
+        then one narrower width more at each equal share of the rest (every width in the
+        last share)."""
+        widths = tuple(sorted(self.width_choices, reverse=True))
+        if schedule == "all" or len(widths) == 1:
+            return widths
+        # phase p >= 1 starts at (1/2 + (p - 1) / (2 (W - 1))) of the steps; floor keeps
+        # the last phase non-empty for any total >= 1
+        starts = [0] + [int(total * (0.5 + (p - 1) / (2 * (len(widths) - 1))))
+                        for p in range(1, len(widths))]
+        return widths[:sum(step >= start for start in starts)]
 
     def canonical(self, spec: SubnetSpec) -> SubnetSpec:
         """``spec``, or for a dense one (the same network whatever its E and k) the one
@@ -301,9 +328,14 @@ class Supernet:
 
     def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
               distill: bool = False, expert_sampling: str = "first",
-              step_rule: str = "sandwich", device: str = "cpu", on_step=None) -> list[dict]:
+              step_rule: str = "sandwich", width_schedule: str = "progressive",
+              device: str = "cpu",
+              on_step=None) -> list[dict]:
         """Train the supernet on several sub-networks per step (``step_rule``: the sandwich
-        rule, or ``"largest_random"``: the largest and random ones); returns a per-epoch
+        rule, or ``"largest_random"``: the largest and random ones; ``width_schedule``:
+        ``"progressive"`` shrinking, see :meth:`step_widths`, or ``"all"`` widths from the
+        start);
+        returns a per-epoch
         history of the largest sub-network's cross-entropy (``loss``) and the mean loss of
         the others (``subnet_loss``: KL to the largest with ``distill``, else
         cross-entropy).
@@ -321,6 +353,9 @@ class Supernet:
         if step_rule not in STEP_RULES:
             raise ConfigError(f"step_rule must be one of {', '.join(STEP_RULES)}, "
                               f"not {step_rule!r}")
+        if width_schedule not in WIDTH_SCHEDULES:
+            raise ConfigError(f"width_schedule must be one of {', '.join(WIDTH_SCHEDULES)}, "
+                              f"not {width_schedule!r}")
         if subnets_per_step < 2:
             raise ConfigError("subnets_per_step must be >= 2 (the largest and one more)")
         if expert_sampling not in EXPERT_SAMPLING:
@@ -350,7 +385,8 @@ class Supernet:
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                specs = self.step_subnets(rng, subnets_per_step, step_rule)
+                specs = self.step_subnets(rng, subnets_per_step, step_rule,
+                                          self.step_widths(step, total, width_schedule))
                 if attack is not None:  # examples against the largest, in eval mode
                     images = attack_batch(self.subnet(specs[0]).eval(), images, labels, attack)
                 teacher = None
@@ -383,7 +419,7 @@ class Supernet:
         self.history = history
         self.trained_with = {"recipe": config.to_dict(), "subnets_per_step": subnets_per_step,
                              "distill": distill, "expert_sampling": expert_sampling,
-                             "step_rule": step_rule}
+                             "step_rule": step_rule, "width_schedule": width_schedule}
         return history
 
     # ------------------------------------------------------------ files

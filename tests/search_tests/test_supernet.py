@@ -162,6 +162,36 @@ def test_training_with_the_largest_and_random_subnets_lowers_the_loss(data):
     assert net.trained_with["step_rule"] == "largest_random"
 
 
+def test_progressive_widths_start_with_the_widest_and_end_with_every_width(data):
+    net = _supernet(data, width_multiplier={"choices": [0.25, 0.5, 0.75]})
+    total = 40
+    widths = [net.step_widths(step, total, "progressive") for step in range(total)]
+    assert widths[:20] == [(0.75,)] * 20
+    assert widths[20:30] == [(0.75, 0.5)] * 10 and widths[30:] == [(0.75, 0.5, 0.25)] * 10
+    assert {net.step_widths(step, total) for step in range(total)} == {(0.75, 0.5, 0.25)}
+    for total in (1, 2, 3):  # a short run still ends on every width
+        assert net.step_widths(total - 1, total, "progressive") == (0.75, 0.5, 0.25)
+    # the smallest and the random sub-networks of a step keep to the step's widths
+    rng = random.Random(0)
+    for rule in ("sandwich", "largest_random"):
+        specs = [spec for _ in range(50) for spec in net.step_subnets(rng, 4, rule, (0.75,))]
+        assert {spec.width for spec in specs} == {0.75}
+    assert net.step_subnets(rng, 2, "sandwich", (0.75, 0.5))[1] == SubnetSpec("000", 2, 1, 0.5)
+
+
+def test_training_with_progressive_widths_lowers_the_loss(data):
+    net = _supernet(data)
+    history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
+                        subnets_per_step=2, width_schedule="progressive")
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert net.trained_with["width_schedule"] == "progressive"
+
+
+def test_an_unknown_width_schedule_is_named(data):
+    with pytest.raises(ConfigError, match="width_schedule must be one of all, progressive"):
+        _supernet(data).train(data, TrainConfig(epochs=1), width_schedule="shrinking")
+
+
 def test_an_unknown_step_rule_is_named(data):
     with pytest.raises(ConfigError, match="step_rule must be one of sandwich, largest_random"):
         _supernet(data).train(data, TrainConfig(epochs=1), step_rule="smallest")
