@@ -177,6 +177,9 @@ def test_progressive_widths_start_with_the_widest_and_end_with_every_width(data)
         specs = [spec for _ in range(50) for spec in net.step_subnets(rng, 4, rule, (0.75,))]
         assert {spec.width for spec in specs} == {0.75}
     assert net.step_subnets(rng, 2, "sandwich", (0.75, 0.5))[1] == SubnetSpec("000", 2, 1, 0.5)
+    # a supernet of one width has nothing to shrink
+    one = _supernet(data, width_multiplier=0.5)
+    assert {one.step_widths(step, 8, "progressive") for step in range(8)} == {(0.5,)}
 
 
 def test_training_with_progressive_widths_lowers_the_loss(data):
