@@ -488,11 +488,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_supernet(args: argparse.Namespace) -> int:
     """Weight-sharing search in three steps. ``train`` trains one supernet over the space's
-    placement x experts x top-k x width (sandwich rule, optionally in-place distillation
-    and PGD adversarial training). ``search`` runs NSGA-II over its sub-networks, each
-    evaluated with inherited weights (BatchNorm recalibrated) and stored as a trial with
-    ``fidelity = "supernet"``. ``finalize`` retrains the best sub-networks of that front
-    stand-alone, as normal trials that record their supernet values beside their own."""
+    placement x experts x top-k x width (sandwich rule, progressive shrinking of the width,
+    optionally in-place distillation and PGD adversarial training). ``search`` runs NSGA-II
+    over its sub-networks, each evaluated with inherited weights (BatchNorm recalibrated)
+    and stored as a trial with ``fidelity = "supernet"``. ``finalize`` retrains the best
+    sub-networks of that front stand-alone, as normal trials that record their supernet
+    values beside their own."""
     from automoe.search import (
         SearchSpace,
         TrialRunner,
