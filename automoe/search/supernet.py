@@ -66,8 +66,8 @@ STEP_RULES = ("sandwich", "largest_random")
 # which widths a training step draws from: all of them from the start, or progressive
 # shrinking (once-for-all networks): the widest alone for the first half of the steps,
 # then each narrower width added in turn. Trained on every width from the start, narrow
-# sub-networks inherit more than they train to stand-alone and wide ones less, which
-# blurs the ranking across widths; bench/RESULTS.md measures both
+# sub-networks inherit more than they train to stand-alone, which crowds the widths
+# together and blurs the ranking across them; bench/RESULTS.md measures both
 WIDTH_SCHEDULES = ("all", "progressive")
 # a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
 # sub-networks on shared weights, so it gets longer than one of them would
@@ -238,7 +238,7 @@ class Supernet:
             fixed.append(self.smallest(widths))
         return fixed + [self.sample(rng, widths) for _ in range(count - len(fixed))]
 
-    def step_widths(self, step: int, total: int, schedule: str = "all") -> tuple[float, ...]:
+    def step_widths(self, step: int, total: int, schedule: str) -> tuple[float, ...]:
         """The widths training step ``step`` of ``total`` draws from: all of them, or with
         ``schedule="progressive"`` the widest alone for the first half of the steps and
         then one narrower width more at each equal share of the rest (every width in the
@@ -329,16 +329,13 @@ class Supernet:
     def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
               distill: bool = False, expert_sampling: str = "first",
               step_rule: str = "sandwich", width_schedule: str = "progressive",
-              device: str = "cpu",
-              on_step=None) -> list[dict]:
+              device: str = "cpu", on_step=None) -> list[dict]:
         """Train the supernet on several sub-networks per step (``step_rule``: the sandwich
         rule, or ``"largest_random"``: the largest and random ones; ``width_schedule``:
         ``"progressive"`` shrinking, see :meth:`step_widths`, or ``"all"`` widths from the
-        start);
-        returns a per-epoch
-        history of the largest sub-network's cross-entropy (``loss``) and the mean loss of
-        the others (``subnet_loss``: KL to the largest with ``distill``, else
-        cross-entropy).
+        start); returns a per-epoch history of the largest sub-network's cross-entropy
+        (``loss``) and the mean loss of the others (``subnet_loss``: KL to the largest with
+        ``distill``, else cross-entropy).
 
         With ``config.scheme == "pgd_at"`` every step first crafts PGD examples
         (``adv_eps``, ``adv_step_size``, ``adv_steps``) against the largest sub-network, and

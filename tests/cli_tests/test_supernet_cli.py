@@ -30,13 +30,13 @@ def test_supernet_train_search_finalize(workdir):
     (workdir / "super.yaml").write_text(SPACE)
     proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",
                    "studies/super.safetensors", "--adversarial", "--expert-sampling",
-                   "subset", "--step-rule", "largest_random", "--width-schedule", "progressive",
+                   "subset", "--step-rule", "largest_random", "--width-schedule", "all",
                    cwd=workdir, check=0)
     assert "4 epochs of PGD-AT" in proc.stderr
     trained = Supernet.load(workdir / "studies" / "super.safetensors").trained_with
     assert trained["expert_sampling"] == "subset" and trained["recipe"]["scheme"] == "pgd_at"
     assert trained["step_rule"] == "largest_random"
-    assert trained["width_schedule"] == "progressive"
+    assert trained["width_schedule"] == "all"
     proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
                    "--trials", "6", "--attack-samples", "16", "-q", cwd=workdir, check=0)
     assert "Pareto front of 'tinysuper-supernet'" in proc.stdout

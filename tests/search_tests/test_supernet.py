@@ -168,7 +168,7 @@ def test_progressive_widths_start_with_the_widest_and_end_with_every_width(data)
     widths = [net.step_widths(step, total, "progressive") for step in range(total)]
     assert widths[:20] == [(0.75,)] * 20
     assert widths[20:30] == [(0.75, 0.5)] * 10 and widths[30:] == [(0.75, 0.5, 0.25)] * 10
-    assert {net.step_widths(step, total) for step in range(total)} == {(0.75, 0.5, 0.25)}
+    assert {net.step_widths(step, total, "all") for step in range(total)} == {(0.75, 0.5, 0.25)}
     for total in (1, 2, 3):  # a short run still ends on every width
         assert net.step_widths(total - 1, total, "progressive") == (0.75, 0.5, 0.25)
     # the smallest and the random sub-networks of a step keep to the step's widths
@@ -183,9 +183,9 @@ def test_progressive_widths_start_with_the_widest_and_end_with_every_width(data)
 
 
 def test_training_with_progressive_widths_lowers_the_loss(data):
-    net = _supernet(data)
+    net = _supernet(data)  # progressive shrinking is the default
     history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                        subnets_per_step=2, width_schedule="progressive")
+                        subnets_per_step=2)
     assert history[-1]["loss"] < history[0]["loss"]
     assert net.trained_with["width_schedule"] == "progressive"
 
