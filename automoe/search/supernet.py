@@ -347,17 +347,13 @@ class Supernet:
         a dense unit on that order's first expert, instead of always the first E and
         expert 0: every expert is trained as the dense conv and in every position.
         Sub-networks are still evaluated on the first E."""
-        if step_rule not in STEP_RULES:
-            raise ConfigError(f"step_rule must be one of {', '.join(STEP_RULES)}, "
-                              f"not {step_rule!r}")
-        if width_schedule not in WIDTH_SCHEDULES:
-            raise ConfigError(f"width_schedule must be one of {', '.join(WIDTH_SCHEDULES)}, "
-                              f"not {width_schedule!r}")
+        for name, value, choices in (("step_rule", step_rule, STEP_RULES),
+                                     ("width_schedule", width_schedule, WIDTH_SCHEDULES),
+                                     ("expert_sampling", expert_sampling, EXPERT_SAMPLING)):
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         if subnets_per_step < 2:
             raise ConfigError("subnets_per_step must be >= 2 (the largest and one more)")
-        if expert_sampling not in EXPERT_SAMPLING:
-            raise ConfigError(f"expert_sampling must be one of {', '.join(EXPERT_SAMPLING)}, "
-                              f"not {expert_sampling!r}")
         if config.scheme not in SUPERNET_SCHEMES:
             raise ConfigError(f"the supernet trains with scheme {' or '.join(SUPERNET_SCHEMES)}"
                               f", not {config.scheme!r}")
