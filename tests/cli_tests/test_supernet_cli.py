@@ -74,3 +74,21 @@ def test_supernet_refuses_spaces_it_cannot_share(workdir):
     proc = run_cli("supernet", "search", "--supernet", "tiny.yaml", "--attack-samples", "0",
                    cwd=workdir, check=1)
     assert "--attack-samples must be >= 1, got 0" in proc.stderr
+
+
+def test_the_parser_offers_the_supernets_own_choices_and_defaults():
+    # the parser spells the choices out (it does not import the torch-side module), so
+    # they must stay what Supernet.train accepts, with the same defaults
+    import inspect
+
+    from automoe.cli import build_parser
+    from automoe.search.supernet import EXPERT_SAMPLING, STEP_RULES, WIDTH_SCHEDULES
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if a.choices and "supernet" in a.choices]
+    flags = {a.dest: a for a in subparsers.choices["supernet"]._actions}
+    defaults = inspect.signature(Supernet.train).parameters
+    for dest, choices in (("step_rule", STEP_RULES), ("width_schedule", WIDTH_SCHEDULES),
+                          ("expert_sampling", EXPERT_SAMPLING)):
+        assert sorted(flags[dest].choices) == sorted(choices)
+        assert flags[dest].default == defaults[dest].default
