@@ -389,6 +389,7 @@ def _status_view(study):
     from rich.table import Table
 
     from automoe.search import METRICS, pareto_trials, study_objectives
+    from automoe.search.objectives import COLLAPSED_BELOW
     from automoe.search.pareto import front_hypervolume
 
     names = study_objectives(study)
@@ -402,6 +403,14 @@ def _status_view(study):
         "COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")))
     head.add_row("front", f"{len(front)} trials", f"hypervolume {hv:,.6g}", "reference " +
                  ", ".join(f"{r:g}" for r in reference))
+    moe = [t for t in complete if t.user_attrs.get("expert_use") is not None]
+    if moe:
+        worst = min(moe, key=lambda t: t.user_attrs["expert_use"])
+        collapsed = sum(t.user_attrs["expert_use"] < COLLAPSED_BELOW for t in moe)
+        head.add_row("routers", f"{len(moe)} MoE trials",
+                     f"{collapsed} collapsed (expert use < {COLLAPSED_BELOW:g})",
+                     f"lowest expert use {worst.user_attrs['expert_use']:.2f} "
+                     f"(trial {worst.number})")
     best = Table(title="best per objective", title_justify="left")
     for col in ("objective", "value", "trial"):
         best.add_column(col)
@@ -763,9 +772,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table.add_column("at search time", justify="right")
     for key, label in [("val_accuracy", "val accuracy %"), ("test_accuracy", "test accuracy %"),
                        ("robust_accuracy", "robust accuracy % (PGD, val)"),
-                       ("mmacs", "active MMACs / sample")]:
-        then = stored.get(key)
-        table.add_row(label, f"{result[key]:.3f}", "-" if then is None else f"{then:.3f}")
+                       ("mmacs", "active MMACs / sample"),
+                       ("expert_use", "expert use (fewest effective experts / E)")]:
+        now, then = result.get(key), stored.get(key)
+        table.add_row(label, "-" if now is None else f"{now:.3f}",
+                      "-" if then is None else f"{then:.3f}")
     table.add_row("MMACs, all experts computed", f"{result['mmacs_dense']:.3f}", "")
     table.add_row("MMACs, as executed", f"{result['mmacs_executed']:.3f}", "")
     table.add_row("params", f"{result['params']:,}", "")

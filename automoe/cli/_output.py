@@ -29,7 +29,20 @@ def architecture(row: dict) -> str:
     width = f"x{model.get('width_multiplier', 1.0):g}"
     if row.get("placement") in (None, "none") or row.get("experts") in (None, 1):
         return f"{width} dense"
+    if model.get("granularity") == "condconv":  # a soft mixture of every kernel
+        return f"{width} {row['placement']} E{row['experts']} soft"
     return f"{width} {row['placement']} E{row['experts']} k{row['top_k']}"
+
+
+def expert_use(row: dict) -> str:
+    """Router health of a trial for tables: the fewest effective experts of any MoE layer
+    as a fraction of E, flagged when collapsed; ``-`` for a dense trial."""
+    from automoe.search.objectives import COLLAPSED_BELOW
+
+    use = row.get("metrics", {}).get("expert_use")
+    if use is None:
+        return "-"
+    return f"{use:.2f}" + (" collapsed" if use < COLLAPSED_BELOW else "")
 
 
 def pareto_table(rows: list[dict], names, title: str) -> Table:
@@ -41,7 +54,7 @@ def pareto_table(rows: list[dict], names, title: str) -> Table:
     extra = [m for m in ("val_accuracy", "robust_accuracy", "mmacs") if m not in names]
     columns += [(METRICS[m].label, "right") for m in extra]
     columns += [("test %", "right"), ("params", "right"), ("architecture", "left"),
-                ("lr", "right"), ("epochs", "right")]
+                ("expert use", "right"), ("lr", "right"), ("epochs", "right")]
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for row in rows:
@@ -54,6 +67,7 @@ def pareto_table(rows: list[dict], names, title: str) -> Table:
             "-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}",
             f"{(row.get('params') or 0) / 1e3:.0f}K",
             architecture(row),
+            expert_use(row),
             f"{train.get('lr', float('nan')):.3g}",
             str(train.get("epochs", "-")),
         )

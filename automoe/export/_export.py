@@ -18,6 +18,7 @@ from torch import nn
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError
 from automoe.export.card import CARD_FILE, model_card
+from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
@@ -95,6 +96,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             "macs": trial.user_attrs.get("macs"),
             "params": trial.user_attrs.get("params"),
             "expert_usage": trial.user_attrs.get("expert_usage"),
+            "router_health": trial.user_attrs.get("router_health"),
         }
         if torchscript or onnx:
             config["extra_files"] = _traced_files(tmp_dir, meta, torchscript, onnx)
@@ -242,10 +244,15 @@ def evaluate_export(path: str | os.PathLike[str], *, data_root: str | None = Non
     attack = AttackConfig(**attack_cfg)
     probe = torch.stack([val_set[i][0] for i in range(min(len(val_set), 256))])
     macs = count_flops(model, (cfg.in_channels, cfg.image_size, cfg.image_size), inputs=probe)
+    with track_expert_usage(model) as usage:  # router health of the val pass
+        val_accuracy = evaluate_accuracy(model, val_set, batch_size, device)
+    health = usage.health()
     result = {
         "model": config["model_name"],
         "dataset": name,
-        "val_accuracy": 100 * evaluate_accuracy(model, val_set, batch_size, device),
+        "val_accuracy": 100 * val_accuracy,
+        "expert_use": expert_use(health),
+        "router_health": {layer: h.to_dict() for layer, h in health.items()},
         "test_accuracy": 100 * evaluate_accuracy(model, test_set, batch_size, device),
         "robust_accuracy": 100 * robust_accuracy(model, val_set, attack, batch_size, device),
         "mmacs": macs["active"] / 1e6,

@@ -73,6 +73,19 @@ def model_card(config: dict) -> str:
     lines += _table(("field", "value"), [(k, v) for k, v in model.items()
                                          if k not in ("input_mean", "input_std")]) + [""]
 
+    health = config.get("router_health") or {}
+    if health:
+        lines += ["## Router health", "",
+                  "How each routed layer spread the validation samples over its experts. "
+                  "Effective experts = exp(entropy of the experts' shares): 1 means every "
+                  "sample went to one expert (a collapsed router, a dense layer with dead "
+                  "experts), E an even spread.", ""]
+        rows = [(f"`{layer}`", f"{h['effective_experts']:.2f} of {h['num_experts']}",
+                 f"{100 * h['max_share']:.1f} %", f"{100 * h['dropped_share']:.1f} %")
+                for layer, h in health.items()]
+        lines += _table(("layer", "effective experts", "largest expert's share",
+                         "dropped"), rows) + [""]
+
     usage = config.get("expert_usage") or {}
     if usage:
         lines += ["## Expert usage", "",

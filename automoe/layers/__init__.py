@@ -9,10 +9,12 @@ from automoe.layers.balancing import (
     importance_loss,
     load_loss,
     load_probabilities,
+    router_z_loss,
     supervised_router_loss,
     switch_loss,
 )
-from automoe.layers.base import MoEModule
+from automoe.layers.base import EXPERT_INITS, MoEModule
+from automoe.layers.condconv import CondConv2d
 from automoe.layers.channel import ChannelGatedConv2d, GatingEmbedding
 from automoe.layers.moe_block import MoEBlock
 from automoe.layers.moe_conv import MoEConv2d
@@ -20,35 +22,46 @@ from automoe.layers.router import (
     GATE_SOFTMAX_MODES,
     GATE_TYPES,
     OVERFLOW_MODES,
+    ROUTER_NORMS,
     SCORER_TYPES,
+    CosineLinear,
+    RouterNorm,
     Routing,
     TopKRouter,
     balancing_loss,
     make_scorer,
 )
-from automoe.layers.usage import ExpertUsage, track_expert_usage
+from automoe.layers.usage import ExpertUsage, RouterHealth, expert_use, track_expert_usage
 
 __all__ = [
     "BALANCE_LOSSES",
+    "EXPERT_INITS",
     "GATE_SOFTMAX_MODES",
     "GATE_TYPES",
     "OVERFLOW_MODES",
+    "ROUTER_NORMS",
     "SCORER_TYPES",
     "ChannelGatedConv2d",
+    "CondConv2d",
+    "CosineLinear",
     "ExpertUsage",
     "GatingEmbedding",
     "MoEBlock",
     "MoEConv2d",
     "MoEModule",
+    "RouterNorm",
+    "RouterHealth",
     "Routing",
     "TopKRouter",
     "balancing_loss",
     "cv_squared",
     "entropy_loss",
+    "expert_use",
     "importance_loss",
     "load_loss",
     "load_probabilities",
     "make_scorer",
+    "router_z_loss",
     "supervised_router_loss",
     "switch_loss",
     "track_expert_usage",

@@ -85,6 +85,13 @@ def supervised_router_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return torch.nn.functional.cross_entropy(logits, targets % logits.shape[1])
 
 
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's router z-loss, ``mean_x (log sum_i exp z_i(x))^2`` of the (B, E) logits:
+    keeps the logits small, so the gates stay off the softmax's flat ends and the
+    balancing losses keep a gradient."""
+    return torch.logsumexp(logits.float(), dim=1).pow(2).mean()
+
+
 BALANCE_LOSSES = ("none", "importance", "load", "importance_load", "switch", "entropy",
                   "supervised")
 # Losses that need the learned noise of noisy top-k gating.

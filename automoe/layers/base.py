@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from automoe.layers.balancing import BALANCE_LOSSES, NEEDS_NOISE
+from automoe.layers.balancing import BALANCE_LOSSES, NEEDS_NOISE, router_z_loss
 from automoe.layers.router import Routing, TopKRouter, balancing_loss
 from automoe.ops import DISPATCH_MODES
+
+
+# How a layer's experts start: "shared" copies one initialisation into every expert (as
+# sparse upcycling starts every expert from the same dense layer), so each output channel
+# means the same thing whichever expert computed it and the next layer sees one input
+# distribution; routing different samples to each expert then makes them diverge.
+# "independent" draws each expert on its own.
+EXPERT_INITS = ("shared", "independent")
 
 
 class MoEModule(nn.Module):
@@ -23,11 +31,12 @@ class MoEModule(nn.Module):
         balance_loss: one of :data:`~automoe.layers.balancing.BALANCE_LOSSES`.
         balance_weight: its weight w.
         gate: the router's gate, to check the loss can be computed.
+        z_loss_weight: weight of the router z-loss (ST-MoE) on the router's clean logits.
     """
 
     def __init__(self, num_experts: int, top_k: int, balance_loss: str = "importance_load",
                  balance_weight: float = 0.0, gate: str = "noisy_topk",
-                 dispatch: str = "sparse"):
+                 dispatch: str = "sparse", z_loss_weight: float = 0.0):
         super().__init__()
         if dispatch not in DISPATCH_MODES:
             raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
@@ -35,8 +44,9 @@ class MoEModule(nn.Module):
             raise ValueError(f"balance_loss must be one of {BALANCE_LOSSES}, got {balance_loss!r}")
         if balance_loss in NEEDS_NOISE and gate != "noisy_topk":
             raise ValueError(f"balance_loss {balance_loss!r} needs gate 'noisy_topk', got {gate!r}")
-        if balance_weight < 0:
-            raise ValueError(f"balance_weight must be >= 0, got {balance_weight}")
+        if balance_weight < 0 or z_loss_weight < 0:
+            raise ValueError(f"balance_weight and z_loss_weight must be >= 0, got "
+                             f"{balance_weight} and {z_loss_weight}")
         self.num_experts = num_experts
         self.top_k = top_k
         self.dispatch = dispatch
@@ -46,9 +56,14 @@ class MoEModule(nn.Module):
         self.router: TopKRouter | None = None  # top-k layers build one
         self.balance_loss = balance_loss
         self.balance_weight = balance_weight
+        self.z_loss_weight = z_loss_weight
         self.last_routing: Routing | None = None
         self.keep_routing = False  # keep the last routing in eval mode too (router-aware attacks)
         self.usage_log: list[torch.Tensor] | None = None  # (B, k) expert ids per forward
+
+    # What usage logging records: "topk" expert ids (B, k), "soft" mixture weights (B, E),
+    # "channel" open-channel ids (B, O) of DeepMoE gating.
+    usage_kind = "topk"
 
     # Per-forward state: graph tensors that must not travel with copies or pickles.
     _TRANSIENT = ("last_routing", "usage_log", "context", "last_gates", "_last_open",
@@ -72,15 +87,23 @@ class MoEModule(nn.Module):
         return routing
 
     def record(self, routing: Routing) -> None:
-        keep = self.training and self.balance_weight > 0 and self.balance_loss != "none"
+        keep = self.training and ((self.balance_weight > 0 and self.balance_loss != "none")
+                                  or self.z_loss_weight > 0)
         self.last_routing = routing if keep or self.keep_routing else None
         if self.usage_log is not None:
             self.usage_log.append(routing.expert_index.detach().cpu())
 
     def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
-        """``balance_weight * loss`` of the last training forward, or None."""
-        if self.last_routing is None or not self.training or self.balance_weight == 0:
+        """``balance_weight * loss + z_loss_weight * z_loss`` of the last training forward,
+        or None."""
+        if self.last_routing is None or not self.training:
             return None
-        loss = balancing_loss(self.balance_loss, self.last_routing, self.num_experts,
-                              self.top_k, targets)
-        return None if loss is None else self.balance_weight * loss
+        terms = []
+        if self.balance_weight > 0:
+            loss = balancing_loss(self.balance_loss, self.last_routing, self.num_experts,
+                                  self.top_k, targets)
+            if loss is not None:
+                terms.append(self.balance_weight * loss)
+        if self.z_loss_weight > 0:
+            terms.append(self.z_loss_weight * router_z_loss(self.last_routing.clean_logits))
+        return sum(terms) if terms else None

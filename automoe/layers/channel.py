@@ -56,6 +56,8 @@ class ChannelGatedConv2d(MoEModule):
         group_size: channels per group for the Triton kernel.
     """
 
+    usage_kind = "channel"  # usage logs the open channels of each sample
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int | None = None, *, embedding_width: int, gate_l1: float = 1e-3,
                  dispatch: str = "auto", group_size: int = 16):

@@ -19,9 +19,12 @@ from automoe.layers.balancing import (
 )
 from automoe.ops import dense_gate_matrix
 
-SCORER_TYPES = ("linear", "conv", "mlp")
+SCORER_TYPES = ("linear", "conv", "mlp", "cosine")
+ROUTER_NORMS = ("batch", "none")
+# Dimension of the cosine scorer's hypersphere (X-MoE routes on a low-dimensional one).
+COSINE_DIM = 16
 GATE_TYPES = ("noisy_topk", "topk", "vmoe", "st_top1")
-GATE_SOFTMAX_MODES = ("all", "topk")
+GATE_SOFTMAX_MODES = ("topk_st", "all", "topk")
 OVERFLOW_MODES = ("reassign", "drop")
 # Lower bound on the noise std, so the load loss never divides by zero.
 _MIN_NOISE_STD = 1e-3
@@ -47,24 +50,91 @@ class Routing:
         return dense_gate_matrix(self.expert_index, self.gates, num_experts)
 
 
-def make_scorer(kind: str, in_channels: int, num_experts: int) -> nn.Module:
-    """Maps a feature map (B, C, H, W) to router logits (B, E); the last layer starts at 0,
-    so routing starts uniform."""
-    if kind == "linear":  # V-MoE / Shazeer: GAP -> Linear, no bias
-        scorer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                               nn.Linear(in_channels, num_experts, bias=False))
-    elif kind == "conv":  # conv3x3 -> GAP: routing sees local structure
-        scorer = nn.Sequential(nn.Conv2d(in_channels, num_experts, 3, padding=1, bias=False),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten())
+class RouterNorm(nn.BatchNorm1d):
+    """Standardises the router's pooled features per channel over the batch (no affine).
+
+    Pooled post-ReLU features share a large component common to every image, so a linear
+    router on them gives every sample nearly the same logits and routes them all to one
+    expert. Removing the batch mean leaves the part of the features that tells images
+    apart. A batch of one sample (nothing to standardise over) uses the running
+    statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False,
+                                eps=self.eps)
+        return super().forward(x)
+
+
+class CosineLinear(nn.Linear):
+    """X-MoE's cosine scorer head: ``cos(h, w_e) / tau`` of an L2-normalised input ``h``
+    (B, D) and each expert's L2-normalised embedding ``w_e`` (row e of the weight, (E, D)),
+    with a learned temperature ``tau`` (kept in [0.01, 1])."""
+
+    def __init__(self, dim: int, num_experts: int, tau_init: float = 0.2):
+        super().__init__(dim, num_experts, bias=False)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cosine = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))  # (B, E)
+        return cosine / self.log_tau.clamp(math.log(0.01), 0.0).exp()
+
+
+class _L2Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1)
+
+
+def make_scorer(kind: str, in_channels: int, num_experts: int, *, norm: str = "batch",
+                init_std: float = 1.0) -> nn.Module:
+    """Maps a feature map (B, C, H, W) to router logits (B, E).
+
+    Args:
+        kind: ``"linear"`` (GAP -> Linear, no bias, as V-MoE), ``"conv"`` (conv3x3 -> GAP:
+            routing sees local structure), ``"mlp"`` (GAP -> Linear -> ReLU -> Linear) or
+            ``"cosine"`` (X-MoE: GAP -> Linear to a low dimension -> cosine similarity with
+            each expert's embedding / learned temperature).
+        norm: ``"batch"`` standardises the router's input per channel over the batch
+            (:class:`RouterNorm`; BatchNorm2d before the conv scorer), ``"none"`` leaves it.
+        init_std: std of the initial logits on standardised inputs: the last layer's
+            weights are ``N(0, init_std^2 / fan_in)``. 0 starts every expert at the same
+            score, which ``topk`` resolves towards expert 0 for every sample.
+    """
+    if norm not in ROUTER_NORMS:
+        raise ValueError(f"router norm must be one of {ROUTER_NORMS}, got {norm!r}")
+    if init_std < 0:
+        raise ValueError(f"router init std must be >= 0, got {init_std}")
+    pooled: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if norm == "batch":
+        pooled.append(RouterNorm(in_channels))
+    if kind == "linear":
+        layers = [*pooled, nn.Linear(in_channels, num_experts, bias=False)]
+    elif kind == "conv":
+        layers = ([nn.BatchNorm2d(in_channels, affine=False)] if norm == "batch" else []) + [
+            nn.Conv2d(in_channels, num_experts, 3, padding=1, bias=False),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     elif kind == "mlp":
         hidden = max(num_experts, in_channels // 4)
-        scorer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                               nn.Linear(in_channels, hidden), nn.ReLU(inplace=True),
-                               nn.Linear(hidden, num_experts, bias=False))
+        layers = [*pooled, nn.Linear(in_channels, hidden), nn.ReLU(inplace=True),
+                  nn.Linear(hidden, num_experts, bias=False)]
+    elif kind == "cosine":
+        dim = min(in_channels, COSINE_DIM)
+        layers = [*pooled, nn.Linear(in_channels, dim, bias=False), _L2Normalize(),
+                  CosineLinear(dim, num_experts)]
     else:
         raise ValueError(f"router must be one of {SCORER_TYPES}, got {kind!r}")
+    scorer = nn.Sequential(*layers)
     last = [m for m in scorer if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-    nn.init.zeros_(last.weight)
+    if isinstance(last, CosineLinear):  # its rows are normalised: any spread works
+        nn.init.normal_(last.weight)
+    elif init_std == 0:
+        nn.init.zeros_(last.weight)
+    else:
+        fan_in = last.weight[0].numel()
+        nn.init.normal_(last.weight, std=init_std / math.sqrt(fan_in))
     return scorer
 
 
@@ -75,16 +145,23 @@ class TopKRouter(nn.Module):
         in_channels: channels of the routed feature map; ``None`` for a layer driven by a
             global router (its logits are passed to :meth:`forward`).
         num_experts, top_k: E and k, ``1 <= k <= E``.
-        scorer: ``"linear"`` (GAP -> Linear), ``"conv"`` (conv3x3 -> GAP) or ``"mlp"``.
+        scorer, norm, init_std: the scorer (``"linear"``, ``"conv"``, ``"mlp"``,
+            ``"cosine"``), its input normalisation and the spread of its initial logits;
+            see :func:`make_scorer`.
         gate: ``"noisy_topk"`` (Shazeer: learned noise ``softplus(x W_noise + b)`` while
             training), ``"topk"`` (no noise), ``"vmoe"`` (fixed noise std 1/E while
             training) or ``"st_top1"``
             (AdvMoE: k = 1, gate value 1 forward, straight-through gradient to the selected
             logit; with sparse dispatch the unselected experts are never computed, so they
             get no gradient).
-        gate_softmax: ``"all"`` keeps the selected experts' probabilities from a softmax over
-            all E (Switch / V-MoE), so the router gets task gradients even at k = 1;
-            ``"topk"`` renormalises over the k selected logits (Shazeer).
+        gate_softmax: ``"topk_st"`` (the default) gives the selected experts the softmax
+            over their k logits (1 at k = 1), so an expert's output keeps its scale, and
+            passes the router the gradient of the softmax over all E straight through
+            (value 0), so the router learns from the task at k = 1 too; ``"all"`` keeps
+            the selected experts' probabilities from a softmax over all E (Switch / V-MoE),
+            which scales each sample's expert output by a probability of about 1/E at
+            first; ``"topk"`` renormalises over the k selected logits (Shazeer), with no
+            task gradient to the router at k = 1.
         noise_init: initial std of the learned noise (noisy_topk). Shazeer's softplus(0) =
             0.69 routes every sample at random while the logits are still zero; on small CNN
             datasets that starves every expert (a ResNet-8 with 8 experts per block stayed at
@@ -99,7 +176,8 @@ class TopKRouter(nn.Module):
     """
 
     def __init__(self, in_channels: int | None, num_experts: int, top_k: int, *,
-                 scorer: str = "linear", gate: str = "noisy_topk", gate_softmax: str = "all",
+                 scorer: str = "linear", norm: str = "batch", init_std: float = 1.0,
+                 gate: str = "noisy_topk", gate_softmax: str = "topk_st",
                  noise_init: float = 1e-2, capacity_factor: float | None = None,
                  overflow: str = "reassign", batch_priority: bool = False,
                  capacity_at_eval: bool = False):
@@ -127,8 +205,8 @@ class TopKRouter(nn.Module):
         self.overflow = overflow
         self.batch_priority = batch_priority
         self.capacity_at_eval = capacity_at_eval
-        self.scorer = None if in_channels is None else make_scorer(scorer, in_channels,
-                                                                   num_experts)
+        self.scorer = None if in_channels is None else make_scorer(
+            scorer, in_channels, num_experts, norm=norm, init_std=init_std)
         self.w_noise = None
         if gate == "noisy_topk":
             if not noise_init > _MIN_NOISE_STD:
@@ -163,9 +241,12 @@ class TopKRouter(nn.Module):
         selected = noisy.gather(1, safe_index)  # (B, k)
         if self.gate == "st_top1":
             gates = 1.0 + selected - selected.detach()  # 1 forward, identity backward
-        elif self.gate_softmax == "topk":
+        elif self.gate_softmax in ("topk", "topk_st"):
             gates = selected.masked_fill(~valid, float("-inf")).softmax(dim=1)
             gates = torch.nan_to_num(gates, nan=0.0)  # every slot dropped -> 0/0
+            if self.gate_softmax == "topk_st":  # + the all-E softmax's gradient, value 0
+                probs = noisy.softmax(dim=1).gather(1, safe_index)  # (B, k)
+                gates = gates + probs - probs.detach()
         else:
             gates = noisy.softmax(dim=1).gather(1, safe_index)
         return gates * valid

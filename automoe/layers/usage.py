@@ -1,14 +1,66 @@
-"""Expert-usage statistics: which experts of each MoE layer the samples were routed to."""
+"""Expert-usage statistics: which experts of each MoE layer the samples were routed to,
+and the router health that follows from it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from automoe.layers.base import MoEModule
+
+
+@dataclass(frozen=True)
+class RouterHealth:
+    """How one MoE layer spread a split's assignments over its experts.
+
+    ``s_i`` is the share of the valid assignments that went to expert i. A router that
+    sends every sample to one expert has 1 effective expert, whatever its E.
+    """
+
+    num_experts: int  # E
+    effective_experts: float  # exp(-sum_i s_i log s_i): 1 = collapsed, E = even
+    max_share: float  # the largest s_i
+    dropped_share: float  # assignments dropped by a capacity limit, of all assignments
+
+    @property
+    def expert_use(self) -> float:
+        """Effective experts as a fraction of E (1/E when collapsed, 1 when even)."""
+        return self.effective_experts / self.num_experts
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "expert_use": self.expert_use}
+
+    @classmethod
+    def from_shares(cls, shares: torch.Tensor, dropped_share: float = 0.0) -> RouterHealth:
+        """From the (E,) assignment shares (or any non-negative load that sums to > 0)."""
+        shares = shares.double()
+        total = float(shares.sum())
+        num_experts = shares.numel()
+        if total <= 0:  # nothing was routed: no expert was used
+            return cls(num_experts, 0.0, 0.0, dropped_share)
+        p = shares / total
+        nonzero = p[p > 0]
+        entropy = float(-(nonzero * nonzero.log()).sum())
+        return cls(num_experts, math.exp(entropy), float(p.max()), dropped_share)
+
+    @classmethod
+    def from_assignments(cls, index: torch.Tensor, num_experts: int) -> RouterHealth:
+        """From the ``(N, k)`` expert ids of a split, ``-1`` where dropped."""
+        valid = index[index >= 0]
+        counts = torch.bincount(valid, minlength=num_experts)
+        dropped = 1.0 - valid.numel() / index.numel() if index.numel() else 0.0
+        return cls.from_shares(counts, dropped)
+
+
+def expert_use(health: dict[str, RouterHealth]) -> float | None:
+    """The fewest effective experts of any layer as a fraction of its E; None without
+    routed layers. A trial's router-health summary: 1/E means some layer collapsed."""
+    return min((h.expert_use for h in health.values()), default=None)
 
 
 class ExpertUsage:
@@ -17,6 +69,10 @@ class ExpertUsage:
     def __init__(self, layers: dict[str, MoEModule]):
         self.num_experts = {name: layer.num_experts for name, layer in layers.items()}
         self.assignments: dict[str, torch.Tensor] = {}  # layer -> (N, k), -1 = dropped
+        self.mixtures: dict[str, torch.Tensor] = {}  # soft-mixture layer -> (E,) summed weights
+        # DeepMoE layers: their "experts" are channels, closed by design, not routed
+        self.channel_layers = {name for name, layer in layers.items()
+                               if layer.usage_kind == "channel"}
 
     def counts(self) -> dict[str, list[int]]:
         """``{layer: [samples routed to expert 0, ...]}``."""
@@ -24,6 +80,17 @@ class ExpertUsage:
         for name, index in self.assignments.items():
             valid = index[index >= 0]
             result[name] = torch.bincount(valid, minlength=self.num_experts[name]).tolist()
+        return result
+
+    def health(self) -> dict[str, RouterHealth]:
+        """``{layer: RouterHealth}`` of every layer that routed something (top-k layers by
+        their assignments, soft mixtures by their mean mixture weights)."""
+        result = {}
+        for name, index in self.assignments.items():
+            if index.numel() and name not in self.channel_layers:
+                result[name] = RouterHealth.from_assignments(index, self.num_experts[name])
+        for name, mass in self.mixtures.items():
+            result[name] = RouterHealth.from_shares(mass)
         return result
 
     def per_class(self, targets: torch.Tensor, num_classes: int) -> dict[str, list[list[int]]]:
@@ -60,6 +127,10 @@ def track_expert_usage(model: nn.Module) -> Iterator[ExpertUsage]:
     finally:
         for name, layer in layers.items():
             log = layer.usage_log or []
-            usage.assignments[name] = (torch.cat(log) if log
-                                       else torch.zeros(0, layer.top_k, dtype=torch.long))
+            if layer.usage_kind == "soft":  # (B, E) mixture weights per forward
+                usage.mixtures[name] = (torch.cat(log).sum(0) if log
+                                        else torch.zeros(layer.num_experts))
+            else:
+                usage.assignments[name] = (torch.cat(log) if log
+                                           else torch.zeros(0, layer.top_k, dtype=torch.long))
             layer.usage_log = None

@@ -7,18 +7,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automoe.layers import ChannelGatedConv2d, GatingEmbedding, MoEConv2d, MoEModule
+from automoe.layers import (
+    ChannelGatedConv2d,
+    CondConv2d,
+    GatingEmbedding,
+    MoEBlock,
+    MoEConv2d,
+    MoEModule,
+    RouterNorm,
+    TopKRouter,
+)
 from automoe.models.config import MoENetConfig
 
 
 def make_conv(config: MoENetConfig, in_channels: int, out_channels: int, kernel_size: int,
               stride: int, moe: bool) -> nn.Module:
     """A conv of a unit: dense, or the MoE form its granularity asks for (conv, pathway:
-    E experts; channel: DeepMoE gates). Block granularity wraps whole units instead."""
+    E experts; channel: DeepMoE gates; condconv: a per-sample mixture of E kernels). Block granularity wraps whole units instead."""
     padding = kernel_size // 2
     if not moe or config.granularity == "block":
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          bias=False)
+    if config.granularity == "condconv":
+        return CondConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                          num_experts=config.num_experts,
+                          temperature=config.condconv_temperature,
+                          anneal=config.condconv_anneal, router_norm=config.router_norm,
+                          dispatch=config.dispatch)
     if config.granularity == "channel":
         return ChannelGatedConv2d(in_channels, out_channels, kernel_size, stride, padding,
                                   embedding_width=config.embedding_width,
@@ -35,10 +50,13 @@ def unit_width(config: MoENetConfig, width: int, moe: bool) -> int:
 
 class ImageRouter(nn.Module):
     """AdvMoE's global router: a small ResNet (16/32/64 channels, ``blocks_per_stage``
-    basic blocks per stage; 3 is ResNet-20-like) on the normalised image, GAP, Linear -> E
-    logits, zero-initialised so routing starts uniform."""
+    basic blocks per stage; 3 is ResNet-20-like) on the normalised image, GAP, then the
+    per-layer routers' head: standardised pooled features (``norm="batch"``) -> Linear ->
+    E logits, with initial logits of std ``init_std`` (see
+    :func:`~automoe.layers.make_scorer`)."""
 
-    def __init__(self, in_channels: int, num_experts: int, blocks_per_stage: int = 3):
+    def __init__(self, in_channels: int, num_experts: int, blocks_per_stage: int = 3, *,
+                 norm: str = "batch", init_std: float = 0.1):
         super().__init__()
         from automoe.models.resnet import BasicBlock
 
@@ -50,12 +68,13 @@ class ImageRouter(nn.Module):
                 layers.append(BasicBlock(width, out, 2 if stage > 0 and i == 0 else 1))
                 width = out
         self.features = nn.Sequential(*layers)
+        self.norm = RouterNorm(width) if norm == "batch" else nn.Identity()
         self.head = nn.Linear(width, num_experts)
-        nn.init.zeros_(self.head.weight)
+        nn.init.normal_(self.head.weight, std=init_std / width ** 0.5)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))  # (B, E)
+        return self.head(self.norm(self.features(x).mean(dim=(2, 3))))  # (B, E)
 
 
 class MoENet(nn.Module):
@@ -88,10 +107,17 @@ class MoENet(nn.Module):
                                              config.num_classes)
         elif has_moe and config.router == "global":
             self.global_router = ImageRouter(config.in_channels, config.num_experts,
-                                             config.global_router_blocks)
+                                             config.global_router_blocks,
+                                             norm=config.router_norm,
+                                             init_std=config.router_init)
+        routers = {id(m) for r in self.modules() if isinstance(r, TopKRouter)
+                   for m in r.modules()}  # routers keep their own initialisation
         for m in self.modules():
-            if type(m) is nn.Conv2d:
+            if type(m) is nn.Conv2d and id(m) not in routers:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if isinstance(m, MoEBlock) and m.expert_init == "shared":
+                m.share_initialisation()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.input_mean) / self.input_std  # (B, C, H, W), normalised
@@ -119,6 +145,13 @@ class MoENet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Tell the layers with a training schedule (CondConv's temperature) that
+        ``fraction`` of the training steps are done; the trainer calls it every step."""
+        for m in self.moe_layers():
+            if isinstance(m, CondConv2d):
+                m.set_training_progress(fraction)
 
     def moe_layers(self) -> list[MoEModule]:
         return [m for m in self.modules() if isinstance(m, MoEModule)]

@@ -5,11 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from automoe.errors import ConfigError
-from automoe.layers import BALANCE_LOSSES, GATE_SOFTMAX_MODES, GATE_TYPES, OVERFLOW_MODES, SCORER_TYPES
+from automoe.layers import (
+    BALANCE_LOSSES,
+    EXPERT_INITS,
+    GATE_SOFTMAX_MODES,
+    GATE_TYPES,
+    OVERFLOW_MODES,
+    ROUTER_NORMS,
+    SCORER_TYPES,
+)
 from automoe.ops import DISPATCH_MODES
 
 PLACEMENT_PRESETS = ("none", "all", "last_stage", "last_two", "every_other", "all_but_first")
-GRANULARITIES = ("conv", "pathway", "block", "channel")
+GRANULARITIES = ("conv", "pathway", "block", "channel", "condconv")
 ROUTERS = (*SCORER_TYPES, "global")
 
 
@@ -29,15 +37,19 @@ class MoENetConfig:
     width_multiplier: float = 1.0  # scales every channel count (rounded, at least 1)
     # --- where the experts go and what an expert is
     placement: str = "none"  # preset in PLACEMENT_PRESETS or a 0/1 string, one bit per unit
-    granularity: str = "conv"  # "conv", "pathway", "block" or "channel" (see GRANULARITIES)
+    granularity: str = "conv"  # "conv", "pathway", "block", "channel" or "condconv" (soft mixture)
     expert_ratio: float = 0.5  # pathway: an expert is this fraction of the unit's width
     num_experts: int = 4  # E, experts per MoE layer (channel: every output channel is one)
+    expert_init: str = "shared"  # "shared" (experts start as copies) or "independent" draws
     top_k: int = 1  # experts per sample, 1 <= k <= E
     # --- routing
-    router: str = "linear"  # per-layer "linear", "conv", "mlp", or one "global" image router
+    router: str = "linear"  # per-layer "linear", "conv", "mlp", "cosine" or one "global" router
+    router_norm: str = "batch"  # "batch" standardises the router input over the batch, or "none"
+    router_init: float = 0.1  # std of the initial router logits; 0 = zeros (ties -> expert 0)
+    router_z_loss: float = 1e-3  # weight of the router z-loss (ST-MoE), keeps gates unsaturated
     global_router_blocks: int = 3  # blocks per stage of the global router (3: ResNet-20-like)
     gate: str = "noisy_topk"  # "noisy_topk", "topk", "vmoe" or "st_top1" (see TopKRouter)
-    gate_softmax: str = "all"  # "all" (Switch/V-MoE) or "topk" (Shazeer), see TopKRouter
+    gate_softmax: str = "topk_st"  # "topk_st", "all" (Switch/V-MoE) or "topk" (Shazeer), see TopKRouter
     gate_noise_init: float = 1e-2  # initial std of the learned gate noise (noisy_topk)
     capacity_factor: float | None = None  # per-expert capacity while training; None = off
     overflow: str = "reassign"  # over-capacity assignments: "reassign" or "drop"
@@ -50,6 +62,9 @@ class MoENetConfig:
     embedding_ce: float = 0.1  # mu: cross-entropy of a classifier on the gating embedding
     embedding_width: int = 64  # channels of the gating embedding network
     channel_group: int = 16  # channels per group of the Triton channel-gating kernel
+    # --- CondConv / DynamicConv soft mixtures (granularity "condconv")
+    condconv_temperature: float = 30.0  # mixture softmax temperature at the start (DynamicConv)
+    condconv_anneal: float = 0.3  # fraction of training steps over which it falls to 1
     # --- execution
     dispatch: str = "auto"  # "auto" (Triton on CUDA, else sparse), "sparse", "triton", "reference"
     units: tuple[bool, ...] = field(init=False, repr=False)  # resolved placement per unit
@@ -71,6 +86,8 @@ class MoENetConfig:
             raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if not 0 < self.expert_ratio <= 1:
             raise ConfigError(f"expert_ratio must be in (0, 1], got {self.expert_ratio}")
+        if self.expert_init not in EXPERT_INITS:
+            raise ConfigError(f"expert_init must be one of {EXPERT_INITS}, got {self.expert_init!r}")
         if self.num_experts < 1:
             raise ConfigError(f"num_experts must be >= 1, got {self.num_experts}")
         if not 1 <= self.top_k <= self.num_experts:
@@ -78,6 +95,8 @@ class MoENetConfig:
                               f"got {self.top_k}")
         if self.router not in ROUTERS:
             raise ConfigError(f"router must be one of {ROUTERS}, got {self.router!r}")
+        if self.router_norm not in ROUTER_NORMS:
+            raise ConfigError(f"router_norm must be one of {ROUTER_NORMS}, got {self.router_norm!r}")
         if self.gate not in GATE_TYPES:
             raise ConfigError(f"gate must be one of {GATE_TYPES}, got {self.gate!r}")
         if self.gate == "st_top1" and self.top_k != 1:
@@ -92,13 +111,15 @@ class MoENetConfig:
             raise ConfigError(f"balance_loss must be one of {BALANCE_LOSSES}, got {self.balance_loss!r}")
         if self.balance_loss == "load" and self.gate != "noisy_topk":
             raise ConfigError("balance_loss 'load' needs gate 'noisy_topk'")
-        for name in ("balance_weight", "gate_l1", "embedding_ce"):
+        for name in ("balance_weight", "gate_l1", "embedding_ce", "router_init", "router_z_loss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise ConfigError(f"capacity_factor must be > 0 or null, got {self.capacity_factor}")
         if self.overflow not in OVERFLOW_MODES:
             raise ConfigError(f"overflow must be one of {OVERFLOW_MODES}, got {self.overflow!r}")
+        if not self.condconv_temperature >= 1 or not 0 <= self.condconv_anneal <= 1:
+            raise ConfigError("condconv_temperature must be >= 1 and condconv_anneal in [0, 1]")
         if min(self.global_router_blocks, self.embedding_width, self.channel_group) < 1:
             raise ConfigError("global_router_blocks, embedding_width and channel_group must be >= 1")
         if self.dispatch not in DISPATCH_MODES:
@@ -123,7 +144,9 @@ class MoENetConfig:
         return dict(num_experts=self.num_experts, top_k=self.top_k,
                     balance_loss=self.balance_loss, balance_weight=self.balance_weight,
                     dispatch=self.dispatch, global_routing=is_global,
-                    scorer="linear" if is_global else self.router, gate=self.gate,
+                    z_loss_weight=self.router_z_loss, expert_init=self.expert_init,
+                    scorer="linear" if is_global else self.router, norm=self.router_norm,
+                    init_std=self.router_init, gate=self.gate,
                     gate_softmax=self.gate_softmax, noise_init=self.gate_noise_init,
                     capacity_factor=self.capacity_factor, overflow=self.overflow,
                     batch_priority=self.batch_priority)

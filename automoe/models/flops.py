@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from automoe.layers import ChannelGatedConv2d, MoEConv2d, MoEModule
+from automoe.layers import ChannelGatedConv2d, CondConv2d, MoEConv2d, MoEModule
 
 
 @contextmanager
@@ -67,6 +67,14 @@ def _count(model: nn.Module, x: torch.Tensor, per_sample_channels: bool) -> floa
             channels = int(open_.any(0).sum()) * open_.shape[0]
         total += channels * per_channel
 
+    def condconv_hook(module: CondConv2d, inputs, output):
+        nonlocal total
+        conv = module.conv_macs(output.shape[-2], output.shape[-1])
+        if module.dispatch == "reference":  # every kernel, then the mix of the outputs
+            total += output.shape[0] * module.num_experts * conv
+        else:  # mix the kernels, then one conv
+            total += output.shape[0] * (conv + module.mixing_macs())
+
     for m in model.modules():
         if type(m) is nn.Conv2d:
             hooks.append(m.register_forward_hook(conv_hook))
@@ -76,6 +84,8 @@ def _count(model: nn.Module, x: torch.Tensor, per_sample_channels: bool) -> floa
             hooks.append(m.register_forward_hook(moe_conv_hook))
         elif isinstance(m, ChannelGatedConv2d):
             hooks.append(m.register_forward_hook(channel_hook))
+        elif isinstance(m, CondConv2d):
+            hooks.append(m.register_forward_hook(condconv_hook))
     try:
         with torch.no_grad():
             model(x)

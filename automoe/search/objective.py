@@ -19,7 +19,7 @@ from optuna.artifacts import upload_artifact
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
-from automoe.layers import track_expert_usage
+from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
@@ -191,6 +191,11 @@ class TrialRunner:
         metrics["test_accuracy"] = 100 * evaluate_accuracy(model, self.test_set, batch,
                                                            self.device)
         eval_seconds += time.perf_counter() - start
+        health = usage.health()
+        if health:  # router health of the val pass; see automoe.layers.RouterHealth
+            trial.set_user_attr("router_health", {name: h.to_dict()
+                                                  for name, h in health.items()})
+            metrics["expert_use"] = expert_use(health)
 
         # The objective values again, under names the dashboard shows beside the config.
         for key, value in metrics.items():
@@ -260,6 +265,9 @@ class TrialRunner:
         values = {}
         for key, bound in self.space.constraints.items():
             metric, kind = CONSTRAINTS[key]
+            if measured.get(metric) is None:  # e.g. expert use of a dense trial: no router
+                values[key] = 0.0
+                continue
             values[key] = measured[metric] - bound if kind == "max" else bound - measured[metric]
         return values
 

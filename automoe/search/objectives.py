@@ -35,7 +35,15 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("mparams", "minimize", "Mparams", 3, "parameters of the model, millions"),
     Metric("latency_ms", "minimize", "ms/img", 3,
            "measured eval-forward time per sample on the trial's device (median)"),
+    Metric("expert_use", "maximize", "expert use", 2,
+           "router health: the fewest effective experts of any MoE layer on the val split, "
+           "as a fraction of its E (1/E = collapsed, 1 = even); none for dense models"),
 )}
+# Expert use below which `status` and the pareto table call a trial's routing collapsed:
+# some layer uses fewer than half of its experts' worth.
+COLLAPSED_BELOW = 0.5
+# Measured but not an objective: a dense candidate has no routers, so no value to rank.
+NOT_OBJECTIVES = ("expert_use",)
 DEFAULT_OBJECTIVES = ("val_accuracy", "mmacs", "robust_accuracy")
 
 
@@ -60,8 +68,11 @@ def parse_objectives(raw, fail) -> tuple[str, ...]:
     if not names:
         fail("objectives", "needs at least one metric")
     for name in names:
-        if name not in METRICS:
-            fail("objectives", f"unknown metric {name!r}; expected one of {', '.join(METRICS)}")
+        if name not in METRICS or name in NOT_OBJECTIVES:
+            allowed = ", ".join(m for m in METRICS if m not in NOT_OBJECTIVES)
+            fail("objectives", f"unknown metric {name!r}; expected one of {allowed} "
+                 "(expert_use is a constraint, min_expert_use)" if name in NOT_OBJECTIVES
+                 else f"unknown metric {name!r}; expected one of {allowed}")
     if len(set(names)) != len(names):
         fail("objectives", f"repeats a metric: {names}")
     return tuple(names)

@@ -32,6 +32,7 @@ def trial_row(trial: FrozenTrial, names) -> dict:
         "experts": model.get("num_experts"),
         "top_k": model.get("top_k"),
         "config": config,
+        "router_health": attrs.get("router_health"),
         "feasible": attrs.get("feasible", True),
         "has_checkpoint": "checkpoint" in attrs,
     }

@@ -63,6 +63,12 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "balance_weight": ("model", "balance_weight", float),
     "balance_loss": ("model", "balance_loss", str),
     "router": ("model", "router", str),
+    "router_norm": ("model", "router_norm", str),
+    "router_init": ("model", "router_init", float),
+    "router_z_loss": ("model", "router_z_loss", float),
+    "expert_init": ("model", "expert_init", str),
+    "condconv_temperature": ("model", "condconv_temperature", float),
+    "condconv_anneal": ("model", "condconv_anneal", float),
     "gate": ("model", "gate", str),
     "gate_softmax": ("model", "gate_softmax", str),
     "gate_noise_init": ("model", "gate_noise_init", float),
@@ -87,7 +93,9 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "momentum": ("train", "momentum", float),
 }
 # Parameters that only matter when at least one block is MoE.
-MOE_PARAMS = ("experts", "top_k", "balance_weight", "balance_loss", "router", "gate",
+MOE_PARAMS = ("experts", "top_k", "balance_weight", "balance_loss", "router", "router_norm",
+              "router_init", "router_z_loss", "expert_init", "condconv_temperature",
+              "condconv_anneal", "gate",
               "gate_softmax", "gate_noise_init", "capacity_factor", "overflow", "batch_priority",
               "granularity", "expert_ratio", "gate_l1", "embedding_ce")
 # Optuna samplers, then NNI tuners (through automoe.search.nni_adapter)
@@ -101,7 +109,9 @@ _TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "obj
 CONSTRAINTS = {"mmacs_max": ("mmacs", "max"), "params_max": ("params", "max"),
                "val_accuracy_min": ("val_accuracy", "min"),
                "robust_accuracy_min": ("robust_accuracy", "min"),
-               "latency_ms_max": ("latency_ms", "max")}
+               "latency_ms_max": ("latency_ms", "max"),
+               # the fewest effective experts of any MoE layer / E: rejects collapsed routers
+               "min_expert_use": ("expert_use", "min")}
 # Latency measurement: samples per timed forward, timed runs (median), untimed warm-up runs.
 _LATENCY_DEFAULTS = {"batch_size": 1, "repeats": 20, "warmup": 3}
 # Enough to cover every realistic space; larger products are checked on their first part.

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from automoe.errors import ConfigError, TrainingDivergedError
+from automoe.layers import expert_use, track_expert_usage
 
 
 @dataclass
@@ -105,6 +106,7 @@ def train(
                          num_workers=config.num_workers)
     total_steps = config.epochs * len(loader)
     aux_loss_fn = getattr(model, "aux_loss", None)
+    set_progress = getattr(model, "set_training_progress", None)
 
     def sgd(params):
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -136,37 +138,49 @@ def train(
         return _save_state(epoch + 1, model, optimizers, schedulers, loader, result,
                            time.perf_counter() - start, rng)
 
+    def _step(images: torch.Tensor, labels: torch.Tensor):
+        """One optimiser step (two for AdvMoE): (task loss, logits, aux loss)."""
+        if advmoe is not None:  # two optimiser steps of its own
+            task_loss, logits = advmoe(images, labels, aux_loss_fn)
+            aux = task_loss.new_zeros(())
+            check_finite(task_loss, epoch, step, config)
+        else:
+            task_loss, logits = _task_loss(model, images, labels, config)
+            aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
+            loss = task_loss + aux
+            check_finite(loss, epoch, step, config)
+            optimizers[0].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[0].step()
+        for scheduler in schedulers:
+            scheduler.step()
+        return task_loss, logits, aux
+
     for epoch in range(first_epoch, config.epochs):
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # task loss, aux loss, correct
         seen = 0
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if advmoe is not None:  # two optimiser steps of its own
-                task_loss, logits = advmoe(images, labels, aux_loss_fn)
-                aux = task_loss.new_zeros(())
-                check_finite(task_loss, epoch, step, config)
-            else:
-                task_loss, logits = _task_loss(model, images, labels, config)
-                aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
-                loss = task_loss + aux
-                check_finite(loss, epoch, step, config)
-                optimizers[0].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers[0].step()
-            for scheduler in schedulers:
-                scheduler.step()
-            step += 1
-            n = labels.shape[0]
-            sums += torch.tensor([task_loss.item() * n, float(aux.detach()) * n,
-                                  (logits.argmax(1) == labels).sum().item()], dtype=torch.float64)
-            seen += n
-            if on_step is not None:
-                on_step(step, total_steps)
+        with track_expert_usage(model) as usage:  # the epoch's routing, for router health
+            for images, labels in loader:
+                if set_progress is not None:
+                    set_progress(step / max(1, total_steps))
+                task_loss, logits, aux = _step(images.to(device, non_blocking=True),
+                                               labels.to(device, non_blocking=True))
+                step += 1
+                n = labels.shape[0]
+                sums += torch.tensor([task_loss.item() * n, float(aux.detach()) * n,
+                                      (logits.argmax(1).cpu() == labels).sum().item()],
+                                     dtype=torch.float64)
+                seen += n
+                if on_step is not None:
+                    on_step(step, total_steps)
         loss_sum, aux_sum, correct = (sums / max(seen, 1)).tolist()
-        result.history.append({"epoch": epoch + 1, "loss": loss_sum, "aux_loss": aux_sum,
-                               "train_accuracy": correct})
+        row = {"epoch": epoch + 1, "loss": loss_sum, "aux_loss": aux_sum,
+               "train_accuracy": correct}
+        use = expert_use(usage.health())
+        if use is not None:  # the fewest effective experts of any layer, / E
+            row["expert_use"] = use
+        result.history.append(row)
         if on_epoch is not None:
             rng = _rng_state()
             callback_start = time.perf_counter()

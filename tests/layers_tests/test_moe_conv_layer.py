@@ -155,7 +155,9 @@ def test_capacity_is_off_at_eval_by_default():
 
 @pytest.mark.parametrize("kind", BALANCE_LOSSES)
 def test_every_balancing_loss_is_differentiable_w_r_t_the_router(kind):
-    layer = MoEConv2d(4, 4, 3, num_experts=3, top_k=2, balance_loss=kind, balance_weight=1.0)
+    # noise on the scale of the standardised logits, so the load estimate is not saturated
+    layer = MoEConv2d(4, 4, 3, num_experts=3, top_k=2, balance_loss=kind, balance_weight=1.0,
+                      noise_init=1.0)
     _trained_router(layer)
     layer.train()(torch.randn(8, 4, 5, 5))
     loss = layer.aux_loss(torch.arange(8))

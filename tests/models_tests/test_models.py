@@ -52,7 +52,10 @@ def test_train_step_sparse_equals_reference_and_config_round_trip(name, granular
     model.train()
     loss = torch.nn.functional.cross_entropy(model(x), y) + model.aux_loss(y)
     loss.backward()
-    assert model.aux_loss(y) != 0
+    if granularity == "condconv":  # a soft mixture runs every kernel: nothing to balance
+        assert model.aux_loss(y) == 0
+    else:
+        assert model.aux_loss(y) != 0
     # Without a gradient: only block experts that got no sample in this batch.
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert all(".experts." in n for n in no_grad), no_grad

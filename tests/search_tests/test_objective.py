@@ -114,3 +114,28 @@ def test_resume_state_written_atomically_and_swept(tmp_path):
     neighbour.write_bytes(b"busy")
     _remove(path)
     assert not path.exists() and not orphan.exists() and neighbour.exists()
+
+
+def test_min_expert_use_marks_a_collapsed_trial_infeasible(tmp_path):
+    # Zero router weights on raw features, no noise, no router gradient at k = 1 and no
+    # balancing: every sample ties, so every one goes to the same expert (use 1/E).
+    collapsed = {**TINY["params"], "placement": "last_stage", "experts": 4, "top_k": 1,
+                 "router_norm": "none", "router_init": 0.0, "gate": "topk",
+                 "gate_softmax": "topk", "balance_weight": 0.0, "router_z_loss": 0.0}
+    dense = {**TINY["params"], "placement": "none"}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    for params, feasible in ((collapsed, False), (dense, True)):
+        space = SearchSpace.from_dict({**TINY, "params": params,
+                                       "constraints": {"min_expert_use": 0.5}})
+        study = optuna.create_study(directions=["maximize", "minimize", "maximize"])
+        study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=1)
+        trial = study.trials[0]
+        assert trial.user_attrs["feasible"] is feasible
+        if feasible:  # a dense trial has no router to judge
+            assert "expert_use" not in trial.user_attrs
+            assert trial.user_attrs["constraints"]["min_expert_use"] == 0.0
+        else:
+            assert trial.user_attrs["expert_use"] == pytest.approx(0.25)
+            health = trial.user_attrs["router_health"]
+            assert health and all(h["effective_experts"] == pytest.approx(1.0)
+                                  for h in health.values())

@@ -3,6 +3,7 @@ import torch
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
+from automoe.layers import expert_use, track_expert_usage
 from automoe.models import create_model
 from automoe.training import TrainConfig, evaluate_accuracy, train
 
@@ -90,3 +91,35 @@ def test_resume_from_an_epoch_state_matches_an_unbroken_run():
     for a, b, c in zip(unbroken.state_dict().values(), with_callback.state_dict().values(),
                        resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def _routing_run(seed: int = 0, **fields):
+    """ResNet-8 with top-1 conv experts in the last two stages, 4 epochs on digits 16x16;
+    returns (history, expert use on the val split)."""
+    train_set = load_dataset("digits", "train", image_size=16)
+    val_set = load_dataset("digits", "val", image_size=16)
+    torch.manual_seed(seed)
+    model = create_model("resnet8", in_channels=1, image_size=16, placement="last_two",
+                         num_experts=4, top_k=1, width_multiplier=0.5, **fields)
+    result = train(model, train_set, TrainConfig(epochs=4, lr=0.1, seed=seed))
+    with track_expert_usage(model) as usage:
+        evaluate_accuracy(model, val_set)
+    return result.history, expert_use(usage.health())
+
+
+def test_default_moe_config_keeps_its_routers_spread():
+    # A property of the defaults, not a timing: every MoE layer uses at least half of its
+    # experts' worth on the val split, and the learning curve logs it every epoch.
+    history, use = _routing_run()
+    assert use >= 0.5
+    assert all(0 < row["expert_use"] <= 1 for row in history)
+    assert history[-1]["expert_use"] >= 0.5
+
+
+def test_the_old_router_defaults_collapse():
+    # What the defaults fix: a zero-initialised router on raw pooled features, softmax-over-E
+    # gates and independent expert draws sent every val image to one expert per layer.
+    history, use = _routing_run(router_norm="none", router_init=0.0, gate_softmax="all",
+                                expert_init="independent", router_z_loss=0.0)
+    assert use < 0.5
+    assert history[-1]["expert_use"] < 0.5
