@@ -49,7 +49,7 @@ class MoENetConfig:
     router_z_loss: float = 1e-3  # weight of the router z-loss (ST-MoE), keeps gates unsaturated
     global_router_blocks: int = 3  # blocks per stage of the global router (3: ResNet-20-like)
     gate: str = "noisy_topk"  # "noisy_topk", "topk", "vmoe" or "st_top1" (see TopKRouter)
-    gate_softmax: str = "topk_st"  # "topk_st", "all" (Switch/V-MoE) or "topk" (Shazeer), see TopKRouter
+    gate_softmax: str = "topk"  # "topk" (Shazeer), "topk_st" or "all" (Switch/V-MoE), see TopKRouter
     gate_noise_init: float = 1e-2  # initial std of the learned gate noise (noisy_topk)
     capacity_factor: float | None = None  # per-expert capacity while training; None = off
     overflow: str = "reassign"  # over-capacity assignments: "reassign" or "drop"
