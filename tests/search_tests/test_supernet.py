@@ -120,7 +120,7 @@ def test_an_expert_order_runs_those_experts_and_their_router_rows(data):
     moe = net.unit_layers[1][0]
     touched = grads[f"{moe}.weight"].flatten(1).abs().sum(1) > 0  # per expert
     assert touched.tolist() == [True, False, True, False, True]
-    router = grads[f"{moe}.router.scorer.2.weight"].abs().sum(1) > 0  # per router row
+    router = grads[f"{moe}.router.scorer.3.weight"].abs().sum(1) > 0  # per router row
     assert router.tolist() == [True, False, True, False, True]
     dense = grads[f"{net.unit_layers[0][0]}.weight"].flatten(1).abs().sum(1) > 0
     assert dense.tolist() == [False, False, False, False, True]
