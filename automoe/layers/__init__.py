@@ -14,8 +14,8 @@ from automoe.layers.balancing import (
     switch_loss,
 )
 from automoe.layers.base import EXPERT_INITS, MoEModule
-from automoe.layers.condconv import CondConv2d
 from automoe.layers.channel import ChannelGatedConv2d, GatingEmbedding
+from automoe.layers.condconv import CondConv2d
 from automoe.layers.moe_block import MoEBlock
 from automoe.layers.moe_conv import MoEConv2d
 from automoe.layers.router import (

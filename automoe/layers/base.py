@@ -9,7 +9,6 @@ from automoe.layers.balancing import BALANCE_LOSSES, NEEDS_NOISE, router_z_loss
 from automoe.layers.router import Routing, TopKRouter, balancing_loss
 from automoe.ops import DISPATCH_MODES
 
-
 # How a layer's experts start: "shared" copies one initialisation into every expert (as
 # sparse upcycling starts every expert from the same dense layer), so each output channel
 # means the same thing whichever expert computed it and the next layer sees one input

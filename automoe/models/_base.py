@@ -23,7 +23,8 @@ from automoe.models.config import MoENetConfig
 def make_conv(config: MoENetConfig, in_channels: int, out_channels: int, kernel_size: int,
               stride: int, moe: bool) -> nn.Module:
     """A conv of a unit: dense, or the MoE form its granularity asks for (conv, pathway:
-    E experts; channel: DeepMoE gates; condconv: a per-sample mixture of E kernels). Block granularity wraps whole units instead."""
+    E experts; channel: DeepMoE gates; condconv: a per-sample mixture of E kernels).
+    Block granularity wraps whole units instead."""
     padding = kernel_size // 2
     if not moe or config.granularity == "block":
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
