@@ -10,6 +10,7 @@ __all__ = [
     "AutomoeError",
     "ConfigError",
     "DataError",
+    "InputShapeError",
     "StorageError",
     "TrainingDivergedError",
 ]
@@ -29,6 +30,10 @@ class DataError(AutomoeError):
 
 class StorageError(AutomoeError):
     """A study storage URL that cannot be used, or a study that cannot be opened."""
+
+
+class InputShapeError(AutomoeError, ValueError):
+    """An input whose channels or size differ from what the model was built for."""
 
 
 class TrainingDivergedError(AutomoeError):

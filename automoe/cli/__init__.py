@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true",
                    help="let torchvision download a missing dataset into --data-root")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of a new study (sampler and training); a resumed study keeps "
+                        "its own, and each resume samples from a stream derived from it")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="train each candidate with N seeds and optimise the means (default: "
+                        "the space's evaluation.repeats, 1); part of the study's identity")
 
     p = add("worker", c.cmd_worker, [common, storage, config, running],
             "join a study as one more worker")
@@ -102,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hypervolume reference point, one value per objective in the study's "
                         "order (default: 0 for accuracies, 1.1 x the worst complete trial for "
                         "costs)")
-
     p.add_argument("--csv", action="store_true", help="print CSV rows instead of a table")
+    p.add_argument("--with-test", action="store_true",
+                   help="add a test-accuracy column to the table (select on validation; JSON "
+                        "and CSV always carry test_accuracy)")
 
     p = add("studies", c.cmd_studies, [common, storage],
             "list the studies of a storage, or remove dominated checkpoints (gc)")
@@ -230,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", action="append", default=None, metavar="NAME",
                    help="fgsm, pgd, apgd-ce, apgd-dlr or router-pgd; repeat for several "
                         "(default: pgd, router-pgd, apgd-ce, apgd-dlr)")
-    p.add_argument("--norm", default="linf", help="linf or l2 (pgd, router-pgd)")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"],
+                   help="threat model of every attack: linf (pgd, router-pgd, apgd-ce, "
+                        "apgd-dlr) or l2 (pgd, router-pgd); an attack not implemented in the "
+                        "norm is refused")
     p.add_argument("--eps", default="8/255", help="budget in [0, 1] pixel units, e.g. 8/255")
     p.add_argument("--step-size", default=None,
                    help="PGD step in pixel units (default: eps/4; APGD adapts its own)")

@@ -91,7 +91,8 @@ def _existing_study(args: argparse.Namespace):
     return load_study(open_storage(_storage_url(args), create=False), args.study)
 
 
-def _print_front(study, note: str = "", reference: str | None = None) -> None:
+def _print_front(study, note: str = "", reference: str | None = None,
+                 with_test: bool = False) -> None:
     from automoe.search import pareto_trials, study_objectives, trial_row
     from automoe.search.objectives import METRICS, parse_reference
     from automoe.search.pareto import front_hypervolume
@@ -103,7 +104,7 @@ def _print_front(study, note: str = "", reference: str | None = None) -> None:
     counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
                        if states.count(s))
     table = pareto_table(rows, names, f"Pareto front of {study.study_name!r} "
-                                      f"({len(states)} trials: {counts}{note})")
+                                      f"({len(states)} trials: {counts}{note})", with_test)
     hv, ref = front_hypervolume(study, parse_reference(reference, names) if reference else None)
     units = " x ".join(METRICS[n].label.split()[-1] for n in names)
     table.caption = (f"hypervolume {hv:,.6g} ({units}) against the reference "
@@ -168,22 +169,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     from automoe.search import (
         SearchSpace,
         TrialRunner,
+        check_study_name,
         create_or_resume_study,
         make_sampler,
         resolve_space_path,
         run_trials,
+        training_seed,
     )
     from automoe.storage import describe_url, open_storage
     from automoe.storage.study_db import parse_url
 
     _quiet_optuna(args)
     # Validate everything before the DB is touched, so bad input writes nothing.
-    space = SearchSpace.from_file(resolve_space_path(args.space)).with_dataset(args.dataset)
+    space = SearchSpace.from_file(resolve_space_path(args.space)).with_dataset(
+        args.dataset).with_repeats(args.repeats)
     n_trials = args.trials if args.trials is not None else space.trials
     if n_trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {n_trials}")
-    sampler = make_sampler(args.sampler or space.sampler["name"], args.seed,
-                           space.sampler["population_size"], space)
+    study_name = check_study_name(args.study or space.name)
+    sampler_name = args.sampler or space.sampler["name"]
+    make_sampler(sampler_name, args.seed, space.sampler["population_size"], space)  # validates
     url = _storage_url(args)
     parse_url(url)
     device = _device(args.device)
@@ -194,13 +199,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                          seed=args.seed, data_root=args.data_root, download=args.download,
                          resume_dir=_resume_dir(args))
     storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None)
-    study_name = args.study or space.name
-    study, resumed = create_or_resume_study(storage, study_name, space, sampler, args.seed)
+    # a resumed study keeps its seed: the sampler's is derived from it and the trial count
+    # (so a resume proposes new candidates), and training uses it as in every worker
+    study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, args.seed)
+    runner.seed = training_seed(study)
     if not args.quiet:
         what = "resuming" if resumed else "created"
         err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {describe_url(url)} "
                   f"({len(study.trials)} trials so far); space {space.source}, dataset "
-                  f"{space.dataset['name']}, sampler {args.sampler or space.sampler['name']}, "
+                  f"{space.dataset['name']}, sampler {sampler_name}, seed {runner.seed}, "
                   f"device {device}")
     with progress.progress:
         run_trials(study, runner, n_trials, callbacks=[progress.after_trial,
@@ -217,7 +224,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """
     import optuna
 
-    from automoe.search import TrialRunner, make_sampler, space_of_study
+    from automoe.search import TrialRunner, make_sampler, space_of_study, training_seed
     from automoe.storage import load_study, open_storage
 
     _quiet_optuna(args)
@@ -236,7 +243,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     done = len(study.get_trials(deepcopy=False, states=(complete,)))
     progress = _TrialProgress(args.quiet, max(args.until - done, 0))
     runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
-                         seed=_training_seed(study), data_root=args.data_root,
+                         seed=training_seed(study), data_root=args.data_root,
                          download=args.download, resume_dir=_resume_dir(args))
     if not args.quiet:
         err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {done} complete, "
@@ -289,11 +296,6 @@ def _should_start(study, until: int, poll_seconds: float = 1.0) -> bool:
         time.sleep(poll_seconds)
 
 
-def _training_seed(study) -> int:
-    """The study's base training seed: trial n trains with ``base + n`` in every worker."""
-    return int(study.user_attrs.get("seed", 0))
-
-
 def cmd_pareto(args: argparse.Namespace) -> int:
     """Show the Pareto-optimal feasible trials of a study on its objectives."""
     from automoe.search import pareto_trials, study_objectives, trial_row
@@ -308,7 +310,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     elif args.csv:
         _print_csv([trial_row(t, names) for t in pareto_trials(study)], names)
     else:
-        _print_front(study, reference=args.reference)
+        _print_front(study, reference=args.reference, with_test=args.with_test)
     return 0
 
 
@@ -507,11 +509,11 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         SearchSpace,
         TrialRunner,
         create_or_resume_study,
-        make_sampler,
         pareto_trials,
         resolve_space_path,
         run_trials,
         study_objectives,
+        training_seed,
     )
     from automoe.search.supernet import RECIPE_EPOCHS_FACTOR, Supernet
     from automoe.storage import open_storage
@@ -572,12 +574,12 @@ def cmd_supernet(args: argparse.Namespace) -> int:
             screen = replace(space, attack=replace(space.attack,
                                                    max_samples=args.attack_samples))
         study_name = args.study or f"{space.name}-supernet"
-        sampler = make_sampler(space.sampler["name"], args.seed, space.sampler["population_size"],
-                               space)
-        study, _ = create_or_resume_study(storage, study_name, space, sampler, args.seed)
+        study, _ = create_or_resume_study(storage, study_name, space, space.sampler["name"],
+                                          args.seed)
         study.set_user_attr("fidelity", "supernet")
         progress = _TrialProgress(args.quiet, args.trials)
-        runner = TrialRunner(screen, _artifact_store(args), device=device, seed=args.seed,
+        runner = TrialRunner(screen, _artifact_store(args), device=device,
+                             seed=training_seed(study),
                              data_root=args.data_root, download=args.download, supernet=net,
                              recalibration_batches=args.recal_batches, usage_plots=False)
         with progress.progress:
@@ -598,18 +600,17 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     if not front:
         raise ConfigError(f"study {source.study_name!r} has no complete sub-network yet")
     target_name = args.target_study or space.name
-    sampler = make_sampler(space.sampler["name"], args.seed, space.sampler["population_size"],
-                           space)
-    target, _ = create_or_resume_study(storage, target_name, space, sampler, args.seed)
+    target, _ = create_or_resume_study(storage, target_name, space, space.sampler["name"],
+                                       args.seed)
     before = len(target.trials)
     for trial in front:
         target.enqueue_trial(trial.params, user_attrs={
             "supernet_trial": {"study": source.study_name, "trial": trial.number,
                                "values": dict(zip(names, trial.values, strict=True))}})
     progress = _TrialProgress(args.quiet, len(front))
-    runner = TrialRunner(space, _artifact_store(args), device=device, seed=args.seed,
-                         data_root=args.data_root, download=args.download,
-                         resume_dir=_resume_dir(args))
+    runner = TrialRunner(space, _artifact_store(args), device=device,
+                         seed=training_seed(target), data_root=args.data_root,
+                         download=args.download, resume_dir=_resume_dir(args))
     with progress.progress:
         run_trials(target, runner, len(front), callbacks=[progress.after_trial])
     from rich.table import Table
@@ -808,6 +809,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from automoe.data import load_dataset
     from automoe.export import load, read_export_config
     from automoe.robustness import AttackConfig, attack_batch
+    from automoe.robustness.attacks import STRONG_ATTACKS
     from automoe.training import make_loader
 
     config = read_export_config(args.path)
@@ -821,10 +823,12 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_samples, len(dataset))))
     eps = _pixels(args.eps, "--eps")
     step = _pixels(args.step_size, "--step-size") if args.step_size else eps / 4
-    attacks = args.attack or ["pgd", "router-pgd", "apgd-ce", "apgd-dlr"]
-    configs = [AttackConfig(attack=a, norm=args.norm if a in ("pgd", "router-pgd") else "linf",
-                            eps=eps, step_size=step, steps=args.steps, restarts=args.restarts)
-               for a in attacks]
+    if args.norm not in STRONG_ATTACKS:
+        raise ConfigError(f"--norm must be one of {', '.join(STRONG_ATTACKS)}, got {args.norm!r}")
+    # every attack runs in the asked norm, so the worst case is over one threat model
+    attacks = args.attack or list(STRONG_ATTACKS[args.norm])
+    configs = [AttackConfig(attack=a, norm=args.norm, eps=eps, step_size=step,
+                            steps=args.steps, restarts=args.restarts) for a in attacks]
     robust = {c.attack: [] for c in configs}
     clean = []
     generator = torch.Generator(device=device).manual_seed(0)

@@ -45,15 +45,25 @@ def expert_use(row: dict) -> str:
     return f"{use:.2f}" + (" collapsed" if use < COLLAPSED_BELOW else "")
 
 
-def pareto_table(rows: list[dict], names, title: str) -> Table:
-    """Front rows: the objectives (in the study's order), then what else describes them."""
+def _with_std(metric, value: float, std: float | None) -> str:
+    """A value, with `± std` over seeds where the trial was trained with several."""
+    return metric.format(value) + ("" if std is None else f" ± {metric.format(std)}")
+
+
+def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -> Table:
+    """Front rows: the objectives (in the study's order), then what else describes them.
+
+    Test accuracy is left out unless ``with_test``: the front is chosen on validation, and
+    a test column next to it invites picking on the test split.
+    """
     from automoe.search.objectives import METRICS
 
     table = Table(title=title, title_justify="left")
     columns = [("trial", "right"), *((METRICS[n].label, "right") for n in names)]
     extra = [m for m in ("val_accuracy", "robust_accuracy", "mmacs") if m not in names]
     columns += [(METRICS[m].label, "right") for m in extra]
-    columns += [("test %", "right"), ("params", "right"), ("architecture", "left"),
+    columns += [("test %", "right")] if with_test else []
+    columns += [("params", "right"), ("architecture", "left"),
                 ("expert use", "right"), ("lr", "right"), ("epochs", "right")]
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
@@ -62,9 +72,11 @@ def pareto_table(rows: list[dict], names, title: str) -> Table:
         metrics = row.get("metrics", {})
         table.add_row(
             str(row["trial"]),
-            *(METRICS[n].format(row["values"][n]) for n in names),
+            *(_with_std(METRICS[n], row["values"][n], (row.get("std") or {}).get(n))
+              for n in names),
             *(METRICS[m].format(metrics.get(m)) for m in extra),
-            "-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}",
+            *(["-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}"]
+              if with_test else []),
             f"{(row.get('params') or 0) / 1e3:.0f}K",
             architecture(row),
             expert_use(row),

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from automoe.errors import InputShapeError
 from automoe.layers import (
     ChannelGatedConv2d,
     CondConv2d,
@@ -120,7 +121,21 @@ class MoENet(nn.Module):
             if isinstance(m, MoEBlock) and m.expert_init == "shared":
                 m.share_initialisation()
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuses an input the model was not built for: a model trained at 16x16 answers
+        an 8x8 batch at chance, without any error, since global pooling takes any size."""
+        size = self.config.image_size
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels or tuple(x.shape[2:]) != (
+                size, size):
+            raise InputShapeError(
+                f"input of shape {tuple(x.shape)}, but the model was built for (B, "
+                f"{self.config.in_channels}, {size}, {size}) images: resize the data to "
+                f"{size}x{size} with {self.config.in_channels} channel(s)")
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # traced and compiled graphs are specialised to the shapes they were built with
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            self.check_input(x)
         x = (x - self.input_mean) / self.input_std  # (B, C, H, W), normalised
         context = None
         self._embedding_logits = None

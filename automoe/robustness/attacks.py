@@ -30,6 +30,11 @@ from automoe.layers import MoEModule
 
 ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd")
 NORMS = ("linf", "l2")
+# norm -> the attacks implemented in it (FGSM and our APGD are L-inf only)
+ATTACKS_BY_NORM = {"linf": ATTACKS, "l2": ("pgd", "router-pgd")}
+# what a strong evaluation runs by default, per norm
+STRONG_ATTACKS = {"linf": ("pgd", "router-pgd", "apgd-ce", "apgd-dlr"),
+                  "l2": ("pgd", "router-pgd")}
 
 
 @dataclass
@@ -53,8 +58,9 @@ class AttackConfig:
             raise ConfigError(f"attack must be one of {ATTACKS}, got {self.attack!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.norm == "l2" and self.attack in ("fgsm", "apgd-ce", "apgd-dlr"):
-            raise ConfigError(f"{self.attack} is implemented for the linf norm only")
+        if self.attack not in ATTACKS_BY_NORM[self.norm]:
+            raise ConfigError(f"{self.attack} is not implemented for the {self.norm} norm; "
+                              f"{self.norm} attacks: {', '.join(ATTACKS_BY_NORM[self.norm])}")
         if self.eps < 0 or self.step_size < 0:
             raise ConfigError(f"eps and step_size must be >= 0, got {self.eps}, {self.step_size}")
         if self.steps < 0 or self.restarts < 1:

@@ -14,11 +14,14 @@ from automoe.search.space import (
     resolve_space_path,
 )
 from automoe.search.study import (
+    check_study_name,
     create_or_resume_study,
     make_sampler,
     run_trials,
+    sampler_seed,
     space_of_study,
     study_objectives,
+    training_seed,
 )
 
 __all__ = [
@@ -31,12 +34,15 @@ __all__ = [
     "SearchSpace",
     "TrialRunner",
     "build_model",
+    "check_study_name",
     "create_or_resume_study",
     "make_sampler",
     "pareto_trials",
     "resolve_space_path",
     "run_trials",
+    "sampler_seed",
     "space_of_study",
     "study_objectives",
+    "training_seed",
     "trial_row",
 ]

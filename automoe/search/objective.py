@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+import statistics
 import tempfile
 import time
 import warnings
@@ -25,6 +26,7 @@ from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
 from automoe.search.objectives import minimised
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
+from automoe.search.study import study_folder_name
 from automoe.storage import save_checkpoint, sha256_file
 from automoe.training import TrainResult, evaluate_accuracy, train
 
@@ -109,8 +111,8 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", f"invalid candidate: {exc}")
             return failed
         origin = _origin_trial(trial)
-        seed = self.seed + origin
-        candidate.train = replace(candidate.train, seed=seed)
+        seeds = repeat_seeds(self.seed + origin, self.space.repeats)
+        candidate.train = replace(candidate.train, seed=seeds[0])
         trial.set_user_attr("config", candidate.to_dict())
         model_cfg = candidate.model
         trial.set_user_attr("architecture", {
@@ -124,12 +126,8 @@ class TrialRunner:
         trial.set_user_attr("dataset", self.data_spec())
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
                                        "device": str(self.device)})
-        torch.manual_seed(seed)
-        if self.supernet is not None:  # inherited weights instead of training
-            model = self._inherit(trial, candidate)
-        else:
-            model = build_model(candidate, self.info)
-        trial.set_user_attr("params", count_params(model))
+        if self.supernet is not None:
+            trial.set_user_attr("fidelity", "supernet")
 
         # Only a retry of a dead worker's trial resumes, and only from a state saved for
         # the same candidate; the state goes however the trial ends, except by SIGKILL.
@@ -139,16 +137,83 @@ class TrialRunner:
             resume = _load_resume(resume_path, key) if origin != trial.number else None
             if resume is not None:
                 trial.set_user_attr("resumed_from", {"trial": origin,
-                                                     "epochs_done": resume["epochs_done"]})
-            return self._train_and_measure(trial, candidate, model, resume, resume_path, key)
+                                                     "epochs_done": resume["epochs_done"],
+                                                     "repeat": resume.get("repeat", 0)})
+            return self._train_and_measure(trial, candidate, seeds, resume, resume_path, key)
         finally:
             _remove(resume_path)
 
-    def _train_and_measure(self, trial: optuna.Trial, candidate: Candidate, model,
+    def _train_and_measure(self, trial: optuna.Trial, candidate: Candidate, seeds: list[int],
                            resume: dict | None, resume_path: Path | None,
                            key: str) -> tuple[float, ...]:
+        """Train and measure the candidate once per seed; its values are the means.
+
+        The last seed's model is the trial's: its checkpoint, learning curve and router
+        health are stored (the last one, so a trial resumed after its worker died still
+        has it in memory). Successive halving judges the trial on the first seed at the
+        rungs; the other seeds run only for a trial that passed them all.
+        """
         failed = tuple(float("nan") for _ in self.space.objectives)
-        rungs = set(self.space.rungs())
+        finished: list[dict] = list(resume.get("finished", [])) if resume else []
+        train_seconds = eval_seconds = 0.0
+        for repeat, seed in enumerate(seeds):
+            if repeat < len(finished):
+                continue  # measured before the worker died
+            run = replace(candidate, train=replace(candidate.train, seed=seed))
+            torch.manual_seed(seed)
+            model = (self._inherit(trial, run) if self.supernet is not None
+                     else build_model(run, self.info))
+            trial.set_user_attr("params", count_params(model))
+            state = resume if resume is not None and resume.get("repeat", 0) == repeat else None
+            try:
+                metrics, usage, result, seconds = self._one_seed(
+                    trial, run, model, repeat, finished, state, resume_path, key)
+            except TrainingDivergedError as exc:
+                note = f" (seed {seed}, repeat {repeat + 1} of {len(seeds)})" if repeat else ""
+                trial.set_user_attr("fail_reason", f"{exc}{note}")
+                return failed  # Optuna stores a NaN-valued trial as FAIL
+            train_seconds += result.seconds
+            eval_seconds += seconds
+            finished.append({"seed": seed, **metrics})
+        own_metrics = metrics  # the last seed's, stored with its checkpoint
+        metrics = _mean_metrics(finished)
+        if len(seeds) > 1:
+            trial.set_user_attr("repeats", finished)
+            trial.set_user_attr("objective_std", {
+                name: statistics.stdev(r[name] for r in finished)
+                for name in self.space.objectives})
+
+        # The objective values again, under names the dashboard shows beside the config.
+        for name, value in metrics.items():
+            trial.set_user_attr(name, value)
+        if "robust_accuracy" in metrics:
+            trial.set_user_attr("attack", {**self.space.attack.to_dict(), "split": "val"})
+        health = usage.health()
+        if health:  # router health of the val pass; see automoe.layers.RouterHealth
+            trial.set_user_attr("router_health", {name: h.to_dict()
+                                                  for name, h in health.items()})
+        trial.set_user_attr("expert_usage", usage.counts())
+        if usage.assignments:
+            trial.set_user_attr("expert_class_usage",
+                                usage.per_class(self.val_labels, self.info.num_classes))
+        trial.set_user_attr("history", result.history)
+        trial.set_user_attr("train_seconds", round(train_seconds, 3))
+        trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
+        self._store_checkpoint(trial, model, run, own_metrics)
+        violations = self._violations({**metrics, "params": trial.user_attrs["params"]})
+        if violations:
+            for name, value in violations.items():
+                trial.set_constraint(name, value)
+            # mirrored in user attrs: optuna-dashboard 0.21 does not show v5 constraints
+            trial.set_user_attr("constraints", violations)
+            trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
+        return tuple(metrics[name] for name in self.space.objectives)
+
+    def _one_seed(self, trial: optuna.Trial, candidate: Candidate, model, repeat: int,
+                  finished: list[dict], resume: dict | None, resume_path: Path | None,
+                  key: str):
+        """Train (or inherit) and measure one seed: ``(metrics, usage, result, eval s)``."""
+        rungs = set(self.space.rungs()) if repeat == 0 else set()
         eval_seconds = 0.0
 
         def on_step(step: int, total: int) -> None:
@@ -157,8 +222,10 @@ class TrialRunner:
 
         def on_epoch(epoch: int, progress, state) -> None:
             nonlocal eval_seconds
-            if resume_path is not None and epoch < candidate.train.epochs:
-                _save_resume(resume_path, {**state(), "candidate": key})
+            if resume_path is not None and (epoch < candidate.train.epochs
+                                            or repeat + 1 < self.space.repeats):
+                _save_resume(resume_path, {**state(), "candidate": key, "repeat": repeat,
+                                           "finished": finished})
             if epoch not in rungs:
                 return
             start = time.perf_counter()
@@ -176,9 +243,6 @@ class TrialRunner:
             else:
                 result = train(model, self.train_set, candidate.train, self.device,
                                on_step=on_step, on_epoch=on_epoch, resume=resume)
-        except TrainingDivergedError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            return failed  # Optuna stores a NaN-valued trial as FAIL
         except _Pruned as exc:
             trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
             trial.set_user_attr("prune_reason", str(exc))
@@ -190,41 +254,16 @@ class TrialRunner:
         metrics = self._measure(trial, model, val_accuracy)
         metrics["test_accuracy"] = 100 * evaluate_accuracy(model, self.test_set, batch,
                                                            self.device)
-        eval_seconds += time.perf_counter() - start
         health = usage.health()
-        if health:  # router health of the val pass; see automoe.layers.RouterHealth
-            trial.set_user_attr("router_health", {name: h.to_dict()
-                                                  for name, h in health.items()})
+        if health:
             metrics["expert_use"] = expert_use(health)
-
-        # The objective values again, under names the dashboard shows beside the config.
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        if "robust_accuracy" in metrics:
-            trial.set_user_attr("attack", {**self.space.attack.to_dict(), "split": "val"})
-        trial.set_user_attr("expert_usage", usage.counts())
-        if usage.assignments:
-            trial.set_user_attr("expert_class_usage",
-                                usage.per_class(self.val_labels, self.info.num_classes))
-        trial.set_user_attr("history", result.history)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
-        self._store_checkpoint(trial, model, candidate, metrics)
-        violations = self._violations({**metrics, "params": trial.user_attrs["params"]})
-        if violations:
-            for key, value in violations.items():
-                trial.set_constraint(key, value)
-            # mirrored in user attrs: optuna-dashboard 0.21 does not show v5 constraints
-            trial.set_user_attr("constraints", violations)
-            trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
-        return tuple(metrics[name] for name in self.space.objectives)
+        return metrics, usage, result, eval_seconds + time.perf_counter() - start
 
     def _inherit(self, trial: optuna.Trial, candidate: Candidate):
         """The candidate's sub-network of the supernet, BatchNorm recalibrated."""
         from automoe.search.supernet import recalibrate_batchnorm
 
         spec = self.supernet.spec_for(candidate.model)
-        trial.set_user_attr("fidelity", "supernet")
         trial.set_user_attr("subnet", {"placement": spec.placement, "experts": spec.experts,
                                        "top_k": spec.top_k, "width_multiplier": spec.width})
         model = self.supernet.extract(spec)
@@ -294,7 +333,7 @@ class TrialRunner:
     def _resume_path(self, trial: optuna.Trial, origin: int) -> Path | None:
         if self.resume_dir is None:
             return None
-        return self.resume_dir / trial.study.study_name / f"trial-{origin}.pt"
+        return self.resume_dir / study_folder_name(trial.study.study_name) / f"trial-{origin}.pt"
 
     def _store_checkpoint(self, trial: optuna.Trial, model, candidate: Candidate,
                           metrics: dict) -> None:
@@ -326,6 +365,19 @@ class TrialRunner:
                                         "(experts x classes)").savefig(figure, dpi=100)
                 upload_artifact(artifact_store=self.artifact_store, file_path=str(figure),
                                 study_or_trial=trial, mimetype="image/png")
+
+
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    """The training seeds of a candidate trained ``repeats`` times: ``seed`` first (the
+    seed of a single run), then seeds far from every other trial's ``base + n``."""
+    return [seed + 1_000_003 * r for r in range(repeats)]
+
+
+def _mean_metrics(runs: list[dict]) -> dict[str, float]:
+    """Per metric, the mean over the runs that measured it (dense nets have no expert use)."""
+    names = [k for k in runs[0] if k != "seed"]
+    return {name: statistics.fmean(r[name] for r in runs if r.get(name) is not None)
+            for name in names if any(r.get(name) is not None for r in runs)}
 
 
 def _origin_trial(trial: optuna.Trial) -> int:

@@ -9,6 +9,12 @@ from automoe.search.objectives import METRICS, minimised
 from automoe.search.study import study_objectives
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether every constraint of the trial holds (Optuna 5: a dict of values, feasible
+    when each is <= 0; a trial of an unconstrained study is feasible)."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Non-dominated feasible complete trials, best in the first objective first."""
     names = study_objectives(study)
@@ -33,6 +39,9 @@ def trial_row(trial: FrozenTrial, names) -> dict:
         "top_k": model.get("top_k"),
         "config": config,
         "router_health": attrs.get("router_health"),
+        # with evaluation.repeats > 1: values are means over seeds; their std and each seed's
+        "std": attrs.get("objective_std"),
+        "repeats": attrs.get("repeats"),
         "feasible": attrs.get("feasible", True),
         "has_checkpoint": "checkpoint" in attrs,
     }

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automoe.errors import AutomoeError
 from automoe.search.hypervolume import study_hypervolume
 from automoe.search.objectives import METRICS, default_reference
-from automoe.search.pareto import pareto_trials
+from automoe.search.pareto import is_feasible, pareto_trials
 from automoe.search.study import study_objectives
 
 PLOTS = ("pareto", "history", "importance", "curves", "usage")
@@ -105,7 +105,8 @@ def _pareto(study, html: bool):
         scatter = ax.scatter(
             [t.values[x_index] for t in group], [t.values[y_index] for t in group],
             c=[t.values[c_index] for t in group] if c_index is not None else None,
-            cmap="viridis", vmin=min((t.values[c_index] for t in complete), default=0)
+            cmap="viridis" if c_index is not None else None,
+            vmin=min((t.values[c_index] for t in complete), default=0)
             if c_index is not None else None,
             vmax=max((t.values[c_index] for t in complete), default=1)
             if c_index is not None else None,
@@ -130,7 +131,7 @@ def hypervolume_history(study, reference=None) -> list[tuple[int, float]]:
     names = study_objectives(study)
     complete = sorted((t for t in study.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE,)) if t.values is not None), key=lambda t: t.number)
-    feasible = [t for t in complete if all(c <= 0 for c in (t.constraints or []))]
+    feasible = [t for t in complete if is_feasible(t)]
     reference = reference or default_reference(names, [tuple(t.values) for t in complete])
     history, seen = [], []
     for t in complete:

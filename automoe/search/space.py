@@ -9,7 +9,7 @@ A space file::
     params:                       # searched (mapping) or fixed (plain value) parameters
       placement: {choices: [none, last_stage, all]}
       experts: {low: 2, high: 8, step: 2}
-      top_k: {low: 1, high: 2}    # capped at the sampled experts: k <= E by construction
+      top_k: {low: 1, high: 2}    # built as min(top_k, experts): k <= E by construction
       balance_weight: {low: 1.0e-3, high: 1.0, log: true}
       lr: {low: 0.01, high: 0.2, log: true}
       epochs: 6
@@ -19,14 +19,17 @@ A space file::
       batch_size: 256
       attack: {eps: 8/255, step_size: 2/255, steps: 10, max_samples: 360}
       latency: {batch_size: 1, repeats: 20}  # only used when latency_ms is measured
+      repeats: 1                  # seeds per candidate; objectives are the means over them
     constraints: {mmacs_max: 2.5}  # feasible trials only on the front (also params_max, ...)
     sampler: {name: nsga2, population_size: 8}
     fidelity: {min_epochs: 2, reduction_factor: 3}  # successive halving on epochs (optional)
 
 A searched parameter is ``{choices: [...]}`` (categorical) or ``{low, high[, step][, log]}``
 (int when the parameter is an integer, else float). Values may be written as fractions
-(``8/255``). When the sampled placement puts no block in MoE form, the MoE parameters are
-not sampled at all.
+(``8/255``). Every searched parameter is sampled in every trial from the one distribution
+declared here (so evolutionary samplers can evolve it); when the sampled placement puts no
+block in MoE form, the MoE parameters are recorded as unused, and a ``top_k`` above the
+sampled ``experts`` builds ``top_k = experts``.
 
 Objectives are any of :data:`automoe.search.objectives.METRICS` (val_accuracy,
 robust_accuracy, mmacs, mparams, latency_ms); each has its one sensible direction.
@@ -41,7 +44,6 @@ import json
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,10 +148,13 @@ class Candidate:
     model: dict  # model-config fields (dataset fields are filled in later)
     train: TrainConfig
     params: dict = field(default_factory=dict)  # the sampled values, by space name
+    # sampled parameters the built model does not use (MoE parameters of a dense placement)
+    unused: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"model_name": self.model_name, "model": self.model,
-                "train": self.train.to_dict(), "params": self.params}
+                "train": self.train.to_dict(), "params": self.params,
+                "unused": list(self.unused)}
 
 
 @dataclass
@@ -170,6 +175,8 @@ class SearchSpace:
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # metric names, in the study's order
     latency: dict = field(default_factory=lambda: dict(_LATENCY_DEFAULTS))  # how it is timed
     fidelity: dict | None = None  # {"min_epochs", "reduction_factor"}: successive halving
+    # seeds each candidate is trained with; its objective values are the means over them
+    repeats: int = 1
     raw: dict = field(default_factory=dict)  # the mapping it was read from (workers rebuild it)
     description: str = ""  # one line for `automoe spaces`
     source: str = "<dict>"  # file the space came from, for messages
@@ -249,8 +256,12 @@ class SearchSpace:
 
         evaluation = _mapping(raw.get("evaluation", {}), "evaluation", fail)
         for key in evaluation:
-            if key not in ("batch_size", "attack", "latency"):
-                fail(f"evaluation.{key}", "unknown key; expected batch_size, attack, latency")
+            if key not in ("batch_size", "attack", "latency", "repeats"):
+                fail(f"evaluation.{key}", "unknown key; expected batch_size, attack, latency, "
+                     "repeats")
+        repeats = evaluation.get("repeats", 1)
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            fail("evaluation.repeats", f"must be a positive integer, got {repeats!r}")
         eval_batch_size = evaluation.get("batch_size", 256)
         if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
             fail("evaluation.batch_size", f"must be a positive integer, got {eval_batch_size!r}")
@@ -326,7 +337,7 @@ class SearchSpace:
                     model_fixed=model, dimensions=dimensions, fixed=fixed,
                     eval_batch_size=eval_batch_size, attack=attack, sampler=sampler,
                     constraints=constraints, objectives=objectives, latency=latency,
-                    fidelity=fidelity,
+                    fidelity=fidelity, repeats=repeats,
                     description=description, source=source,
                     raw=copy.deepcopy(raw))
         space._check_consistency(fail)
@@ -388,28 +399,19 @@ class SearchSpace:
     # --------------------------------------------------------------- sampling
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
-        """Sample a candidate; ``top_k`` is drawn from ``[low, min(high, experts)]``."""
+        """Sample a candidate.
+
+        Every searched parameter is drawn from its one declared distribution in every
+        trial, whatever else was drawn: Optuna's evolutionary samplers (NSGA-II/III) cross
+        over only the parameters whose distribution is the same in all trials, so a range
+        that depended on another draw (top_k up to the sampled experts), or a parameter
+        skipped for dense placements, would never evolve. The built model is valid anyway:
+        ``top_k`` is capped at the sampled experts, and MoE parameters of a dense
+        placement are recorded as unused (:attr:`Candidate.unused`).
+        """
         values: dict[str, Any] = {}
-        order = list(self.dimensions)
-        # placement first (it decides whether MoE parameters exist), experts before top_k.
-        order.sort(key=lambda n: {"placement": 0, "experts": 1, "top_k": 2}.get(n, 3))
-        for name in order:
-            dim = self.dimensions[name]
-            if name in MOE_PARAMS and not self._is_moe(values):
-                continue
-            if name == "top_k":
-                experts = values.get("experts", self.fixed.get("experts",
-                                                               MoENetConfig.num_experts))
-                high = min(dim.high, experts)
-                # keep the grid of `step` while capping at the number of experts
-                step = dim.step or 1
-                high = dim.low + ((high - dim.low) // step) * step
-                # the grid sampler proposes its grid values even out of this range (with a
-                # warning): cap them, so a grid over experts x top_k never builds k > E
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*out of range of the parameter")
-                    values[name] = min(trial.suggest_int(name, dim.low, high, step=step), high)
-            elif dim.kind == "categorical":
+        for name, dim in self.dimensions.items():
+            if dim.kind == "categorical":
                 values[name] = trial.suggest_categorical(name, list(dim.choices))
             elif dim.kind == "int":
                 values[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step or 1,
@@ -445,20 +447,27 @@ class SearchSpace:
         model = dict(self.model_fixed)
         train_kwargs: dict[str, Any] = {}
         is_moe = self._is_moe(values)
+        unused = []
         for name, value in values.items():
             target, field_name, _ = PARAMS[name]
             if name in MOE_PARAMS and not is_moe:
+                unused.append(name)
                 continue
             (model if target == "model" else train_kwargs)[field_name] = value
         if not is_moe:  # a dense net: record it as one expert, top-1
             model.update(num_experts=1, top_k=1)
+        elif "top_k" in values:
+            # k <= E by construction: a k drawn above the drawn experts builds k = E
+            experts = model.get("num_experts", MoENetConfig.num_experts)
+            model["top_k"] = min(model["top_k"], experts)
         config = default_config(self.model_name, **model)  # validates every model field
         train = TrainConfig(**train_kwargs)
         if train.scheme == "advmoe" and (not is_moe or config.granularity == "channel"):
             raise ConfigError("the advmoe scheme needs routed experts: a placement with MoE "
                               "units and granularity conv, pathway or block")
-        return Candidate(self.model_name, model, train,
-                         dict(sampled if sampled is not None else values))
+        sampled = dict(sampled if sampled is not None else values)
+        return Candidate(self.model_name, model, train, sampled,
+                         unused=tuple(n for n in unused if n in sampled))
 
     # ------------------------------------------------------------- identity
 
@@ -469,7 +478,9 @@ class SearchSpace:
             "model": {"name": self.model_name, **self.model_fixed},
             "params": {**{k: _jsonable(v) for k, v in self.fixed.items()},
                        **{k: _dim_dict(d) for k, d in self.dimensions.items()}},
-            "evaluation": {"batch_size": self.eval_batch_size, "attack": self.attack.to_dict()},
+            "evaluation": {"batch_size": self.eval_batch_size, "attack": self.attack.to_dict(),
+                           # one seed leaves the fingerprint of older studies unchanged
+                           **({"repeats": self.repeats} if self.repeats > 1 else {})},
             "constraints": self.constraints,
             "objectives": list(self.objectives),
             **({"latency": self.latency} if "latency_ms" in self.measured_metrics() else {}),
@@ -498,6 +509,17 @@ class SearchSpace:
         """
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_repeats(self, repeats: int | None) -> SearchSpace:
+        """A copy training each candidate with ``repeats`` seeds (``--repeats``)."""
+        if repeats is None:
+            return self
+        if repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+        space = copy.deepcopy(self)
+        space.repeats = repeats
+        space.raw["evaluation"] = {**(space.raw.get("evaluation") or {}), "repeats": repeats}
+        return space
 
     def with_dataset(self, name: str | None) -> SearchSpace:
         """A copy using another dataset (``--dataset``)."""

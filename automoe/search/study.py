@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import optuna
 
 from automoe.errors import ConfigError, StorageError
@@ -42,22 +45,71 @@ def make_sampler(name: str, seed: int, population_size: int = 8,
     raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
+# Study names become folder names (per-trial resume states): one plain path component.
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it is a valid study name, else a :class:`ConfigError` saying why."""
+    if not _STUDY_NAME.match(name) or ".." in name:
+        raise ConfigError(f"study name {name!r}: use letters, digits, '.', '_' and '-' (at "
+                          "most 128, starting with a letter or digit, no '..')")
+    return name
+
+
+def study_folder_name(name: str) -> str:
+    """A folder name for the study's files: the name itself where it is valid, else (a
+    study created by other tools) a hash of it, so no name can point outside the folder."""
+    try:
+        return check_study_name(name)
+    except ConfigError:
+        return "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def sampler_seed(base_seed: int, trials_so_far: int) -> int:
+    """The sampler seed of a run that starts when the study holds ``trials_so_far`` trials.
+
+    A fresh study samples with its own seed. A resumed one must not restart that random
+    stream, or its first proposals repeat the first run's; so each start point gets its
+    own seed, derived from the study's seed and its trial count (reproducible, and
+    different for every resume).
+    """
+    if trials_so_far == 0:
+        return base_seed
+    return int(np.random.SeedSequence([base_seed, trials_so_far]).generate_state(1)[0])
+
+
+def training_seed(study: optuna.Study) -> int:
+    """The study's base training seed: trial n trains with ``base + n`` in every run and
+    every worker, whatever seed a later run was started with."""
+    return int(study.user_attrs.get("seed", 0))
+
+
 def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str,
-                           space: SearchSpace, sampler: optuna.samplers.BaseSampler,
+                           space: SearchSpace, sampler: optuna.samplers.BaseSampler | str,
                            seed: int = 0) -> tuple[optuna.Study, bool]:
     """Create the study, or resume it if it exists with the same space.
+
+    Args:
+        sampler: a sampler, or a sampler name (:data:`SAMPLERS`) to build one seeded by
+            :func:`sampler_seed` from the study's stored seed and trial count, so that a
+            resumed run proposes new candidates.
+        seed: the study's seed, stored when it is created; a resumed study keeps the seed
+            it was created with.
 
     Returns:
         ``(study, resumed)``.
 
     Raises:
+        ConfigError: the name is not a valid study name (:func:`check_study_name`).
         StorageError: the study exists but was created from a different space (nothing is
             written in that case).
     """
+    check_study_name(study_name)
     names = {s.study_name for s in storage.get_all_studies()}
     fingerprint = space.fingerprint()
     if study_name in names:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=study_name, storage=storage)
         stored = study.user_attrs.get("space_fingerprint")
         if stored != fingerprint:
             raise StorageError(
@@ -66,8 +118,10 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
         if study_objectives(study) != space.objectives:
             raise StorageError(f"study {study_name!r} optimises {study_objectives(study)}, "
                                f"the space {space.objectives}")
+        study.sampler = _sampler(sampler, training_seed(study), len(study.trials), space)
         return study, True
-    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+    study = optuna.create_study(storage=storage, study_name=study_name,
+                                sampler=_sampler(sampler, seed, 0, space),
                                 directions=directions(space.objectives))
     with warnings.catch_warnings():  # "experimental since v3.2" is noise in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -77,6 +131,14 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
     study.set_user_attr("space_raw", space.raw)  # what `automoe worker` rebuilds the space from
     study.set_user_attr("seed", seed)  # base training seed: trial n trains with seed + n
     return study, False
+
+
+def _sampler(sampler: optuna.samplers.BaseSampler | str, base_seed: int, trials_so_far: int,
+             space: SearchSpace) -> optuna.samplers.BaseSampler:
+    if not isinstance(sampler, str):
+        return sampler
+    return make_sampler(sampler, sampler_seed(base_seed, trials_so_far),
+                        space.sampler["population_size"], space)
 
 
 def study_objectives(study: optuna.Study) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ TOP_K_OVER = "name: x\nparams:\n  experts: 2\n  top_k: 3\n"
     ({}, ["search", "--space", "tiny.yaml", "--dataset", "cifar10", "--data-root", "nope"],
      "is not a directory"),
     ({}, ["search", "--space", "missing.yaml"], "does not exist"),
+    ({}, ["search", "--space", "tiny.yaml", "--study", "../../x"], "study name '../../x'"),
     ({}, ["search", "--space", "tiny.yaml", "--device", "cuda:0"], "no CUDA device"),
     ({}, ["pareto"], "no study database"),
     ({}, ["eval", "nowhere"], "is not an exported model"),

@@ -66,6 +66,16 @@ def test_search_pareto_export_eval(workdir):
     assert report["samples"] == 64 and len(accuracy) == 4
     worst = accuracy.pop("worst case over the attacks")
     assert all(worst <= v <= accuracy["clean"] for v in accuracy.values())
+    # --norm l2: every attack of the worst case runs in L2; an L-inf-only attack is refused
+    exported = str(workdir / f"export-{rows[0]['trial']}")
+    l2 = json.loads(run_cli("robustness", exported, "--norm", "l2", "--eps", "0.5",
+                            "--steps", "2", "--max-samples", "32", "--json", cwd=workdir,
+                            check=0).stdout)["accuracy"]
+    assert sorted(l2) == ["clean", "pgd l2 eps=0.5, 2 steps", "router-pgd l2 eps=0.5, 2 steps",
+                          "worst case over the attacks"], sorted(l2)
+    refused = run_cli("robustness", exported, "--norm", "l2", "--attack", "apgd-ce",
+                      cwd=workdir, check=1)
+    assert "apgd-ce is not implemented for the l2 norm" in refused.stderr
 
     # the exported model loads back through the public API alone
     import torch
@@ -83,10 +93,15 @@ def test_resume_adds_trials_and_refuses_another_space(workdir):
     db = f"sqlite:///{workdir / 'r.db'}"
     run_cli("search", "--space", "tiny.yaml", "--storage", db, "--trials", "2", "-q",
             cwd=workdir, check=0)
+    # a resume started with another --seed keeps the study's seed for training, and its
+    # sampler does not restart the first run's random stream
     run_cli("search", "--space", "tiny.yaml", "--storage", db, "--trials", "1", "-q",
-            cwd=workdir, check=0)
+            "--seed", "7", cwd=workdir, check=0)
     storage = open_storage(db)
-    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 3
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert len(trials) == 3
+    assert [t.user_attrs["config"]["train"]["seed"] for t in trials] == [0, 1, 2]
+    assert trials[2].params not in [t.params for t in trials[:2]]
 
     (workdir / "other.yaml").write_text((workdir / "tiny.yaml").read_text().replace(
         "epochs: 1", "epochs: 2"))

@@ -41,6 +41,9 @@ def test_status_studies_and_csv(study_dir):
     front = json.loads(run_cli("pareto", "--json", cwd=study_dir, check=0).stdout)
     assert [int(r["trial"]) for r in rows] == [r["trial"] for r in front]
     assert {"val_accuracy", "mmacs", "robust_accuracy", "test_accuracy", "experts"} <= set(rows[0])
+    # the table shows the test split only when asked: selection is on validation
+    assert "test %" not in run_cli("pareto", cwd=study_dir, check=0).stdout
+    assert "test %" in run_cli("pareto", "--with-test", cwd=study_dir, check=0).stdout
 
 
 def test_retention_keeps_front_checkpoints_only(study_dir):
@@ -64,7 +67,13 @@ def test_retention_keeps_front_checkpoints_only(study_dir):
                                          ("curves", "html"), ("usage", "png")])
 def test_plots(study_dir, kind, suffix):
     out = study_dir / "plots" / f"{kind}.{suffix}"
-    run_cli("plot", kind, "--out", str(out), cwd=study_dir, check=0)
+    extra = []
+    if kind == "usage":  # a routed trial's usage (the front may hold dense trials only)
+        routed = [t.number for t in _study(study_dir).get_trials(
+            states=(optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("expert_class_usage")]
+        assert routed
+        extra = ["--trial", str(routed[0])]
+    run_cli("plot", kind, "--out", str(out), *extra, cwd=study_dir, check=0)
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") if suffix == "png" else len(data) > 1000
     assert not list(out.parent.glob(".*tmp*"))

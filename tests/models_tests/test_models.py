@@ -195,3 +195,15 @@ def test_registry_rejects_duplicates_and_filters():
 
     with pytest.raises(ValueError, match="already registered"):
         register_model(resnet8)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 3, 16, 16), (2, 1, 16, 12), (1, 16, 16)])
+def test_a_model_refuses_inputs_it_was_not_built_for(shape):
+    from automoe.errors import InputShapeError
+
+    model = create_model("resnet8", in_channels=1, image_size=16, placement="last_stage",
+                         num_experts=2, width_multiplier=0.25).eval()
+    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)
+    with pytest.raises(InputShapeError, match=r"built for \(B, 1, 16, 16\)") as error:
+        model(torch.rand(*shape))
+    assert str(tuple(shape)) in str(error.value)

@@ -5,7 +5,7 @@ from automoe.data import load_dataset
 from automoe.errors import ConfigError
 from automoe.models import create_model
 from automoe.robustness import AttackConfig, Normalized, attack_batch, dlr_loss, robust_accuracy
-from automoe.training import TrainConfig, evaluate_accuracy, train
+from automoe.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,44 @@ def test_attacks_stay_in_the_ball_and_the_pixel_range(trained, cfg):
         assert (model(adv).argmax(1) == y).float().mean() < (model(x).argmax(1) == y).float().mean()
 
 
+@pytest.fixture(scope="module")
+def trained_st_top1():
+    """A model whose routing decision gets no gradient at all (straight-through top-1)."""
+    torch.manual_seed(0)
+    train_set = load_dataset("digits", "train")
+    info = train_set.info
+    model = create_model("resnet8", in_channels=1, num_classes=10, image_size=8,
+                         input_mean=info.mean, input_std=info.std, placement="last_stage",
+                         num_experts=4, top_k=1, width_multiplier=0.5, gate="st_top1")
+    train(model, train_set, TrainConfig(epochs=4, lr=0.1))
+    return model.eval(), load_dataset("digits", "val")
+
+
+def _noise_accuracy(model, dataset, eps: float) -> float:
+    """Accuracy under uniform random noise in the same L-inf ball: what an attack whose
+    gradients are masked (zero, or pointing nowhere) would reach from its random start."""
+    x, y = _batch(dataset, len(dataset))
+    noise = torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return (model((x + noise).clamp(0, 1)).argmax(1) == y).float().mean().item()
+
+
+# `trained` routes with top-k gates renormalised over the chosen k (gate_softmax: topk, the
+# default), so at k = 1 the gate is 1 and the routing decision has no gradient either.
+@pytest.mark.parametrize("model_kind", ["trained", "trained_st_top1"])
 @pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "apgd-dlr", "router-pgd", "fgsm"])
-def test_safety_checks_against_gradient_masking(trained, attack):
-    model, val_set = trained
-    clean = evaluate_accuracy(model, val_set)
-    assert robust_accuracy(model, val_set, AttackConfig(attack=attack, eps=0.0)) == clean
+def test_safety_checks_against_gradient_masking(request, model_kind, attack):
+    model, val_set = request.getfixturevalue(model_kind)
+    eps = 0.1
+    # the attack must beat random noise of its own budget by a wide margin ...
+    attacked = robust_accuracy(model, val_set, AttackConfig(attack=attack, eps=eps,
+                                                            step_size=eps / 4, steps=10))
+    assert attacked < _noise_accuracy(model, val_set, eps) - 0.2
+    # ... accuracy must fall as the budget grows, to about nothing when it is large
+    small = robust_accuracy(model, val_set, AttackConfig(attack=attack, eps=eps / 4,
+                                                         step_size=eps / 16, steps=10))
     big = AttackConfig(attack=attack, eps=0.5, step_size=0.1, steps=10, max_samples=200)
+    assert small >= attacked - 0.02
     assert robust_accuracy(model, val_set, big) < 0.1
     if attack == "fgsm":
         return
@@ -59,6 +91,22 @@ def test_safety_checks_against_gradient_masking(trained, attack):
     strong = robust_accuracy(model, val_set, AttackConfig(attack=attack, steps=20,
                                                           max_samples=200))
     assert strong <= weak + 0.02  # more steps never help the model beyond noise
+
+
+def test_the_masking_check_catches_a_masked_model(trained):
+    model, val_set = trained
+
+    class Quantised(torch.nn.Module):  # rounding to 8 bits: zero input gradient everywhere
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(torch.round(x * 255) / 255)
+
+    masked = Quantised(model).eval()
+    attacked = robust_accuracy(masked, val_set, AttackConfig(eps=0.1, step_size=0.025, steps=10))
+    assert attacked >= _noise_accuracy(masked, val_set, 0.1) - 0.2
 
 
 def test_restarts_never_increase_robust_accuracy(trained):
@@ -129,7 +177,8 @@ def test_dlr_loss_matches_its_definition():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(attack="cw"), "attack must be one of"),
     (dict(norm="l1"), "norm must be one of"),
-    (dict(attack="apgd-ce", norm="l2"), "linf norm only"),
+    (dict(attack="apgd-ce", norm="l2"), "not implemented for the l2 norm"),
+    (dict(attack="fgsm", norm="l2"), "not implemented for the l2 norm"),
     (dict(eps=-1), "eps and step_size"),
     (dict(restarts=0), "restarts >= 1"),
 ])

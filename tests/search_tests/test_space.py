@@ -32,23 +32,31 @@ def test_shipped_spaces_are_valid(path):
     assert space.trials >= 1 and space.dimensions
 
 
-def test_top_k_never_exceeds_experts_and_dense_trials_skip_moe_params():
+def test_every_parameter_is_sampled_with_one_distribution_and_k_is_capped_at_e():
     space = _space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen_dense = seen_moe = False
+    seen_dense = seen_capped = False
     for _ in range(60):
         trial = study.ask()
         candidate = space.suggest(trial)
         model = candidate.model
+        # every searched parameter is drawn in every trial, dense or not
+        assert set(trial.params) == {"placement", "experts", "top_k", "lr"}
         assert 1 <= model["top_k"] <= model["num_experts"]
         if model["placement"] == "none":
             seen_dense = True
-            assert "experts" not in trial.params and model["num_experts"] == 1
+            assert model["num_experts"] == 1 and model["top_k"] == 1
+            assert set(candidate.unused) == {"experts", "top_k"}
         else:
-            seen_moe = True
-            assert trial.params["top_k"] <= trial.params["experts"]
+            assert candidate.unused == ()
+            assert model["top_k"] == min(trial.params["top_k"], trial.params["experts"])
+            seen_capped |= trial.params["top_k"] > trial.params["experts"]
         study.tell(trial, 0.0)
-    assert seen_dense and seen_moe
+    assert seen_dense and seen_capped
+    # the same distribution in every trial: all of them are in the intersection space
+    # that NSGA-II crosses over
+    space_of_all = optuna.search_space.intersection_search_space(study.get_trials())
+    assert set(space_of_all) == {"placement", "experts", "top_k", "lr"}
 
 
 def test_fingerprint_tracks_meaning_not_run_settings():
