@@ -26,7 +26,7 @@ def median_ms(fn, inputs, repeats: int, device: str) -> float:
     x, weight, index, gates = inputs
 
     def once():
-        weight.grad = gates.grad = None
+        x.grad = weight.grad = gates.grad = None
         fn(x, weight, None, index, gates, 1, 1).sum().backward()
 
     def sync():
@@ -68,7 +68,9 @@ def main() -> None:
         for size in sizes:
             for num_experts in (4, 8):
                 for k in (1, 2):
-                    x = torch.randn(args.batch, c, size, size, device=args.device)
+                    # the input needs a gradient too: inside a network dX is computed
+                    x = torch.randn(args.batch, c, size, size, device=args.device,
+                                    requires_grad=True)
                     weight = torch.randn(num_experts, c, c, 3, 3, device=args.device,
                                          requires_grad=True)
                     scores = torch.rand(args.batch, num_experts, device=args.device)

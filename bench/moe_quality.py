@@ -20,6 +20,7 @@ deeper net is more accurate; on plain digits every net reaches 97-99 %.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -29,6 +30,7 @@ from rich.table import Table
 from supernet import cluttered_digits
 
 from automoe.data import load_dataset
+from automoe.errors import TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
@@ -63,7 +65,7 @@ def data(task: str):
     return train_set, val_set, (info.in_channels, info.num_classes, 16, info.mean, info.std)
 
 
-def run(name: str, seed: int, args, train_set, val_set, shape) -> dict:
+def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dict:
     channels, classes, size, mean, std = shape
     fields = {"placement": "last_two", **CONFIGS[name]}
     torch.manual_seed(seed)
@@ -72,16 +74,24 @@ def run(name: str, seed: int, args, train_set, val_set, shape) -> dict:
     scheme = "standard"
     if args.adversarial:
         scheme = "advmoe" if name.startswith("advmoe") else "pgd_at"
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, scheme=scheme,
+    config = TrainConfig(epochs=args.epochs, lr=lr, seed=seed, scheme=scheme,
                          adv_steps=args.adv_steps,
                          adv_step_size=(5 if scheme == "advmoe" else 2.5) / 255)
     start = time.perf_counter()
-    result = train(model, train_set, config)
+    try:
+        result = train(model, train_set, config)
+    except TrainingDivergedError as error:
+        # a diverged run is a result of this benchmark, not a crash of it
+        return {"val": math.nan, "use": None, "seconds": time.perf_counter() - start,
+                "mmacs": count_flops(model, (channels, size, size))["active"] / 1e6,
+                "final_loss": math.nan, "finite": False, "diverged": str(error),
+                **({"robust": math.nan} if args.adversarial else {})}
     with track_expert_usage(model) as usage:
         val = 100 * evaluate_accuracy(model, val_set)
     row = {"val": val, "use": expert_use(usage.health()), "seconds": time.perf_counter() - start,
            "mmacs": count_flops(model, (channels, size, size))["active"] / 1e6,
-           "final_loss": result.history[-1]["loss"]}
+           "final_loss": result.history[-1]["loss"],
+           "finite": True}
     if args.adversarial:
         row["robust"] = 100 * robust_accuracy(model, val_set, AttackConfig(steps=10))
     return row
@@ -99,7 +109,8 @@ def main() -> None:
     parser.add_argument("--task", choices=["cluttered", "digits"], default="cluttered")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, nargs="+", default=[0.1],
+                        help="one or more learning rates; each config runs at each")
     parser.add_argument("--adversarial", action="store_true", help="PGD-AT (advmoe: AdvMoE)")
     parser.add_argument("--adv-steps", type=int, default=3, help="PGD steps in training")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS),
@@ -110,40 +121,46 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     console = Console()
     train_set, val_set, shape = data(args.task)
-    rows: dict[str, list[dict]] = {}
-    for name in args.configs:
-        for seed in range(args.seeds):
-            row = run(name, seed, args, train_set, val_set, shape)
-            rows.setdefault(name, []).append(row)
-            use = "-" if row["use"] is None else f"{row['use']:.2f}"
-            console.print(f"{name:12s} seed {seed} val {row['val']:.2f}"
-                          + (f" robust {row['robust']:.2f}" if "robust" in row else "")
-                          + f" expert use {use} ({row['seconds']:.0f} s)")
-    dense = [r["val"] for r in rows.get("dense", [])]
-    dense_robust = [r["robust"] for r in rows.get("dense", []) if "robust" in r]
-    title = (f"ResNet-8 on {args.task} digits, {args.epochs} epochs, lr {args.lr}, "
+    rows: dict[tuple[str, float], list[dict]] = {}
+    for lr in args.lr:
+        for name in args.configs:
+            for seed in range(args.seeds):
+                row = run(name, lr, seed, args, train_set, val_set, shape)
+                rows.setdefault((name, lr), []).append(row)
+                use = "-" if row["use"] is None else f"{row['use']:.2f}"
+                console.print(f"{name:12s} lr {lr:g} seed {seed} val {row['val']:.2f}"
+                              + (f" robust {row['robust']:.2f}" if "robust" in row else "")
+                              + f" expert use {use} final loss {row['final_loss']:.4g}"
+                              + f" ({row['seconds']:.0f} s)")
+    lrs = ", ".join(f"{lr:g}" for lr in args.lr)
+    title = (f"ResNet-8 on {args.task} digits, {args.epochs} epochs, lr {lrs}, "
              f"{'PGD-AT ' + str(args.adv_steps) + '-step' if args.adversarial else 'standard'}"
              f" training, seeds 0..{args.seeds - 1} (mean ± std)")
     table = Table(title=title, title_justify="left")
-    for col in ("config", "active MMACs", "val %", "val - dense",
+    for col in ("config", "lr", "active MMACs", "val %", "val - dense",
                 *(("robust % (PGD-10)", "robust - dense") if args.adversarial else ()),
-                "expert use", "s / run"):
+                "expert use", "finite loss", "s / run"):
         table.add_column(col, justify="left" if col == "config" else "right")
-    for name, runs in rows.items():
+    for (name, lr), runs in rows.items():
+        dense_runs = rows.get(("dense", lr), [])
+        dense = [r["val"] for r in dense_runs]
+        dense_robust = [r["robust"] for r in dense_runs if "robust" in r]
         vals = [r["val"] for r in runs]
         uses = [r["use"] for r in runs if r["use"] is not None]
         diff = ([v - d for v, d in zip(vals, dense, strict=False)] if dense and name != "dense"
                 else [])
-        cells = [name, f"{runs[0]['mmacs']:.3f}", mean_std(vals), mean_std(diff)]
+        cells = [name, f"{lr:g}", f"{runs[0]['mmacs']:.3f}", mean_std(vals), mean_std(diff)]
         if args.adversarial:
             robust = [r["robust"] for r in runs]
             rdiff = ([v - d for v, d in zip(robust, dense_robust, strict=False)]
                      if dense_robust and name != "dense" else [])
             cells += [mean_std(robust), mean_std(rdiff)]
-        cells += [mean_std(uses), f"{statistics.mean(r['seconds'] for r in runs):.0f}"]
+        cells += [mean_std(uses), f"{sum(r['finite'] for r in runs)}/{len(runs)}",
+                  f"{statistics.mean(r['seconds'] for r in runs):.0f}"]
         table.add_row(*cells)
     console.print(table)
-    console.print("val - dense: paired by seed (same data order and seed as the dense run).")
+    console.print("val - dense: paired by seed and lr (same data order and seed as the dense "
+                  "run). finite loss: runs whose training loss stayed finite in every epoch.")
 
 
 if __name__ == "__main__":
