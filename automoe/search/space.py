@@ -88,6 +88,7 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "adv_steps": ("train", "adv_steps", int),
     "trades_beta": ("train", "trades_beta", float),
     "advmoe_alpha": ("train", "advmoe_alpha", float),
+    "grad_clip": ("train", "grad_clip", float),
     "lr": ("train", "lr", float),
     "epochs": ("train", "epochs", int),
     "batch_size": ("train", "batch_size", int),

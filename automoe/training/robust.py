@@ -106,7 +106,8 @@ class AdvMoEStep:
     """
 
     def __init__(self, model: nn.Module, main_optimizer, router_optimizer, eps: float,
-                 alpha: float, beta: float, steps: int = 2, step_size: float = 5 / 255):
+                 alpha: float, beta: float, steps: int = 2, step_size: float = 5 / 255,
+                 grad_clip: float = 0.0):
         if not router_parameters(model):
             raise ConfigError("the advmoe scheme needs a model with routed experts (placement "
                               "with MoE units, granularity conv, pathway or block)")
@@ -116,6 +117,8 @@ class AdvMoEStep:
         self.router_params = router_parameters(model)
         self.eps, self.alpha, self.beta = eps, alpha, beta
         self.steps, self.step_size = steps, step_size
+        self.grad_clip = grad_clip  # largest gradient norm of each of the two steps; 0: off
+        self.main_params = [p for group in main_optimizer.param_groups for p in group["params"]]
 
     def _adversarial(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -143,6 +146,8 @@ class AdvMoEStep:
                 loss = loss + aux_loss_fn(y)
             self.main_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.main_params, self.grad_clip)
             self.main_optimizer.step()
         finally:
             for p in self.router_params:
@@ -156,5 +161,7 @@ class AdvMoEStep:
                        + self.beta * _router_kl(adv_routes, clean_routes))
         self.router_optimizer.zero_grad(set_to_none=True)
         router_loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.router_params, self.grad_clip)
         self.router_optimizer.step()
         return loss.detach(), logits.detach()

@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -71,3 +72,29 @@ def test_advmoe_needs_routed_experts(digits):
 def test_invalid_robust_training_configs(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+def _advmoe_net(seed: int, info):
+    torch.manual_seed(seed)
+    return create_model("resnet8", in_channels=1, num_classes=10, image_size=16,
+                        input_mean=info.mean, input_std=info.std, placement="last_two",
+                        granularity="conv", num_experts=4, top_k=1, gate="st_top1",
+                        balance_loss="supervised", balance_weight=1.0, router="global",
+                        width_multiplier=0.5)
+
+
+def test_the_advmoe_recipe_trains_at_the_largest_lr_the_spaces_sample():
+    from automoe.errors import TrainingDivergedError
+
+    train_set = load_dataset("digits", "train", image_size=16)
+    subset = torch.utils.data.Subset(train_set, range(640))
+    recipe = dict(epochs=3, lr=0.2, scheme="advmoe", adv_steps=2, adv_step_size=5 / 255)
+    assert TrainConfig(**recipe).grad_clip == 5.0  # the scheme's default
+    for seed in (0, 1):
+        result = train(_advmoe_net(seed, train_set.info), subset,
+                       TrainConfig(**recipe, seed=seed))
+        assert all(math.isfinite(row["loss"]) for row in result.history)
+    # without the clipping, the same runs diverge: what the default is there for
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        train(_advmoe_net(0, train_set.info), subset,
+              TrainConfig(**recipe, seed=0, grad_clip=0.0))
