@@ -10,7 +10,8 @@ router health (expert use: the fewest effective experts of any MoE layer on the 
 split, as a fraction of E), and the difference to the dense backbone. ``--adversarial``
 trains with PGD-AT (the ``--adv-steps``-step L∞ PGD at 8/255) and also reports PGD-10
 robust accuracy on the val split; the ``advmoe`` configuration runs AdvMoE's recipe
-(``st_top1`` gate, supervised router loss, the ``advmoe`` scheme).
+(``st_top1`` gate, supervised router loss, the ``advmoe`` scheme), and ``dense-trades`` the
+dense backbone under TRADES, the loss of AdvMoE's expert step.
 
 ``--task cluttered`` (the default) is the capacity-bound task of ``bench/supernet.py``:
 digits at random places of a 16 px canvas under clutter and noise, where a wider or
@@ -51,6 +52,8 @@ CONFIGS = {
                         router_z_loss=0.0),
     "advmoe-e4": dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
                       balance_loss="supervised", balance_weight=1.0, router="global"),
+    # the dense backbone under TRADES: the loss AdvMoE's expert step uses (CE + beta KL)
+    "dense-trades": dict(placement="none"),
 }
 
 
@@ -73,7 +76,8 @@ def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dic
                          image_size=size, input_mean=mean, input_std=std, **fields)
     scheme = "standard"
     if args.adversarial:
-        scheme = "advmoe" if name.startswith("advmoe") else "pgd_at"
+        scheme = ("advmoe" if name.startswith("advmoe") else
+                  "trades" if name.endswith("-trades") else "pgd_at")
     config = TrainConfig(epochs=args.epochs, lr=lr, seed=seed, scheme=scheme,
                          adv_steps=args.adv_steps,
                          adv_step_size=(5 if scheme == "advmoe" else 2.5) / 255)
@@ -98,6 +102,7 @@ def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dic
 
 
 def mean_std(values: list[float]) -> str:
+    values = [v for v in values if math.isfinite(v)]  # diverged runs are counted apart
     if not values:
         return "-"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -91,6 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each candidate with N seeds and optimise the means (default: "
                         "the space's evaluation.repeats, 1); part of the study's identity")
 
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip re-attacking the front with the strong worst case at the end "
+                        "(see `automoe verify`)")
+    p.add_argument("--verify-steps", type=int, default=50, metavar="N",
+                   help="steps of each verifying attack")
+    p.add_argument("--verify-restarts", type=int, default=2, metavar="N",
+                   help="random restarts of each verifying attack")
+
+    p = add("verify", c.cmd_verify, [common, storage],
+            "re-attack the Pareto front with the strong worst case (APGD-CE, APGD-DLR, "
+            "router-PGD) and store it beside the search-time proxy")
+    p.add_argument("--steps", type=int, default=50, metavar="N", help="steps of each attack")
+    p.add_argument("--restarts", type=int, default=2, metavar="N",
+                   help="random restarts of each attack")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="val samples to attack (default: those of the study's proxy attack)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--download", action="store_true", help="let torchvision download it")
+    p.add_argument("--device", default="auto", help="torch device")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = add("worker", c.cmd_worker, [common, storage, config, running],
             "join a study as one more worker")
     p.add_argument("--until", type=int, required=True, metavar="N",
@@ -192,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation.attack; finalize measures finalists with it)")
     p.add_argument("--top", type=int, default=3, metavar="N",
                    help="finalize: front sub-networks to retrain")
+    p.add_argument("--no-verify", action="store_true",
+                   help="finalize: skip re-attacking the retrained front (`automoe verify`)")
+    p.add_argument("--verify-steps", type=int, default=50, metavar="N",
+                   help="finalize: steps of each verifying attack")
+    p.add_argument("--verify-restarts", type=int, default=2, metavar="N",
+                   help="finalize: random restarts of each verifying attack")
     p.add_argument("--target-study", default=None, metavar="NAME",
                    help="finalize: the study of the stand-alone trials (default: the space's "
                         "name)")

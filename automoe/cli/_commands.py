@@ -10,7 +10,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from automoe.cli._output import err, out, pareto_table, print_json, trial_line
+from automoe.cli._output import architecture, err, out, pareto_table, print_json, trial_line
 from automoe.errors import ConfigError
 
 
@@ -96,10 +96,12 @@ def _print_front(study, note: str = "", reference: str | None = None,
     from automoe.search import pareto_trials, study_objectives, trial_row
     from automoe.search.objectives import METRICS, parse_reference
     from automoe.search.pareto import front_hypervolume
+    from automoe.search.verify import verified_results
 
     names = study_objectives(study)
     front = pareto_trials(study)
-    rows = [trial_row(t, names) for t in front]
+    verified = verified_results(study)
+    rows = [trial_row(t, names, verified.get(t.number)) for t in front]
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
                        if states.count(s))
@@ -212,7 +214,60 @@ def cmd_search(args: argparse.Namespace) -> int:
     with progress.progress:
         run_trials(study, runner, n_trials, callbacks=[progress.after_trial,
                                                        _retention(args)])
+    if not args.no_verify and "robust_accuracy" in space.measured_metrics():
+        _verify(study, args, args.verify_steps, args.verify_restarts, None, device)
     _print_front(study, f", this run {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def _verify(study, args, steps: int, restarts: int, max_samples: int | None, device) -> dict:
+    """Re-attack the front (what is not yet verified with these settings) with progress."""
+    from automoe.search.verify import VerifyConfig, verify_front
+
+    config = VerifyConfig(steps=steps, restarts=restarts, max_samples=max_samples)
+    with err.status("verifying the front's robust accuracy (worst case of APGD-CE, APGD-DLR "
+                    f"and router-PGD; {steps} steps, {restarts} restarts)"):
+        def on_trial(number: int, record: dict) -> None:
+            if not args.quiet:
+                err.print(f"trial {number:>3} robust % proxy "
+                          f"{record.get('robust_accuracy_proxy') or float('nan'):.2f}, verified "
+                          f"{record['robust_accuracy_verified']:.2f}")
+
+        return verify_front(study, _artifact_store(args), config, device=device,
+                            data_root=getattr(args, "data_root", None),
+                            download=getattr(args, "download", False), on_trial=on_trial)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-attack every trial of a study's Pareto front with the worst case over APGD-CE,
+    APGD-DLR and router-aware PGD (restarts, many steps) on the proxy's val samples and
+    budget, and store the result beside the search-time proxy. ``pareto``, ``status``, the
+    model card and ``export --pick robust|knee`` then use it."""
+    from rich.table import Table
+
+    from automoe.search import study_objectives, trial_row
+    from automoe.search.pareto import pareto_trials
+
+    _quiet_optuna(args)
+    study = _existing_study(args)
+    records = _verify(study, args, args.steps, args.restarts, args.max_samples,
+                      _device(args.device))
+    if args.json:
+        print_json({str(k): v for k, v in records.items()})
+        return 0
+    names = study_objectives(study)
+    table = Table(title=f"{study.study_name}: robust accuracy of the front, search-time proxy "
+                        "and verified worst case", title_justify="left")
+    for col in ("trial", "proxy %", "verified %", "proxy - verified", "architecture"):
+        table.add_column(col, justify="left" if col == "architecture" else "right")
+    for trial in pareto_trials(study):
+        record = records[trial.number]
+        proxy = record.get("robust_accuracy_proxy")
+        table.add_row(str(trial.number), "-" if proxy is None else f"{proxy:.2f}",
+                      f"{record['robust_accuracy_verified']:.2f}",
+                      "-" if proxy is None else f"{proxy - record['robust_accuracy_verified']:.2f}",
+                      architecture(trial_row(trial, names)))
+    out.print(table)
     return 0
 
 
@@ -304,11 +359,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     study = _existing_study(args)
     if args.json and args.csv:
         raise ConfigError("pass one of --json and --csv")
+    from automoe.search.verify import verified_results
+
     names = study_objectives(study)
+    verified = verified_results(study)
+    rows = [trial_row(t, names, verified.get(t.number)) for t in pareto_trials(study)]
     if args.json:
-        print_json([trial_row(t, names) for t in pareto_trials(study)])
+        print_json(rows)
     elif args.csv:
-        _print_csv([trial_row(t, names) for t in pareto_trials(study)], names)
+        _print_csv(rows, names)
     else:
         _print_front(study, reference=args.reference, with_test=args.with_test)
     return 0
@@ -322,13 +381,16 @@ def _print_csv(rows: list[dict], names) -> None:
 
     metrics = [m for m in (*METRICS, "test_accuracy") if m not in names]
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["trial", *names, *metrics, "params", "placement", "granularity",
-                     "experts", "top_k", "width_multiplier", "lr", "epochs", "feasible"])
+    writer.writerow(["trial", *names, *metrics, "robust_accuracy_verified", "params",
+                     "placement", "granularity", "experts", "top_k", "width_multiplier", "lr",
+                     "epochs", "feasible"])
     for row in rows:
         model = row["config"].get("model", {})
         train = row["config"].get("train", {})
         writer.writerow([row["trial"], *(row["values"][n] for n in names),
-                         *(row["metrics"].get(m, "") for m in metrics), row["params"],
+                         *(row["metrics"].get(m, "") for m in metrics),
+                         "" if row["robust_accuracy_verified"] is None
+                         else row["robust_accuracy_verified"], row["params"],
                          model.get("placement", "none"), model.get("granularity", "conv"),
                          model.get("num_experts", 1), model.get("top_k", 1),
                          model.get("width_multiplier", 1.0), train.get("lr"),
@@ -392,12 +454,14 @@ def _status_view(study):
 
     from automoe.search import METRICS, pareto_trials, study_objectives
     from automoe.search.objectives import COLLAPSED_BELOW
-    from automoe.search.pareto import front_hypervolume
+    from automoe.search.pareto import front_hypervolume, is_feasible
+    from automoe.search.verify import verified_results
 
     names = study_objectives(study)
     trials = study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None]
+    feasible = [t for t in complete if is_feasible(t)]
     front = pareto_trials(study)
     hv, reference = front_hypervolume(study)
     head = Table.grid(padding=(0, 2))
@@ -405,6 +469,17 @@ def _status_view(study):
         "COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")))
     head.add_row("front", f"{len(front)} trials", f"hypervolume {hv:,.6g}", "reference " +
                  ", ".join(f"{r:g}" for r in reference))
+    if len(feasible) < len(complete):
+        head.add_row("constraints", f"{len(feasible)} feasible",
+                     f"{len(complete) - len(feasible)} infeasible (not on the front)")
+    verified = verified_results(study)
+    checked = [verified[t.number] for t in front if t.number in verified]
+    if checked:
+        gaps = [r["robust_accuracy_proxy"] - r["robust_accuracy_verified"] for r in checked
+                if r.get("robust_accuracy_proxy") is not None]
+        head.add_row("verified", f"{len(checked)} of {len(front)} front trials",
+                     f"proxy - verified robust % mean {sum(gaps) / max(len(gaps), 1):.2f}, "
+                     f"largest {max(gaps, default=0.0):.2f}")
     moe = [t for t in complete if t.user_attrs.get("expert_use") is not None]
     if moe:
         worst = min(moe, key=lambda t: t.user_attrs["expert_use"])
@@ -413,13 +488,13 @@ def _status_view(study):
                      f"{collapsed} collapsed (expert use < {COLLAPSED_BELOW:g})",
                      f"lowest expert use {worst.user_attrs['expert_use']:.2f} "
                      f"(trial {worst.number})")
-    best = Table(title="best per objective", title_justify="left")
+    best = Table(title="best per objective (feasible trials)", title_justify="left")
     for col in ("objective", "value", "trial"):
         best.add_column(col)
     for i, name in enumerate(names):
         metric = METRICS[name]
-        if complete:
-            pick = (max if metric.maximize else min)(complete, key=lambda t: t.values[i])
+        if feasible:
+            pick = (max if metric.maximize else min)(feasible, key=lambda t: t.values[i])
             best.add_row(name, metric.format(pick.values[i]), str(pick.number))
     running = Table(title="running", title_justify="left")
     for col in ("trial", "started (UTC)", "worker"):
@@ -613,6 +688,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
                          download=args.download, resume_dir=_resume_dir(args))
     with progress.progress:
         run_trials(target, runner, len(front), callbacks=[progress.after_trial])
+    if not args.no_verify and "robust_accuracy" in space.measured_metrics():
+        _verify(target, args, args.verify_steps, args.verify_restarts, None, device)
     from rich.table import Table
 
     from automoe.search import METRICS
@@ -808,9 +885,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
     from automoe.data import load_dataset
     from automoe.export import load, read_export_config
-    from automoe.robustness import AttackConfig, attack_batch
+    from automoe.robustness import AttackConfig, worst_case_accuracy
     from automoe.robustness.attacks import STRONG_ATTACKS
-    from automoe.training import make_loader
 
     config = read_export_config(args.path)
     model = load(args.path)
@@ -829,34 +905,16 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     attacks = args.attack or list(STRONG_ATTACKS[args.norm])
     configs = [AttackConfig(attack=a, norm=args.norm, eps=eps, step_size=step,
                             steps=args.steps, restarts=args.restarts) for a in attacks]
-    robust = {c.attack: [] for c in configs}
-    clean = []
-    generator = torch.Generator(device=device).manual_seed(0)
-    for images, labels in make_loader(dataset, 256):
-        images, labels = images.to(device), labels.to(device)
-        with torch.no_grad():
-            clean.append(model(images).argmax(1) == labels)
-        for cfg in configs:
-            ok = torch.ones_like(labels, dtype=torch.bool)
-            for _ in range(cfg.restarts):
-                adv = attack_batch(model, images, labels, cfg, generator)
-                with torch.no_grad():
-                    ok &= model(adv).argmax(1) == labels
-            robust[cfg.attack].append(ok)
-    clean_ok = torch.cat(clean)
-    per_attack = {name: torch.cat(v) for name, v in robust.items()}
-    worst = clean_ok.clone()
-    for ok in per_attack.values():
-        worst &= ok
-    rows = {"clean": 100 * clean_ok.float().mean().item(),
-            **{c.describe(): 100 * per_attack[c.attack].float().mean().item() for c in configs},
-            "worst case over the attacks": 100 * worst.float().mean().item()}
+    report = worst_case_accuracy(model, dataset, configs, device=device)
+    rows = {"clean": 100 * report.clean,
+            **{name: 100 * value for name, value in report.per_attack.items()},
+            "worst case over the attacks": 100 * report.worst}
     if args.json:
-        print_json({"model": args.path, "split": args.split, "samples": int(clean_ok.numel()),
+        print_json({"model": args.path, "split": args.split, "samples": report.samples,
                     "accuracy": rows})
         return 0
     table = Table(title=f"{args.path}: robust accuracy on {data.get('name')} {args.split} "
-                        f"({clean_ok.numel()} samples)", title_justify="left")
+                        f"({report.samples} samples)", title_justify="left")
     table.add_column("attack")
     table.add_column("accuracy %", justify="right")
     for name, value in rows.items():

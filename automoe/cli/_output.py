@@ -62,6 +62,8 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
     columns = [("trial", "right"), *((METRICS[n].label, "right") for n in names)]
     extra = [m for m in ("val_accuracy", "robust_accuracy", "mmacs") if m not in names]
     columns += [(METRICS[m].label, "right") for m in extra]
+    verified = any(row.get("robust_accuracy_verified") is not None for row in rows)
+    columns += [("verified robust %", "right")] if verified else []
     columns += [("test %", "right")] if with_test else []
     columns += [("params", "right"), ("architecture", "left"),
                 ("expert use", "right"), ("lr", "right"), ("epochs", "right")]
@@ -75,6 +77,8 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
             *(_with_std(METRICS[n], row["values"][n], (row.get("std") or {}).get(n))
               for n in names),
             *(METRICS[m].format(metrics.get(m)) for m in extra),
+            *([METRICS["robust_accuracy"].format(row.get("robust_accuracy_verified"))]
+              if verified else []),
             *(["-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}"]
               if with_test else []),
             f"{(row.get('params') or 0) / 1e3:.0f}K",

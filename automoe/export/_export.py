@@ -21,6 +21,7 @@ from automoe.export.card import CARD_FILE, model_card
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
+from automoe.search.verify import verified_results
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
 from automoe.training import evaluate_accuracy
 
@@ -97,6 +98,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             "params": trial.user_attrs.get("params"),
             "expert_usage": trial.user_attrs.get("expert_usage"),
             "router_health": trial.user_attrs.get("router_health"),
+            "robust_verified": verified_results(study).get(trial_number),
         }
         if torchscript or onnx:
             config["extra_files"] = _traced_files(tmp_dir, meta, torchscript, onnx)

@@ -63,6 +63,19 @@ def model_card(config: dict) -> str:
                   "Robust accuracy counts a sample as correct only if every restart of the "
                   "attack fails.", ""]
         lines += _table(("setting", "value"), [(k, v) for k, v in attack.items()]) + [""]
+        verified = config.get("robust_verified")
+        if verified:
+            lines += ["This search-time attack is a fast proxy. The front was re-attacked with "
+                      "the worst case over "
+                      + ", ".join(f"`{a}`" for a in verified["settings"]["attacks"])
+                      + f" on {verified['samples']} validation samples:", ""]
+            rows = [("robust accuracy, proxy",
+                     METRICS["robust_accuracy"].format(verified.get("robust_accuracy_proxy"))),
+                    ("robust accuracy, verified worst case",
+                     METRICS["robust_accuracy"].format(verified["robust_accuracy_verified"])),
+                    *((f"under {name}", f"{value:.2f}")
+                      for name, value in verified["per_attack"].items())]
+            lines += _table(("", "%"), rows) + [""]
 
     train = config.get("train") or {}
     if train:

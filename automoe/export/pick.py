@@ -12,6 +12,7 @@ from automoe.errors import AutomoeError
 from automoe.search.objectives import minimised
 from automoe.search.pareto import pareto_trials
 from automoe.search.study import study_objectives
+from automoe.search.verify import verified_results
 
 PICKS = ("accuracy", "flops", "robust", "knee")
 
@@ -26,7 +27,9 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
             once each objective is scaled to [0, 1] over the front, a balanced choice.
         max_mmacs, min_robust: only front trials within these bounds are considered.
 
-    Ties go to the better val accuracy, then the lower trial number.
+    Robust accuracy is the verified worst case (:mod:`automoe.search.verify`) where the
+    front was verified, else the search-time proxy. Ties go to the better val accuracy,
+    then the lower trial number.
 
     Raises:
         AutomoeError: unknown ``how``, or no front trial meets the bounds.
@@ -39,9 +42,17 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
     if how == "robust" or min_robust is not None:
         if not any("robust_accuracy" in t.user_attrs for t in front):
             raise AutomoeError(f"study {study.study_name!r} does not measure robust accuracy")
+    verified = verified_results(study)
+
+    def robust(t: FrozenTrial) -> float:
+        record = verified.get(t.number)
+        if record is not None:
+            return record["robust_accuracy_verified"]
+        return t.user_attrs.get("robust_accuracy", -1)
+
     candidates = [t for t in front
                   if (max_mmacs is None or t.user_attrs["mmacs"] <= max_mmacs)
-                  and (min_robust is None or t.user_attrs.get("robust_accuracy", -1) >= min_robust)]
+                  and (min_robust is None or robust(t) >= min_robust)]
     if not candidates:
         bounds = " and ".join(b for b in (
             f"<= {max_mmacs:g} MMACs" if max_mmacs is not None else "",
@@ -56,10 +67,15 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
     if how == "flops":
         return min(candidates, key=lambda t: (t.user_attrs["mmacs"], *tie(t)))
     if how == "robust":
-        return min(candidates, key=lambda t: (-t.user_attrs["robust_accuracy"], *tie(t)))
+        return min(candidates, key=lambda t: (-robust(t), *tie(t)))
     # knee: nearest the ideal point on the study's objectives, scaled over the front
     names = study_objectives(study)
-    points = np.array([minimised(t.values, names) for t in candidates], dtype=float)
+
+    def values(t: FrozenTrial) -> list[float]:
+        return [robust(t) if name == "robust_accuracy" else value
+                for name, value in zip(names, t.values, strict=True)]
+
+    points = np.array([minimised(values(t), names) for t in candidates], dtype=float)
     low, high = points.min(axis=0), points.max(axis=0)
     scaled = (points - low) / np.where(high > low, high - low, 1.0)
     distance = np.linalg.norm(scaled, axis=1)

@@ -90,7 +90,7 @@ class MoEModule(nn.Module):
                                   or self.z_loss_weight > 0)
         self.last_routing = routing if keep or self.keep_routing else None
         if self.usage_log is not None:
-            self.usage_log.append(routing.expert_index.detach().cpu())
+            self.usage_log.append(routing.expert_index.detach())  # stays on device: no sync
 
     def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor | None:
         """``balance_weight * loss + z_loss_weight * z_loss`` of the last training forward,

@@ -92,7 +92,7 @@ class ChannelGatedConv2d(MoEModule):
         self._last_open = (gates > 0).detach()  # (B, O), for FLOPs accounting
         if self.usage_log is not None:  # channel ids, -1 where closed
             ids = torch.arange(self.out_channels, device=gates.device).expand_as(gates)
-            self.usage_log.append(torch.where(gates > 0, ids, -1).detach().cpu())
+            self.usage_log.append(torch.where(gates > 0, ids, -1).detach())
         mode = self.dispatch
         if mode == "auto":
             mode = "triton" if x.is_cuda else "sparse"

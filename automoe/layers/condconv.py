@@ -84,7 +84,7 @@ class CondConv2d(MoEModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mix = self.mixture(x)  # (B, E)
         if self.usage_log is not None:
-            self.usage_log.append(mix.detach().float().cpu())
+            self.usage_log.append(mix.detach().float().sum(0))  # (E,), stays on device
         if self.dispatch == "reference":  # every kernel on every sample, then mix
             outs = torch.stack([F.conv2d(x, w, None, self.stride, self.padding)
                                 for w in self.weight], dim=1)  # (B, E, O, H', W')

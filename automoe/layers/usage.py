@@ -51,10 +51,14 @@ class RouterHealth:
     @classmethod
     def from_assignments(cls, index: torch.Tensor, num_experts: int) -> RouterHealth:
         """From the ``(N, k)`` expert ids of a split, ``-1`` where dropped."""
-        valid = index[index >= 0]
-        counts = torch.bincount(valid, minlength=num_experts)
-        dropped = 1.0 - valid.numel() / index.numel() if index.numel() else 0.0
-        return cls.from_shares(counts, dropped)
+        routed = int((index >= 0).sum())
+        dropped = 1.0 - routed / index.numel() if index.numel() else 0.0
+        return cls.from_shares(_expert_counts(index, num_experts), dropped)
+
+
+def _expert_counts(index: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(E,) assignments per expert of ``(N, k)`` expert ids, ``-1`` (dropped) left out."""
+    return torch.bincount(index[index >= 0], minlength=num_experts)
 
 
 def expert_use(health: dict[str, RouterHealth]) -> float | None:
@@ -76,11 +80,8 @@ class ExpertUsage:
 
     def counts(self) -> dict[str, list[int]]:
         """``{layer: [samples routed to expert 0, ...]}``."""
-        result = {}
-        for name, index in self.assignments.items():
-            valid = index[index >= 0]
-            result[name] = torch.bincount(valid, minlength=self.num_experts[name]).tolist()
-        return result
+        return {name: _expert_counts(index, self.num_experts[name]).tolist()
+                for name, index in self.assignments.items()}
 
     def health(self) -> dict[str, RouterHealth]:
         """``{layer: RouterHealth}`` of every layer that routed something (top-k layers by
@@ -127,10 +128,12 @@ def track_expert_usage(model: nn.Module) -> Iterator[ExpertUsage]:
     finally:
         for name, layer in layers.items():
             log = layer.usage_log or []
-            if layer.usage_kind == "soft":  # (B, E) mixture weights per forward
-                usage.mixtures[name] = (torch.cat(log).sum(0) if log
+            # the logs stay on the model's device while it runs (a copy to the host per
+            # step would wait for the GPU); they come to the host once, here
+            if layer.usage_kind == "soft":  # (E,) summed mixture weights per forward
+                usage.mixtures[name] = (torch.stack(log).sum(0).cpu() if log
                                         else torch.zeros(layer.num_experts))
             else:
-                usage.assignments[name] = (torch.cat(log) if log
+                usage.assignments[name] = (torch.cat(log).cpu() if log
                                            else torch.zeros(0, layer.top_k, dtype=torch.long))
             layer.usage_log = None

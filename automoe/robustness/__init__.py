@@ -7,9 +7,11 @@ from automoe.robustness.attacks import (
     NORMS,
     AttackConfig,
     Normalized,
+    WorstCase,
     attack_batch,
     dlr_loss,
     robust_accuracy,
+    worst_case_accuracy,
 )
 
 __all__ = [
@@ -17,7 +19,9 @@ __all__ = [
     "NORMS",
     "AttackConfig",
     "Normalized",
+    "WorstCase",
     "attack_batch",
     "dlr_loss",
     "robust_accuracy",
+    "worst_case_accuracy",
 ]

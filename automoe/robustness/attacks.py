@@ -308,3 +308,46 @@ def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
         total += labels.shape[0]
     return correct / max(total, 1)
 
+
+
+@dataclass
+class WorstCase:
+    """Accuracy under each of several attacks on the same samples, and the worst case."""
+
+    samples: int  # samples attacked
+    clean: float  # clean accuracy, [0, 1]
+    per_attack: dict[str, float]  # AttackConfig.describe() -> accuracy, [0, 1]
+    worst: float  # a sample counts only if no attack (and no restart) fooled it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[AttackConfig],
+                        batch_size: int = 256, device: torch.device | str = "cpu",
+                        seed: int = 0) -> WorstCase:
+    """Attack every sample of ``dataset`` with each config (its restarts included) and
+    report each attack's accuracy and the worst case over all of them."""
+    device = torch.device(device)
+    model.to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    clean, robust = [], {c.describe(): [] for c in configs}
+    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images, labels = images.to(device), labels.to(device)
+        with torch.no_grad():
+            clean.append(model(images).argmax(1) == labels)
+        for cfg in configs:
+            ok = torch.ones_like(labels, dtype=torch.bool)
+            for _ in range(cfg.restarts if cfg.random_start else 1):
+                adv = attack_batch(model, images, labels, cfg, generator)
+                with torch.no_grad():
+                    ok &= model(adv).argmax(1) == labels
+            robust[cfg.describe()].append(ok)
+    clean_ok = torch.cat(clean)
+    per_attack = {name: torch.cat(v) for name, v in robust.items()}
+    worst = clean_ok.clone()
+    for ok in per_attack.values():
+        worst &= ok
+    return WorstCase(samples=int(clean_ok.numel()), clean=clean_ok.float().mean().item(),
+                     per_attack={k: v.float().mean().item() for k, v in per_attack.items()},
+                     worst=worst.float().mean().item())

@@ -21,8 +21,9 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: (minimised(t.values, names), t.number))
 
 
-def trial_row(trial: FrozenTrial, names) -> dict:
-    """A machine-readable summary of a complete trial (``names``: the study's objectives)."""
+def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
+    """A machine-readable summary of a complete trial (``names``: the study's objectives;
+    ``verified``: its record from :func:`automoe.search.verify.verified_results`)."""
     attrs = trial.user_attrs
     config = attrs.get("config", {})
     model = config.get("model", {})
@@ -39,6 +40,8 @@ def trial_row(trial: FrozenTrial, names) -> dict:
         "top_k": model.get("top_k"),
         "config": config,
         "router_health": attrs.get("router_health"),
+        # the strong worst-case attack's robust accuracy, once the front is verified
+        "robust_accuracy_verified": (verified or {}).get("robust_accuracy_verified"),
         # with evaluation.repeats > 1: values are means over seeds; their std and each seed's
         "std": attrs.get("objective_std"),
         "repeats": attrs.get("repeats"),

@@ -38,6 +38,14 @@ def test_search_pareto_export_eval(workdir):
 
     rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
     assert rows and {r["trial"] for r in rows} <= {t.number for t in trials}
+    # the search ended by re-attacking its front with the strong worst case
+    assert "verifying the front" in proc.stderr or "verified" in proc.stderr
+    for row in rows:
+        assert row["robust_accuracy_verified"] is not None
+        assert row["robust_accuracy_verified"] <= row["values"]["robust_accuracy"] + 1e-9
+    report = json.loads(run_cli("verify", "--steps", "3", "--restarts", "1", "--json",
+                                cwd=workdir, check=0).stdout)
+    assert sorted(int(k) for k in report) == sorted(r["trial"] for r in rows)
     assert set(rows[0]) >= {"trial", "values", "config", "test_accuracy"}
     # `python cli.py` is the same program
     assert json.loads(run_cli("pareto", "--json", cwd=workdir, binary=False,
@@ -47,6 +55,7 @@ def test_search_pareto_export_eval(workdir):
         out_dir = workdir / f"export-{row['trial']}"
         run_cli("export", "--trial", str(row["trial"]), "--out", str(out_dir), "--torchscript",
                 "--onnx", cwd=workdir, check=0)
+        assert "verified worst case" in (out_dir / "MODEL_CARD.md").read_text()
         assert sorted(p.name for p in out_dir.iterdir()) == [
             "MODEL_CARD.md", "config.json", "model.onnx", "model.safetensors",
             "model.torchscript.pt"]

@@ -34,6 +34,7 @@ def _study(path):
 def test_status_studies_and_csv(study_dir):
     status = run_cli("status", "--once", cwd=study_dir, check=0).stdout
     assert "complete 8" in status and "hypervolume" in status and "best per objective" in status
+    assert "verified" in status and "front trials" in status
     listing = run_cli("studies", cwd=study_dir, check=0).stdout
     assert "tiny" in listing and "val_accuracy, mmacs, robust_accuracy" in listing
     rows = list(csv.DictReader(io.StringIO(run_cli("pareto", "--csv", cwd=study_dir,

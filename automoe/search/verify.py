@@ -1,0 +1,133 @@
+"""Verifying a front's robust accuracy with a strong attack.
+
+During a search, robust accuracy is a fast proxy (the space's attack, PGD-10 by default).
+A proxy can flatter some architectures more than others: routed MoE models, whose routing
+decisions get no gradient, resisted PGD-10 by 4-8 points more than a strong worst case
+(bench/RESULTS.md). So the front is re-evaluated with the worst case over APGD-CE, APGD-DLR
+and router-aware PGD (:data:`VERIFY_ATTACKS`), with restarts, on the same val samples and
+budget as the proxy.
+
+Finished Optuna trials cannot take new attributes, so each result is a study user
+attribute ``verified:<trial number>`` (see :func:`verified_results`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import download_artifact
+from torch.utils.data import Subset
+
+from automoe.data import load_dataset
+from automoe.errors import AutomoeError, ConfigError
+from automoe.robustness import AttackConfig, worst_case_accuracy
+from automoe.search.pareto import pareto_trials
+from automoe.search.study import space_of_study
+from automoe.storage import load_checkpoint, sha256_file
+
+# the strong worst case: both APGD losses and the attack that also moves the routing
+VERIFY_ATTACKS = ("apgd-ce", "apgd-dlr", "router-pgd")
+_PREFIX = "verified:"
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """How strongly a front is re-attacked."""
+
+    steps: int = 50  # gradient steps per attack and restart
+    restarts: int = 2  # random restarts per attack; a sample is robust only if all fail
+    max_samples: int | None = None  # val samples; None: the proxy's own max_samples
+
+    def __post_init__(self):
+        if self.steps < 1 or self.restarts < 1:
+            raise ConfigError(f"verification needs steps >= 1 and restarts >= 1, got "
+                              f"{self.steps} and {self.restarts}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"--max-samples must be >= 1, got {self.max_samples}")
+
+    def attacks(self, proxy: AttackConfig) -> list[AttackConfig]:
+        """The verifying attacks, at the proxy's norm, budget and step size."""
+        return [replace(proxy, attack=name, steps=self.steps, restarts=self.restarts,
+                        random_start=True, max_samples=None)
+                for name in VERIFY_ATTACKS]
+
+
+def verified_results(study: optuna.Study) -> dict[int, dict]:
+    """Trial number -> its verification record (``robust_accuracy_verified`` in %, the
+    accuracy per attack, the attacks' settings and the number of samples)."""
+    return {int(key[len(_PREFIX):]): value for key, value in study.user_attrs.items()
+            if key.startswith(_PREFIX)}
+
+
+def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | None = None,
+                 *, device: torch.device | str = "cpu", data_root: str | None = None,
+                 download: bool = False, on_trial: Callable[[int, dict], None] | None = None,
+                 ) -> dict[int, dict]:
+    """Re-attack every trial of the feasible front that is not yet verified with these
+    settings; store and return the records of the whole front.
+
+    Raises:
+        AutomoeError: the study does not measure robust accuracy, or a front checkpoint is
+            missing or corrupted.
+    """
+    config = config or VerifyConfig()
+    space = space_of_study(study)
+    if "robust_accuracy" not in space.measured_metrics():
+        raise AutomoeError(f"study {study.study_name!r} does not measure robust accuracy; "
+                           "there is nothing to verify")
+    proxy = space.attack
+    attacks = config.attacks(proxy)
+    max_samples = config.max_samples or proxy.max_samples
+    settings = {"attacks": [a.describe() for a in attacks], "eps": proxy.eps,
+                "norm": proxy.norm, "max_samples": max_samples, "split": "val"}
+    done = verified_results(study)
+    records = {}
+    datasets: dict[tuple, object] = {}
+    for trial in pareto_trials(study):
+        record = done.get(trial.number)
+        if record is None or record.get("settings") != settings:
+            data = trial.user_attrs.get("dataset") or {}
+            key = (data.get("name"), data.get("image_size"))
+            if key not in datasets:
+                dataset = load_dataset(data.get("name", "digits"), "val", data_root,
+                                       image_size=data.get("image_size"), download=download)
+                if max_samples is not None and max_samples < len(dataset):
+                    dataset = Subset(dataset, range(max_samples))
+                datasets[key] = dataset
+            model = trial_model(trial, artifact_store)
+            report = worst_case_accuracy(model, datasets[key], attacks,
+                                         space.eval_batch_size, device, seed=proxy.seed)
+            record = {"robust_accuracy_verified": 100 * report.worst,
+                      "robust_accuracy_proxy": trial.user_attrs.get("robust_accuracy"),
+                      "clean": 100 * report.clean, "samples": report.samples,
+                      "per_attack": {k: 100 * v for k, v in report.per_attack.items()},
+                      "settings": settings, "config": asdict(config)}
+            study.set_user_attr(f"{_PREFIX}{trial.number}", record)
+        records[trial.number] = record
+        if on_trial is not None:
+            on_trial(trial.number, record)
+    return records
+
+
+def trial_model(trial: optuna.trial.FrozenTrial, artifact_store) -> torch.nn.Module:
+    """The trained model of a complete trial, from its checkpoint (hash checked)."""
+    checkpoint = trial.user_attrs.get("checkpoint")
+    if not checkpoint:
+        raise AutomoeError(f"front trial {trial.number} stored no checkpoint")
+    with tempfile.TemporaryDirectory(prefix="automoe-verify-") as tmp:
+        path = Path(tmp) / "model.safetensors"
+        try:
+            download_artifact(artifact_store=artifact_store, file_path=str(path),
+                              artifact_id=checkpoint["artifact_id"])
+        except Exception as exc:  # the store raises its own not-found error types
+            raise AutomoeError(f"checkpoint of front trial {trial.number} is missing from "
+                               f"the artifact store ({exc}); check --artifact-dir") from None
+        if sha256_file(path) != checkpoint["sha256"]:
+            raise AutomoeError(f"checkpoint of front trial {trial.number} is corrupted")
+        model, _ = load_checkpoint(path)
+    return model

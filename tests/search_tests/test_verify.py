@@ -1,0 +1,80 @@
+"""Verifying the front's robust accuracy with the strong worst case."""
+
+import optuna
+import pytest
+
+from automoe.errors import ConfigError
+from automoe.export.pick import pick_trial
+from automoe.search import SearchSpace, TrialRunner, create_or_resume_study, pareto_trials
+from automoe.search import verify as verify_module
+from automoe.search.verify import VerifyConfig, verified_results, verify_front
+from automoe.storage import AtomicFileSystemArtifactStore
+
+SPACE = {
+    "name": "ver",
+    "dataset": {"name": "digits"},
+    "params": {"placement": {"choices": ["last_stage", "none"]}, "experts": 2,
+               "width_multiplier": {"choices": [0.25, 0.5]}, "epochs": 1, "batch_size": 128,
+               "lr": {"low": 0.05, "high": 0.2, "log": True}},
+    # a weak proxy (one PGD step) that the verification must not report above
+    "evaluation": {"attack": {"steps": 1, "max_samples": 64}},
+}
+
+
+@pytest.fixture(scope="module")
+def study_and_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("verify")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = SearchSpace.from_dict(SPACE)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "ver", space,
+                                      "random", seed=0)
+    store = AtomicFileSystemArtifactStore(path)
+    study.optimize(TrialRunner(space, store), n_trials=4)
+    return study, store
+
+
+def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeypatch):
+    study, store = study_and_store
+    config = VerifyConfig(steps=5, restarts=1)
+    records = verify_front(study, store, config)
+    front = [t.number for t in pareto_trials(study)]
+    assert sorted(records) == sorted(front) and verified_results(study) == records
+    for number, record in records.items():
+        trial = study.trials[number]
+        assert record["robust_accuracy_proxy"] == trial.user_attrs["robust_accuracy"]
+        assert record["samples"] == 64
+        assert len(record["per_attack"]) == 3
+        # the worst case is at most each attack's and at most the clean accuracy
+        assert record["robust_accuracy_verified"] <= min(record["per_attack"].values())
+        assert max(record["per_attack"].values()) <= record["clean"]
+        # stronger than the one-step proxy on the same samples and budget
+        assert record["robust_accuracy_verified"] <= record["robust_accuracy_proxy"] + 1e-9
+    # a second call with the same settings re-attacks nothing; other settings re-attack all
+    calls = []
+    real = verify_module.worst_case_accuracy
+    monkeypatch.setattr(verify_module, "worst_case_accuracy",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert verify_front(study, store, config) == records
+    assert calls == []
+    verify_front(study, store, VerifyConfig(steps=6, restarts=1))
+    assert len(calls) == len(front)
+
+
+def test_picks_use_the_verified_robust_accuracy(study_and_store):
+    study, store = study_and_store
+    verify_front(study, store, VerifyConfig(steps=5, restarts=1))
+    front = pareto_trials(study)
+    if len(front) < 2:
+        pytest.skip("the front has one trial")
+    # make the front trial with the worst proxy the best verified one
+    worst_proxy = min(front, key=lambda t: t.user_attrs["robust_accuracy"])
+    record = dict(verified_results(study)[worst_proxy.number], robust_accuracy_verified=100.0)
+    study.set_user_attr(f"verified:{worst_proxy.number}", record)
+    assert pick_trial(study, "robust").number == worst_proxy.number
+    assert pick_trial(study, "accuracy", min_robust=99.0).number == worst_proxy.number
+
+
+@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(restarts=0), dict(max_samples=0)])
+def test_bad_verify_settings(kwargs):
+    with pytest.raises(ConfigError):
+        VerifyConfig(**kwargs)
