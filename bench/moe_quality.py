@@ -80,7 +80,8 @@ def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dic
                   "trades" if name.endswith("-trades") else "pgd_at")
     config = TrainConfig(epochs=args.epochs, lr=lr, seed=seed, scheme=scheme,
                          adv_steps=args.adv_steps,
-                         adv_step_size=(5 if scheme == "advmoe" else 2.5) / 255)
+                         adv_step_size=(5 if scheme == "advmoe" else 2.5) / 255,
+                         grad_clip=args.grad_clip)
     start = time.perf_counter()
     try:
         result = train(model, train_set, config)
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS),
                         default=["dense", "conv-e4", "conv-e8", "block-e4", "block-e8",
                                  "condconv-e4", "conv-e4-old"])
+    parser.add_argument("--grad-clip", type=float, default=None,
+                        help="TrainConfig.grad_clip (default: the scheme's default)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -68,15 +68,11 @@ def _artifact_store(args: argparse.Namespace):
 
 def _retention(args: argparse.Namespace):
     """The after-trial callback of ``--keep``."""
-    store = _artifact_store(args)
+    from automoe.search.retention import checkpoint_retention
 
-    def callback(study, trial) -> None:
-        if args.keep == "pareto" and trial.state.name == "COMPLETE":
-            from automoe.search.retention import remove_dominated_checkpoints
-
-            remove_dominated_checkpoints(study, store)
-
-    return callback
+    if args.keep != "pareto":
+        return lambda study, trial: None
+    return checkpoint_retention(_artifact_store(args))
 
 
 def _resume_dir(args: argparse.Namespace) -> Path:

@@ -16,9 +16,34 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated feasible complete trials, best in the first objective first."""
-    names = study_objectives(study)
-    return sorted(study.best_trials, key=lambda t: (minimised(t.values, names), t.number))
+    """Non-dominated feasible complete trials, best in the first objective first.
+
+    The same set as Optuna's ``study.best_trials``, without its deep copy of every trial
+    (which made a study's per-trial bookkeeping grow with its size).
+    """
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return nondominated(trials, study_objectives(study))
+
+
+def nondominated(trials, names) -> list[FrozenTrial]:
+    """The feasible trials of ``trials`` that no other feasible one dominates (equal
+    points all stay), sorted by their minimised values, then number.
+
+    Sorted lexicographically, a point can only be dominated by one before it, so each is
+    checked against the front so far: O(n * front size).
+    """
+    points = sorted(((minimised(t.values, names), t.number, t) for t in trials
+                     if t.values is not None and is_feasible(t)), key=lambda p: p[:2])
+    front: list[tuple[tuple[float, ...], int, FrozenTrial]] = []
+    for values, number, trial in points:
+        if not any(_dominates(other, values) for other, _, _ in front):
+            front.append((values, number, trial))
+    return [trial for _, _, trial in front]
+
+
+def _dominates(a, b) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True))
 
 
 def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:

@@ -11,7 +11,8 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
-from automoe.search.pareto import pareto_trials
+from automoe.search.pareto import nondominated, pareto_trials
+from automoe.search.study import study_objectives
 
 RETENTION = ("pareto", "all")
 
@@ -48,3 +49,38 @@ def checkpoint_size(study: optuna.Study, artifact_store) -> tuple[int, int]:
                 count += 1
                 size += path.stat().st_size
     return count, size
+
+
+def checkpoint_retention(artifact_store):
+    """The after-trial callback of ``--keep pareto``: removes the checkpoints of trials
+    that fell off the feasible front, at a cost that does not grow with the study.
+
+    It keeps the front it saw last and, after each trial, compares only that front and the
+    trials completed since (by any worker) instead of the whole study; so a trial's
+    checkpoint is removed once, when it is dominated, and the rest is never looked at
+    again. The first call (a new or resumed study) takes the whole study, like
+    :func:`remove_dominated_checkpoints`.
+    """
+    front: list = []
+    seen: set[int] = set()
+
+    def callback(study: optuna.Study, trial) -> None:
+        nonlocal front
+        if trial.state != TrialState.COMPLETE:
+            return
+        new = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if t.number not in seen]
+        seen.update(t.number for t in new)
+        candidates = front + new
+        front = nondominated(candidates, study_objectives(study))
+        kept = {t.number for t in front}
+        for dropped in candidates:
+            checkpoint = dropped.user_attrs.get("checkpoint")
+            if dropped.number in kept or not checkpoint:
+                continue
+            try:
+                artifact_store.remove(checkpoint["artifact_id"])
+            except ArtifactNotFound:  # removed by another worker, or by `studies gc`
+                continue
+
+    return callback

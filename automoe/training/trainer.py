@@ -34,14 +34,14 @@ class TrainConfig:
     adv_steps: int = 7  # training attack steps (advmoe uses 2)
     trades_beta: float = 6.0  # TRADES / AdvMoE weight of the KL term
     advmoe_alpha: float = 6.0  # AdvMoE weight of the routers' y-mod-E cross-entropy
-    # Largest global gradient norm of each optimiser step (0: no clipping). Unset: 5 for
-    # advmoe, whose router step diverged to NaN within 20 steps at lr 0.1 without it
-    # (cluttered digits, 3 of 3 seeds; bench/RESULTS.md), off for the other schemes.
+    # Largest global gradient norm of each optimiser step (0: no clipping). Unset: 1 for
+    # advmoe, which diverged to NaN early at lr >= 0.063 without clipping and at lr 0.2
+    # with a bound of 5 (cluttered digits; bench/RESULTS.md), off for the other schemes.
     grad_clip: float | None = None
 
     def __post_init__(self):
         if self.grad_clip is None:
-            self.grad_clip = 5.0 if self.scheme == "advmoe" else 0.0
+            self.grad_clip = 1.0 if self.scheme == "advmoe" else 0.0
         if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
             raise ConfigError(f"grad_clip must be a number >= 0, got {self.grad_clip}")
         if self.epochs < 1:

@@ -43,9 +43,13 @@ def test_search_pareto_export_eval(workdir):
     for row in rows:
         assert row["robust_accuracy_verified"] is not None
         assert row["robust_accuracy_verified"] <= row["values"]["robust_accuracy"] + 1e-9
+    # `verify` with other settings attacks the front again and replaces the records
     report = json.loads(run_cli("verify", "--steps", "3", "--restarts", "1", "--json",
                                 cwd=workdir, check=0).stdout)
     assert sorted(int(k) for k in report) == sorted(r["trial"] for r in rows)
+    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
+    assert {r["trial"]: r["robust_accuracy_verified"] for r in rows} == {
+        int(k): v["robust_accuracy_verified"] for k, v in report.items()}
     assert set(rows[0]) >= {"trial", "values", "config", "test_accuracy"}
     # `python cli.py` is the same program
     assert json.loads(run_cli("pareto", "--json", cwd=workdir, binary=False,

@@ -133,7 +133,7 @@ def test_fractions_and_fixed_values():
     ({"params": {"granularity": {"choices": ["conv", "rows"]}}}, "granularity must be one of"),
     ({"params": {"scheme": "advmoe"}}, "(with placement=none); remove a choice"),
     ({"params": {"scheme": "madry"}}, "scheme must be one of"),
-    ({"evaluation": {"attack": {"attack": "apgd-ce", "norm": "l2"}}}, "linf norm only"),
+    ({"evaluation": {"attack": {"attack": "apgd-ce", "norm": "l2"}}}, "not implemented for the l2 norm"),
 ])
 def test_invalid_spaces_name_file_key_and_value(overrides, message):
     with pytest.raises(ConfigError) as info:

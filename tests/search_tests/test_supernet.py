@@ -288,3 +288,27 @@ def test_a_supernet_file_round_trips_and_old_formats_are_named(data, tmp_path):
     save_checkpoint(net.model, old, {"supernet": {"format": "automoe.supernet.v1"}})
     with pytest.raises(ConfigError, match="format automoe.supernet.v1.*train it again"):
         Supernet.load(old)
+
+
+def test_supernet_trials_with_repeats_average_over_recalibration_seeds(data, tmp_path):
+    import optuna
+
+    from automoe.search import TrialRunner
+    from automoe.storage import AtomicFileSystemArtifactStore
+
+    net = _supernet(data)
+    space = SearchSpace.from_dict({**SPACE, "evaluation": {"repeats": 2,
+                                                           "attack": {"steps": 1,
+                                                                      "max_samples": 32}}})
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(directions=["maximize", "minimize", "maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path), supernet=net,
+                               recalibration_batches=2, usage_plots=False), n_trials=2)
+    for trial in study.trials:
+        assert trial.state.name == "COMPLETE"
+        assert trial.user_attrs["fidelity"] == "supernet"
+        runs = trial.user_attrs["repeats"]
+        assert len(runs) == 2 and runs[0]["seed"] != runs[1]["seed"]
+        assert trial.values[0] == pytest.approx((runs[0]["val_accuracy"]
+                                                 + runs[1]["val_accuracy"]) / 2)

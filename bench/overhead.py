@@ -1,0 +1,112 @@
+"""Per-trial overhead of a study as it grows: everything outside the objective.
+
+    python bench/overhead.py [--trials 10000] [--sampler nsga2] [--storage URL]
+
+Runs a study of the default space on SQLite (a fresh file unless ``--storage``) through
+what ``automoe search`` runs around every trial: the sampler's ``ask``, ``tell``, the
+progress line of each finished trial and checkpoint retention (``--keep pareto``). The
+objective stands in for an evaluation: it samples the candidate, stores user attributes of
+a real trial's size and a small checkpoint artifact, and returns three values. Prints the
+median time between two trials (one objective's end to the next one's start) at
+``--windows`` points of the study's size, and the ratio to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import upload_artifact
+from rich.console import Console
+from rich.table import Table
+
+from automoe.search import (
+    SearchSpace,
+    create_or_resume_study,
+    resolve_space_path,
+    run_trials,
+    study_objectives,
+    trial_row,
+)
+from automoe.search.retention import checkpoint_retention
+from automoe.storage import AtomicFileSystemArtifactStore, open_storage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10000)
+    parser.add_argument("--sampler", default="nsga2")
+    parser.add_argument("--storage", default=None)
+    parser.add_argument("--windows", type=int, nargs="+", default=[100, 1000, 10000],
+                        help="study sizes to report at (median over the 50 trials before)")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    workdir = Path(tempfile.mkdtemp(prefix="automoe-overhead-"))
+    url = args.storage or f"sqlite:///{workdir / 'overhead.db'}"
+    store = AtomicFileSystemArtifactStore(workdir / "artifacts")
+    space = SearchSpace.from_file(resolve_space_path("default"))
+    study, _ = create_or_resume_study(open_storage(url, create=True), "overhead", space,
+                                      args.sampler, seed=0)
+    names = study_objectives(study)
+    rng = random.Random(0)
+    weights = workdir / "weights.bin"
+    weights.write_bytes(b"\0" * 4096)
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        starts.append(time.perf_counter())
+        candidate = space.suggest(trial)
+        trial.set_user_attr("config", candidate.to_dict())
+        trial.set_user_attr("history", [{"epoch": e, "loss": rng.random(), "aux_loss": 0.0,
+                                         "train_accuracy": rng.random(), "expert_use": 0.9}
+                                        for e in range(8)])
+        trial.set_user_attr("macs", {"active": 3e6, "dense": 9e6})
+        trial.set_user_attr("router_health", {f"layer{i}": {"effective_experts": 3.9}
+                                              for i in range(4)})
+        artifact = upload_artifact(artifact_store=store, file_path=str(weights),
+                                   study_or_trial=trial)
+        trial.set_user_attr("checkpoint", {"artifact_id": artifact, "sha256": "0"})
+        experts = candidate.model["num_experts"]
+        values = (90 + 5 * rng.random() - experts / 4, 0.5 * experts + rng.random(),
+                  50 * rng.random())
+        ends.append(time.perf_counter())
+        return values
+
+    def progress(study, trial):  # what the progress bar does with each finished trial
+        if trial.values is not None:
+            trial_row(trial, names)
+
+    retention = checkpoint_retention(store)
+    console = Console()
+    done = 0
+    with console.status("running trials") as status:
+        while done < args.trials:
+            chunk = min(500, args.trials - done)
+            run_trials(study, objective, chunk, callbacks=[progress, retention])
+            done += chunk
+            status.update(f"{done} trials")
+    gaps = [starts[i + 1] - ends[i] for i in range(len(ends) - 1)]
+    table = Table(title=f"time between trials, {args.sampler}, {url.split(':')[0]}, "
+                        f"{args.trials} trials", title_justify="left")
+    for col in ("trials in the study", "median ms", "vs first"):
+        table.add_column(col, justify="right")
+    first = None
+    for window in args.windows:
+        if window > len(gaps) + 1:
+            continue
+        part = gaps[max(0, window - 50):window]
+        median = 1e3 * statistics.median(part)
+        first = first or median
+        table.add_row(f"{max(0, window - 50)}-{window}", f"{median:.1f}",
+                      f"{median / first:.2f}x")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
