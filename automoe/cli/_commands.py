@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
@@ -221,12 +222,15 @@ def _verify(study, args, steps: int, restarts: int, max_samples: int | None, dev
     from automoe.search.verify import VerifyConfig, verify_front
 
     config = VerifyConfig(steps=steps, restarts=restarts, max_samples=max_samples)
-    with err.status("verifying the front's robust accuracy (worst case of APGD-CE, APGD-DLR "
-                    f"and router-PGD; {steps} steps, {restarts} restarts)"):
+    status = (contextlib.nullcontext() if args.quiet else err.status(
+        "verifying the front's robust accuracy (worst case of APGD-CE, APGD-DLR and "
+        f"router-PGD; {steps} steps, {restarts} restarts)"))
+    with status:
         def on_trial(number: int, record: dict) -> None:
             if not args.quiet:
+                proxy = record.get("robust_accuracy_proxy")
                 err.print(f"trial {number:>3} robust % proxy "
-                          f"{record.get('robust_accuracy_proxy') or float('nan'):.2f}, verified "
+                          f"{'-' if proxy is None else f'{proxy:.2f}'}, verified "
                           f"{record['robust_accuracy_verified']:.2f}")
 
         return verify_front(study, _artifact_store(args), config, device=device,
