@@ -40,9 +40,8 @@ class TrainConfig:
     grad_clip: float | None = None
 
     def __post_init__(self):
-        if self.grad_clip is None:
-            self.grad_clip = 1.0 if self.scheme == "advmoe" else 0.0
-        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+        if self.grad_clip is not None and not (self.grad_clip >= 0
+                                               and math.isfinite(self.grad_clip)):
             raise ConfigError(f"grad_clip must be a number >= 0, got {self.grad_clip}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
@@ -62,6 +61,15 @@ class TrainConfig:
             raise ConfigError("adv_eps and adv_step_size must be >= 0 and adv_steps >= 1")
         if self.trades_beta < 0 or self.advmoe_alpha < 0:
             raise ConfigError("trades_beta and advmoe_alpha must be >= 0")
+
+    @property
+    def clip_norm(self) -> float:
+        """The gradient-norm bound in force: ``grad_clip``, or the scheme's default when
+        unset (resolved here, not stored, so a config copied with another scheme gets that
+        scheme's default)."""
+        if self.grad_clip is not None:
+            return self.grad_clip
+        return 1.0 if self.scheme == "advmoe" else 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,7 +137,7 @@ def train(
                       sgd([p for p in model.parameters() if id(p) in routers] or
                           [torch.zeros(0, requires_grad=True)])]
         advmoe = AdvMoEStep(model, *optimizers, eps=config.adv_eps, alpha=config.advmoe_alpha,
-                            beta=config.trades_beta, grad_clip=config.grad_clip)
+                            beta=config.trades_beta, grad_clip=config.clip_norm)
     else:
         optimizers = [sgd(model.parameters())]
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(1, total_steps))
@@ -159,8 +167,8 @@ def train(
             check_finite(loss, epoch, step, config)
             optimizers[0].zero_grad(set_to_none=True)
             loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if config.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizers[0].step()
         for scheduler in schedulers:
             scheduler.step()

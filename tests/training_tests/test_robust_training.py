@@ -1,5 +1,6 @@
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -89,7 +90,8 @@ def test_the_advmoe_recipe_trains_at_the_largest_lr_the_spaces_sample():
     train_set = load_dataset("digits", "train", image_size=16)
     subset = torch.utils.data.Subset(train_set, range(640))
     recipe = dict(epochs=3, lr=0.2, scheme="advmoe", adv_steps=2, adv_step_size=5 / 255)
-    assert TrainConfig(**recipe).grad_clip == 1.0  # the scheme's default
+    assert TrainConfig(**recipe).clip_norm == 1.0  # the scheme's default
+    assert replace(TrainConfig(**recipe), scheme="pgd_at").clip_norm == 0.0
     for seed in (0, 1):
         result = train(_advmoe_net(seed, train_set.info), subset,
                        TrainConfig(**recipe, seed=seed))
