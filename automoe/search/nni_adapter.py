@@ -189,7 +189,7 @@ class NNISampler(BaseSampler):
 
 def _fit(value, distribution: BaseDistribution):
     """NNI's value as the distribution Optuna asks for: rounded, snapped to the step and
-    clipped into the range (the range of top_k shrinks to the sampled experts)."""
+    clipped into the range."""
     if isinstance(distribution, CategoricalDistribution):
         if value not in distribution.choices:
             raise ConfigError(f"NNI proposed {value!r}, not one of {distribution.choices}")
