@@ -24,14 +24,21 @@ def remove_dominated_checkpoints(study: optuna.Study, artifact_store) -> list[in
     several workers at once: a checkpoint already removed is skipped.
     """
     front = {t.number for t in pareto_trials(study)}
+    return _remove_off_front(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                             front, artifact_store)
+
+
+def _remove_off_front(trials, front: set[int], artifact_store) -> list[int]:
+    """Remove the checkpoints of ``trials`` not numbered in ``front``; the numbers of those
+    removed now (one already gone, by another worker or an earlier pass, is skipped)."""
     removed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for trial in trials:
         checkpoint = trial.user_attrs.get("checkpoint")
         if trial.number in front or not checkpoint:
             continue
         try:
             artifact_store.remove(checkpoint["artifact_id"])
-        except ArtifactNotFound:  # already removed (by another worker or an earlier pass)
+        except ArtifactNotFound:
             continue
         removed.append(trial.number)
     return removed
@@ -73,14 +80,6 @@ def checkpoint_retention(artifact_store):
         seen.update(t.number for t in new)
         candidates = front + new
         front = nondominated(candidates, study_objectives(study))
-        kept = {t.number for t in front}
-        for dropped in candidates:
-            checkpoint = dropped.user_attrs.get("checkpoint")
-            if dropped.number in kept or not checkpoint:
-                continue
-            try:
-                artifact_store.remove(checkpoint["artifact_id"])
-            except ArtifactNotFound:  # removed by another worker, or by `studies gc`
-                continue
+        _remove_off_front(candidates, {t.number for t in front}, artifact_store)
 
     return callback
