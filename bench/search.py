@@ -1,6 +1,6 @@
 """Search strategies at equal compute on digits: hypervolume vs trials and vs compute.
 
-    python bench/search.py [--seeds 3] [--budget 12] [--strategies random,nsga2,...]
+    python bench/search.py [--seeds 5] [--budget 24] [--strategies random,nsga2,...]
 
 Every strategy searches the default space (MoE ResNet-8 on digits; epochs fixed at 6 so
 that successive halving can cut them) with the same budget of training epochs:
@@ -75,7 +75,8 @@ def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dic
     while epochs < budget_epochs:
         study.optimize(runner, n_trials=1)
         trial = study.trials[-1]
-        epochs += len(trial.user_attrs.get("history", []))
+        attrs = trial.user_attrs
+        epochs += attrs.get("epochs_trained", len(attrs.get("history", [])))
         # wall time of the whole trial: building, FLOPs, training, rungs, evaluation, saving
         seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
         front = [tuple(t.values) for t in pareto_trials(study)]
@@ -101,8 +102,8 @@ def mean_std(values: list[float], fmt: str = "{:,.0f}") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=12, help="full-fidelity trials of budget")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget", type=int, default=24, help="full-fidelity trials of budget")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     args = parser.parse_args()
     strategies = args.strategies.split(",")
@@ -130,6 +131,7 @@ def main() -> None:
             ("trials", "trials run", [f * args.budget for f in FRACTIONS], "{:.0f} trials"),
             ("seconds", "wall seconds of the trials",
              [f * full_seconds for f in FRACTIONS], "{:.0f} s")]
+    limits_epochs = axes[0][2]
     for key, label, limits, fmt in axes:
         console.print(f"\n[bold]hypervolume vs {label}[/] ({ref_text}), mean ± std over "
                       f"{args.seeds} seeds")
@@ -152,6 +154,23 @@ def main() -> None:
                       mean_std([rows[-1]["epochs"] for rows in runs], "{:.1f}"),
                       mean_std([rows[-1]["seconds"] for rows in runs], "{:.0f}"))
     console.print(table)
+
+    if "random" in results and args.seeds > 1:
+        console.print("\n[bold]hypervolume minus random search's at equal epochs, paired by seed[/] "
+                      "(mean ± std of the per-seed differences; a mean inside its std is no "
+                      "measurable difference)")
+        table = Table()
+        table.add_column("strategy")
+        for limit in limits_epochs:
+            table.add_column(f"{limit:.0f} ep", justify="right")
+        for strategy, runs in results.items():
+            if strategy == "random":
+                continue
+            table.add_row(strategy, *(mean_std([
+                hv_at(rows, "epochs", limit, reference)
+                - hv_at(results["random"][seed], "epochs", limit, reference)
+                for seed, rows in enumerate(runs)]) for limit in limits_epochs))
+        console.print(table)
 
     if "nsga2" in results:
         console.print("\n[bold]share of the budget needed to reach full-fidelity NSGA-II's "

@@ -125,6 +125,7 @@ class _TrialProgress:
         )
 
         self.quiet = quiet
+        self.objectives: tuple[str, ...] = ()  # the study's metric names, read on first use
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                                  disable=quiet, transient=False)
@@ -151,10 +152,12 @@ class _TrialProgress:
             reason = attrs.get("fail_reason", trial.state.name.lower())
             self.progress.console.print(f"trial {trial.number:>3} [red]failed[/]: {reason}")
             return
-        row = trial_row(trial, study_objectives(study))
+        # read once per search: a study's system attributes grow with NSGA-II's generations
+        self.objectives = self.objectives or study_objectives(study)
+        row = trial_row(trial, self.objectives)
         seconds = attrs.get("train_seconds", 0) + attrs.get("eval_seconds", 0)
         infeasible = "" if attrs.get("feasible", True) else " [yellow]infeasible[/]"
-        self.progress.console.print(f"{trial_line(row, study_objectives(study))} "
+        self.progress.console.print(f"{trial_line(row, self.objectives)} "
                                     f"{seconds:.0f}s{infeasible}")
 
 

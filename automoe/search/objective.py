@@ -156,6 +156,7 @@ class TrialRunner:
         failed = tuple(float("nan") for _ in self.space.objectives)
         finished: list[dict] = list(resume.get("finished", [])) if resume else []
         train_seconds = eval_seconds = 0.0
+        epochs_trained = 0  # by this trial: a retry does not count what its origin trained
         for repeat, seed in enumerate(seeds):
             if repeat < len(finished):
                 continue  # measured before the worker died
@@ -174,6 +175,7 @@ class TrialRunner:
                 return failed  # Optuna stores a NaN-valued trial as FAIL
             train_seconds += result.seconds
             eval_seconds += seconds
+            epochs_trained += len(result.history) - (state["epochs_done"] if state else 0)
             finished.append({"seed": seed, **metrics})
         own_metrics = metrics  # the last seed's, stored with its checkpoint
         metrics = _mean_metrics(finished)
@@ -199,6 +201,7 @@ class TrialRunner:
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("train_seconds", round(train_seconds, 3))
         trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
+        trial.set_user_attr("epochs_trained", epochs_trained)
         self._store_checkpoint(trial, model, run, own_metrics)
         violations = self._violations({**metrics, "params": trial.user_attrs["params"]})
         if violations:
@@ -233,6 +236,8 @@ class TrialRunner:
             eval_seconds += time.perf_counter() - start
             if not self._promoted(trial, epoch, metrics):
                 trial.set_user_attr("history", progress.history)
+                trial.set_user_attr("epochs_trained", len(progress.history)
+                                    - (resume["epochs_done"] if resume else 0))
                 trial.set_user_attr("train_seconds", round(progress.seconds, 3))
                 raise _Pruned(f"not among the best 1/{self.space.fidelity['reduction_factor']} "
                               f"of the trials at epoch {epoch}")

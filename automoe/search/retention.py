@@ -70,16 +70,27 @@ def checkpoint_retention(artifact_store):
     """
     front: list = []
     seen: set[int] = set()
+    # every trial numbered below this one is finished and was looked at, so the scan for
+    # newly completed trials starts there (trials are listed by number, 0 to n - 1)
+    settled = 0
+    # read once: the metric names live among the study's system attributes, which NSGA-II
+    # grows by one entry per generation, so reading them per trial costs O(study size)
+    names: tuple[str, ...] = ()
 
     def callback(study: optuna.Study, trial) -> None:
-        nonlocal front
+        nonlocal front, names, settled
         if trial.state != TrialState.COMPLETE:
             return
-        new = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if t.number not in seen]
+        names = names or study_objectives(study)
+        trials = study.get_trials(deepcopy=False)
+        new = [t for t in trials[settled:]
+               if t.state == TrialState.COMPLETE and t.number not in seen]
         seen.update(t.number for t in new)
+        while settled < len(trials) and trials[settled].state.is_finished():
+            seen.discard(trials[settled].number)  # below the mark: no longer needs a lookup
+            settled += 1
         candidates = front + new
-        front = nondominated(candidates, study_objectives(study))
+        front = nondominated(candidates, names)
         _remove_off_front(candidates, {t.number for t in front}, artifact_store)
 
     return callback

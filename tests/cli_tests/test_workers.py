@@ -7,6 +7,7 @@ import time
 
 import optuna
 import pytest
+import torch
 
 from automoe.storage import open_storage
 
@@ -20,9 +21,21 @@ def _trials(url):
     return trials
 
 
-def _kill_one_worker_mid_trial(workdir, url, workers, target):
+def _saved_repeat(path):
+    """The repeat (0-based seed index) a saved training state is in; -1 if it is gone or
+    being replaced right now."""
+    try:
+        return torch.load(path, weights_only=False)["repeat"]
+    except Exception:
+        return -1
+
+
+def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
     # slower trials, so that a worker can be killed in the middle of one
-    (workdir / "slow.yaml").write_text(TINY_SPACE.replace("epochs: 1", "epochs: 6"))
+    space = TINY_SPACE.replace("epochs: 1", "epochs: 6")
+    if repeats > 1:
+        space = space.replace("evaluation:\n", f"evaluation:\n  repeats: {repeats}\n")
+    (workdir / "slow.yaml").write_text(space)
     artifacts = workdir / "store"
     common = ["--storage", url, "--artifact-dir", str(artifacts), "--heartbeat", "1", "-q",
               "--threads", "1"]
@@ -33,12 +46,14 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target):
                               stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     pids = {p.pid: p for p in procs}
     try:
-        # kill the worker of a trial that has saved an epoch's training state
+        # kill the worker of a trial that has saved an epoch's training state (of its last
+        # seed, with repeats: the retry must keep the seeds measured before)
         deadline = time.monotonic() + 300
         victim = None
         while victim is None:
             assert time.monotonic() < deadline, "no trial got past its first epoch"
-            saved = {int(p.stem.split("-")[1]) for p in (artifacts / "resume").rglob("trial-*.pt")}
+            saved = {int(p.stem.split("-")[1]) for p in (artifacts / "resume").rglob("trial-*.pt")
+                     if repeats == 1 or _saved_repeat(p) == repeats - 1}
             for t in _trials(url):
                 pid = t.user_attrs.get("worker", {}).get("pid")
                 if t.state.name == "RUNNING" and t.number in saved and pid in pids:
@@ -68,6 +83,19 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target):
     assert retry.user_attrs["config"]["train"]["seed"] == victim.user_attrs["config"]["train"][
         "seed"]
     assert len(retry.user_attrs["history"]) == 6
+    fresh = [t for t in trials if t.state.name == "COMPLETE" and "resumed_from" not in t.user_attrs]
+    assert all(t.user_attrs["epochs_trained"] == 6 * repeats for t in fresh)
+    if repeats > 1:
+        # it resumed inside the last seed, kept the seeds measured before and trained none twice
+        assert retry.user_attrs["resumed_from"]["repeat"] == repeats - 1
+        # the retry trained only the rest of the last seed: no seed measured before again
+        done = retry.user_attrs["resumed_from"]["epochs_done"]
+        assert retry.user_attrs["epochs_trained"] == 6 - done
+        seeds = [r["seed"] for r in retry.user_attrs["repeats"]]
+        assert len(seeds) == repeats and seeds[0] == retry.user_attrs["config"]["train"]["seed"]
+        assert len(set(seeds)) == repeats
+        assert set(retry.user_attrs["objective_std"]) == {"val_accuracy", "mmacs",
+                                                          "robust_accuracy"}
     # states, and temp files of a worker killed mid-write, are removed once trials end
     assert not list((artifacts / "resume").rglob("*.pt"))
     assert not list(artifacts.glob(".tmp-*"))  # no half-written checkpoint
@@ -75,6 +103,11 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target):
 
 def test_sqlite_two_workers_one_killed(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", workers=2, target=6)
+
+
+def test_sqlite_worker_killed_between_repeats_keeps_the_measured_seeds(workdir):
+    _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", workers=2, target=3,
+                               repeats=2)
 
 
 def test_postgresql_three_workers_one_killed(workdir, postgres_url):
