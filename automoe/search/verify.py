@@ -8,7 +8,8 @@ and router-aware PGD (:data:`VERIFY_ATTACKS`), with restarts, on the same val sa
 budget as the proxy.
 
 Finished Optuna trials cannot take new attributes, so each result is a study user
-attribute ``verified:<trial number>`` (see :func:`verified_results`).
+attribute ``verified:<trial number>`` (see :func:`verified_results`), and it is written
+into the trial's and the study's notes, which optuna-dashboard shows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.utils.data import Subset
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
 from automoe.robustness import AttackConfig, worst_case_accuracy
+from automoe.search.notes import set_note_section
 from automoe.search.pareto import pareto_trials
 from automoe.search.study import space_of_study
 from automoe.storage import load_checkpoint, sha256_file
@@ -109,9 +111,41 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
                       "settings": settings, "config": asdict(config)}
             study.set_user_attr(f"{_PREFIX}{trial.number}", record)
         records[trial.number] = record
+        set_note_section(study, trial.number, "verified", _trial_note(record))
         if on_trial is not None:
             on_trial(trial.number, record)
+    set_note_section(study, None, "verified", _front_note(records))
     return records
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1f} %"
+
+
+def _trial_note(record: dict) -> str:
+    """The dashboard note of one verified trial (Markdown)."""
+    settings = record["settings"]
+    attacks = "; ".join(settings["attacks"])
+    lines = [f"**Verified robust accuracy: {_percent(record['robust_accuracy_verified'])}** "
+             f"(search-time proxy {_percent(record['robust_accuracy_proxy'])}, clean "
+             f"{_percent(record['clean'])}), the worst case per sample over: {attacks}; "
+             f"{record['samples']} {settings['split']} samples.", "",
+             "| attack | robust accuracy |", "|---|---|"]
+    lines += [f"| {name} | {_percent(value)} |" for name, value in record["per_attack"].items()]
+    return "\n".join(lines)
+
+
+def _front_note(records: dict[int, dict]) -> str:
+    """The dashboard note of the study: the front's proxy against its verified values."""
+    lines = ["**Front verified with a strong attack** (`automoe verify`): robust accuracy "
+             "under the search-time proxy and under the worst case of APGD-CE, APGD-DLR and "
+             "router-PGD.", "", "| trial | proxy | verified | proxy - verified |",
+             "|---|---|---|---|"]
+    for number, record in sorted(records.items()):
+        proxy, verified = record["robust_accuracy_proxy"], record["robust_accuracy_verified"]
+        gap = "-" if proxy is None else f"{proxy - verified:+.1f}"
+        lines.append(f"| {number} | {_percent(proxy)} | {_percent(verified)} | {gap} |")
+    return "\n".join(lines)
 
 
 def trial_model(trial: optuna.trial.FrozenTrial, artifact_store) -> torch.nn.Module:

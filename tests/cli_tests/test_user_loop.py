@@ -150,6 +150,10 @@ def test_dashboard_serves_the_study_and_its_artifacts(study_dir):
         trial = next(t for t in with_artifacts if t["number"] in front)
         attrs = {a["key"] for a in trial["user_attrs"]}
         assert {"val_accuracy", "architecture", "macs", "attack"} <= attrs
+        # the front's verified robust accuracy (a finished trial takes no new attribute)
+        # is shown in the study's note and in each front trial's note
+        assert "Front verified with a strong attack" in detail["note"]["body"]
+        assert "Verified robust accuracy" in trial["note"]["body"]
         names = {a["filename"] for a in trial["artifacts"]}
         n = trial["number"]
         assert {f"trial-{n}.safetensors", f"trial-{n}-config.json"} <= names

@@ -78,3 +78,27 @@ def test_picks_use_the_verified_robust_accuracy(study_and_store):
 def test_bad_verify_settings(kwargs):
     with pytest.raises(ConfigError):
         VerifyConfig(**kwargs)
+
+
+def test_verified_values_go_into_the_dashboard_notes_keeping_the_users_text(study_and_store):
+    from optuna_dashboard import get_note, save_note
+
+    from automoe.search.notes import note_section
+
+    study, store = study_and_store
+    save_note(study, "my own remarks on this study")
+    records = verify_front(study, store, VerifyConfig(steps=5, restarts=1))
+    table = note_section(study, None, "verified")
+    for number, record in records.items():
+        assert f"| {number} | " in table
+        assert f"{record['robust_accuracy_verified']:.1f} %" in table
+        trial_note = note_section(study, number, "verified")
+        assert trial_note.startswith(
+            f"**Verified robust accuracy: {record['robust_accuracy_verified']:.1f} %**")
+        assert all(name in trial_note for name in record["per_attack"])
+    # new settings replace automoe's section; the user's text stays, once
+    verify_front(study, store, VerifyConfig(steps=6, restarts=1))
+    note = get_note(study)
+    assert note.startswith("my own remarks on this study")
+    assert note.count("<!-- automoe:verified -->") == 1
+    assert all("6 steps" in note_section(study, n, "verified") for n in records)
