@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,17 +25,9 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _device(name: str) -> str:
-    import torch
+    from automoe.search.workers import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"invalid --device {name!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asked for, but no CUDA device is available")
-    return name
+    return resolve_device(name)
 
 
 def _quiet_optuna(args: argparse.Namespace | None = None) -> None:
@@ -280,78 +270,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     Run it on as many processes and machines as share the storage (PostgreSQL for many
     machines). Trials of a worker that died are failed and retried by the others.
     """
-    import optuna
-
-    from automoe.search import TrialRunner, make_sampler, space_of_study, training_seed
-    from automoe.storage import load_study, open_storage
+    from automoe.search.workers import WorkerConfig, run_worker
 
     _quiet_optuna(args)
-    if args.until < 1:
-        raise ConfigError(f"--until must be >= 1, got {args.until}")
-    device = _device(args.device)
-    _threads(args)
-    storage = open_storage(_storage_url(args), create=False,
-                           heartbeat_interval=args.heartbeat or None)
-    study = load_study(storage, args.study)
-    space = space_of_study(study)
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    study.sampler = make_sampler(space.sampler["name"], seed, space.sampler["population_size"],
-                                 space)
-    complete = optuna.trial.TrialState.COMPLETE
-    done = len(study.get_trials(deepcopy=False, states=(complete,)))
-    progress = _TrialProgress(args.quiet, max(args.until - done, 0))
-    runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
-                         seed=training_seed(study), data_root=args.data_root,
-                         download=args.download, resume_dir=_resume_dir(args))
-    if not args.quiet:
-        err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {done} complete, "
-                  f"until {args.until}; device {device}")
-    def within_target(trial):
-        # Workers that start together may overshoot: only the lowest-numbered running
-        # trials that fit under the target go on, the same rule in every worker.
-        if not _fits_target(study, trial.number, args.until):
-            raise optuna.TrialPruned("the study reached its target with other workers' trials")
-        return runner(trial)
+    config = WorkerConfig(
+        storage_url=_storage_url(args), study_name=args.study, until=args.until,
+        artifact_dir=str(_artifact_dir(args)), device=args.device, seed=args.seed,
+        threads=args.threads, data_root=args.data_root, download=args.download,
+        heartbeat=args.heartbeat, keep=args.keep)
+    progress = _TrialProgress(args.quiet, None)
 
-    with progress.progress:
-        while _should_start(study, args.until):
-            # one trial per optimize call, so heartbeats (and the failing and retrying of
-            # dead workers' trials) run while the count is checked between trials
-            study.optimize(within_target, n_trials=1,
-                           callbacks=[progress.after_trial, _retention(args)],
-                           gc_after_trial=False)
+    def on_start(study, complete: int) -> None:  # the bar shows once the study is open
+        if not args.quiet:
+            err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {complete} "
+                      f"complete, until {args.until}; device {_device(args.device)}")
+        progress.progress.update(progress.trials, total=max(args.until - complete, 0))
+        progress.progress.start()
+
+    try:
+        run_worker(config, on_step=progress.on_step, callbacks=[progress.after_trial],
+                   on_start=on_start)
+    finally:
+        if progress.progress.live.is_started:
+            progress.progress.stop()
     return 0
-
-
-def _counts(study) -> tuple[int, list[int]]:
-    import optuna
-
-    states = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
-    complete = sum(t.state == states.COMPLETE for t in trials)
-    return complete, sorted(t.number for t in trials if t.state == states.RUNNING)
-
-
-def _fits_target(study, number: int, until: int) -> bool:
-    complete, running = _counts(study)
-    return number in running[:max(until - complete, 0)]
-
-
-def _should_start(study, until: int, poll_seconds: float = 1.0) -> bool:
-    """Whether to start another trial so the study ends with exactly ``until`` complete
-    ones; waits while other workers' running trials would reach it (any may still fail)."""
-    import optuna
-
-    while True:
-        with warnings.catch_warnings():  # "experimental since v2.9" is noise in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not running
-        complete, running = _counts(study)
-        if complete >= until:
-            return False
-        if complete + len(running) < until:
-            return True
-        time.sleep(poll_seconds)
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:

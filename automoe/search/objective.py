@@ -70,14 +70,17 @@ class TrialRunner:
             then evaluate its sub-networks with inherited weights (BatchNorm recalibrated on
             ``recalibration_batches`` training batches) instead of training them; they are
             marked ``fidelity = "supernet"``.
+        worker: more of the worker's identity for each trial's ``worker`` attribute (which
+            holds host, pid and device): the executor, the worker's index, the Ray node.
     """
 
     def __init__(self, space: SearchSpace, artifact_store, *, device: str = "cpu", seed: int = 0,
                  data_root: str | None = None, download: bool = False,
                  on_step: Callable[[int, int, int], None] | None = None,
                  resume_dir: str | os.PathLike[str] | None = None, usage_plots: bool = True,
-                 supernet=None, recalibration_batches: int = 10):
+                 supernet=None, recalibration_batches: int = 10, worker: dict | None = None):
         self.space = space
+        self.worker = dict(worker or {})  # added to each trial's `worker` attribute
         self.artifact_store = artifact_store
         self.device = device
         self.seed = seed
@@ -125,7 +128,7 @@ class TrialRunner:
         })
         trial.set_user_attr("dataset", self.data_spec())
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
-                                       "device": str(self.device)})
+                                       "device": str(self.device), **self.worker})
         if self.supernet is not None:
             trial.set_user_attr("fidelity", "supernet")
 
