@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each candidate with N seeds and optimise the means (default: "
                         "the space's evaluation.repeats, 1); part of the study's identity")
 
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker loops running trials at once (with --executor processes or ray)")
+    p.add_argument("--executor", choices=["local", "processes", "ray"], default="local",
+                   help="local: trials in this process; processes: N worker processes on this "
+                        "machine (one GPU each with --gpus-per-worker 1); ray: N tasks on a "
+                        "Ray cluster")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default: "
+                        "start a local one")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs each worker holds")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
+                   help="CPUs each Ray worker holds (with --threads, the torch threads it uses)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip re-attacking the front with the strong worst case at the end "
                         "(see `automoe verify`)")

@@ -168,6 +168,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_trials,
         training_seed,
     )
+    from automoe.search.executors import ClusterConfig
     from automoe.storage import describe_url, open_storage
     from automoe.storage.study_db import parse_url
 
@@ -183,6 +184,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     make_sampler(sampler_name, args.seed, space.sampler["population_size"], space)  # validates
     url = _storage_url(args)
     parse_url(url)
+    cluster = ClusterConfig(executor=args.executor, workers=args.workers,
+                            ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                            cpus_per_worker=args.cpus_per_worker)
+    cluster.check_storage(url)
+    cluster.check_reachable()
+    if cluster.executor != "local":
+        return _search_with_workers(args, space, study_name, sampler_name, url, cluster)
     device = _device(args.device)
     _threads(args)
     started = time.perf_counter()
@@ -206,6 +214,54 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                        _retention(args)])
     if not args.no_verify and "robust_accuracy" in space.measured_metrics():
         _verify(study, args, args.verify_steps, args.verify_restarts, None, device)
+    _print_front(study, f", this run {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampler_name: str,
+                         url: str, cluster) -> int:
+    """`search --workers N --executor processes|ray`: create or resume the study here, run
+    N worker loops elsewhere until it has --trials more complete trials, show the front."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from automoe.data import load_dataset
+    from automoe.search import create_or_resume_study
+    from automoe.search.executors import run_workers
+    from automoe.search.workers import WorkerConfig
+    from automoe.storage import describe_url, open_storage
+
+    n_trials = args.trials if args.trials is not None else space.trials
+    config = WorkerConfig(
+        storage_url=url, study_name=study_name, until=1, artifact_dir=str(_artifact_dir(args)),
+        device=args.device, threads=args.threads, data_root=args.data_root,
+        download=args.download, heartbeat=args.heartbeat, keep=args.keep)
+    if cluster.executor == "processes":  # the workers run here: check their data now
+        load_dataset(space.dataset["name"], "train", args.data_root,
+                     image_size=space.dataset["image_size"], download=args.download)
+    started = time.perf_counter()
+    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None)
+    study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, args.seed)
+    complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+    config = replace(config, until=complete + n_trials)
+    where = (f"Ray cluster {cluster.ray_address}" if cluster.ray_address
+             else "a local Ray cluster" if cluster.executor == "ray" else "local processes")
+    if not args.quiet:
+        err.print(f"[bold]{'resuming' if resumed else 'created'}[/] study [cyan]{study_name}[/] "
+                  f"in {describe_url(url)} ({complete} complete); {cluster.workers} workers on "
+                  f"{where}, until {config.until} complete trials")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, disable=args.quiet)
+    bar = progress.add_task("trials", total=n_trials)
+
+    def on_progress(done: int, running: int, failed: int) -> None:
+        progress.update(bar, completed=min(done - complete, n_trials),
+                        description=f"trials ({running} running, {failed} failed)")
+
+    with progress:
+        run_workers(config, cluster, on_progress=on_progress)
+    if not args.no_verify and "robust_accuracy" in space.measured_metrics():
+        _verify(study, args, args.verify_steps, args.verify_restarts, None,
+                _device("auto" if cluster.executor == "ray" else args.device))
     _print_front(study, f", this run {time.perf_counter() - started:.0f}s")
     return 0
 
@@ -450,7 +506,38 @@ def _status_view(study):
             running.add_row(str(t.number), t.datetime_start.strftime("%H:%M:%S")
                             if t.datetime_start else "-",
                             f"{worker.get('host', '?')}:{worker.get('pid', '?')}")
-    return Group(head, best, running if running.row_count else "no running trial")
+    parts = [head, best, running if running.row_count else "no running trial"]
+    workers = _workers_table(trials)
+    if workers.row_count > 1:
+        parts.append(workers)
+    return Group(*parts)
+
+
+def _workers_table(trials):
+    """Which worker (host, process, Ray node) ran which trials, and how they ended."""
+    from rich.table import Table
+
+    rows: dict[tuple, dict] = {}
+    for t in trials:
+        worker = t.user_attrs.get("worker")
+        if not worker:
+            continue
+        key = (worker.get("host", "?"), worker.get("pid", "?"), worker.get("ray_node", ""))
+        row = rows.setdefault(key, {"executor": worker.get("executor", "-"), "trials": []})
+        row["trials"].append(t)
+    table = Table(title="workers", title_justify="left")
+    for col in ("worker", "ray node", "executor", "complete", "running", "failed", "pruned",
+                "trials"):
+        table.add_column(col, justify="right" if col in ("complete", "running", "failed",
+                                                          "pruned") else "left")
+    for (host, pid, node), row in rows.items():
+        states = [t.state.name for t in row["trials"]]
+        numbers = [t.number for t in row["trials"]]
+        shown = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
+        table.add_row(f"{host}:{pid}", node[:12] or "-", row["executor"],
+                      *(str(states.count(s)) for s in ("COMPLETE", "RUNNING", "FAIL", "PRUNED")),
+                      shown)
+    return table
 
 
 def cmd_status(args: argparse.Namespace) -> int:

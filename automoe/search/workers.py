@@ -140,7 +140,11 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
     def within_target(trial: optuna.Trial):
         if not fits_target(study, trial.number, config.until):
             raise optuna.TrialPruned("the study reached its target with other workers' trials")
-        return runner(trial)
+        try:
+            return runner(trial)
+        except KeyboardInterrupt:  # Optuna fails the trial; say why
+            trial.set_user_attr("fail_reason", "interrupted: its worker was stopped")
+            raise
 
     after = list(callbacks or [])
     if config.keep == "pareto":
