@@ -100,9 +100,10 @@ def test_processes_worker_killed_mid_trial_on_sqlite(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", "processes")
 
 
-def test_ctrl_c_on_the_driver_leaves_no_running_trial(workdir):
-    url = f"sqlite:///{workdir / 'c.db'}"
-    driver = _search(workdir, url, "processes", 2, 6)
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_ctrl_c_on_the_driver_leaves_no_running_trial(workdir, executor):
+    url = f"sqlite:///{workdir / 'c.db'}"  # SQLite serves a local Ray cluster
+    driver = _search(workdir, url, executor, 2, 6)
     try:
         _running_trial(url)
         driver.send_signal(signal.SIGINT)
