@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from automoe.cli._output import print_error
 
 __all__ = ["main"]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once: not where its help already states one, nor for
+    defaults that say nothing (None, False)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS):
+            return help_text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "a SQLite DB, else studies/artifacts)")
 
     parser = _Parser(prog="automoe", description=__doc__,
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"automoe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name, fn, parents, help_text):
         p = sub.add_parser(name, parents=parents, help=help_text, description=fn.__doc__,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
         p.set_defaults(func=fn)
         return p
 
@@ -362,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    except BrokenPipeError:
+        # the reader went away (`automoe pareto --json | head`): end quietly, as a program
+        # killed by SIGPIPE would, and keep the interpreter's final flush from complaining
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         if debug:
             raise

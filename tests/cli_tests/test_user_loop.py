@@ -3,6 +3,7 @@ with each --pick, the model card, and optuna-dashboard serving the study."""
 
 import csv
 import io
+import os
 import json
 import socket
 import subprocess
@@ -166,3 +167,24 @@ def test_dashboard_serves_the_study_and_its_artifacts(study_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_closed_pipe_ends_quietly(study_dir):
+    # `automoe pareto --json | head -c 20`: the reader leaves early; no error, no traceback
+    proc = subprocess.Popen(["automoe", "pareto", "--json"], cwd=study_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.read(20)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert stderr == "" and proc.returncode in (0, 141)
+
+
+def test_help_states_each_default_once():
+    for command in ("search", "worker", "pareto", "export", "robustness", "verify"):
+        text = subprocess.run(["automoe", command, "--help"], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "400"}).stdout
+        assert "(default: None)" not in text and "(default: False)" not in text
+        for line in text.splitlines():
+            assert line.count("(default:") + line.count("(default ") <= 1, line
