@@ -169,7 +169,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         training_seed,
     )
     from automoe.search.executors import ClusterConfig
-    from automoe.storage import describe_url, open_storage
+    from automoe.storage import describe_location, open_storage
     from automoe.storage.study_db import parse_url
 
     _quiet_optuna(args)
@@ -198,14 +198,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     runner = TrialRunner(space, _artifact_store(args), on_step=progress.on_step, device=device,
                          seed=args.seed, data_root=args.data_root, download=args.download,
                          resume_dir=_resume_dir(args))
-    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None)
+    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None,
+                           make_folder=args.storage is None)
     # a resumed study keeps its seed: the sampler's is derived from it and the trial count
     # (so a resume proposes new candidates), and training uses it as in every worker
     study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, args.seed)
     runner.seed = training_seed(study)
     if not args.quiet:
         what = "resuming" if resumed else "created"
-        err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {describe_url(url)} "
+        err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {describe_location(url)} "
                   f"({len(study.trials)} trials so far); space {space.source}, dataset "
                   f"{space.dataset['name']}, sampler {sampler_name}, seed {runner.seed}, "
                   f"device {device}")
@@ -228,7 +229,7 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
     from automoe.search import create_or_resume_study
     from automoe.search.executors import run_workers
     from automoe.search.workers import WorkerConfig
-    from automoe.storage import describe_url, open_storage
+    from automoe.storage import describe_location, open_storage
 
     n_trials = args.trials if args.trials is not None else space.trials
     config = WorkerConfig(
@@ -239,7 +240,8 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
         load_dataset(space.dataset["name"], "train", args.data_root,
                      image_size=space.dataset["image_size"], download=args.download)
     started = time.perf_counter()
-    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None)
+    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None,
+                           make_folder=args.storage is None)
     study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, args.seed)
     complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
     config = replace(config, until=complete + n_trials)
@@ -247,7 +249,7 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
              else "a local Ray cluster" if cluster.executor == "ray" else "local processes")
     if not args.quiet:
         err.print(f"[bold]{'resuming' if resumed else 'created'}[/] study [cyan]{study_name}[/] "
-                  f"in {describe_url(url)} ({complete} complete); {cluster.workers} workers on "
+                  f"in {describe_location(url)} ({complete} complete); {cluster.workers} workers on "
                   f"{where}, until {config.until} complete trials")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, disable=args.quiet)

@@ -11,6 +11,7 @@ from automoe.storage.checkpoint import (
 )
 from automoe.storage.study_db import (
     DEFAULT_STORAGE,
+    describe_location,
     describe_url,
     load_study,
     open_storage,
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "AtomicFileSystemArtifactStore",
     "default_artifact_dir",
+    "describe_location",
     "describe_url",
     "load_checkpoint",
     "load_study",

@@ -51,6 +51,13 @@ def describe_url(url: str) -> str:
         return repr(url)
 
 
+def describe_location(url: str) -> str:
+    """Where a study DB is, for messages: a SQLite file's absolute path, else the URL with
+    its password hidden."""
+    path = sqlite_path(url)
+    return str(path.resolve()) if path is not None else describe_url(url)
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
     parsed = make_url(url)
@@ -60,7 +67,7 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | None = None,
-                 max_retry: int = 2) -> optuna.storages.RDBStorage:
+                 max_retry: int = 2, make_folder: bool = False) -> optuna.storages.RDBStorage:
     """Open (and with ``create``, initialise) an Optuna RDB storage.
 
     SQLite files get WAL journaling and a busy timeout, so a dashboard or a second worker
@@ -69,6 +76,10 @@ def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | Non
     failed by the next worker and retried up to ``max_retry`` times with the same
     parameters. Two processes creating a fresh PostgreSQL schema at once can collide
     (duplicate ``CREATE TYPE``); that is retried a few times.
+
+    With ``make_folder`` (and ``create``), a new SQLite file's missing folder is created:
+    right for the default ``studies/`` folder, while a typo in a URL the user gave should
+    stay an error.
 
     Raises:
         StorageError: bad URL, missing driver, missing SQLite file (``create=False``) or an
@@ -85,6 +96,8 @@ def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | Non
         if not path.exists():
             if not create:
                 raise StorageError(f"no study database at {str(path)!r} (storage {url})")
+            if make_folder and not path.parent.exists():
+                path.parent.mkdir(parents=True)
             if not path.parent.is_dir():
                 raise StorageError(f"folder {str(path.parent)!r} of storage {url} does not exist")
         try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import TINY_SPACE, run_cli
 
 BAD_YAML = "name: x\nparams: {experts: [1, 2\n"
 TOP_K_OVER = "name: x\nparams:\n  experts: 2\n  top_k: 3\n"
@@ -94,3 +94,22 @@ def test_config_file_fills_flags_and_the_command_line_wins(workdir):
     (workdir / "studies" / "unknown.toml").write_text("until = 3\n")
     proc = run_cli("search", "--config", "studies/unknown.toml", cwd=workdir, check=1)
     assert "until: not a flag of `automoe search`" in proc.stderr
+
+
+def test_search_runs_from_any_folder(tmp_path):
+    # the default storage's folder is created, and the message says where the DB is
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    proc = run_cli("search", "--space", "tiny.yaml", "--trials", "1", "--no-verify",
+                   cwd=tmp_path, check=0)
+    db = tmp_path / "studies" / "automoe.db"
+    assert db.is_file()
+    assert str(db) in proc.stderr.replace("\n", "")
+
+
+def test_a_given_storage_folder_must_exist(tmp_path):
+    # a typo in a URL the user gave is not silently made into a new folder
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    proc = run_cli("search", "--space", "tiny.yaml", "--storage", "sqlite:///runs/x.db",
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert not (tmp_path / "runs").exists()

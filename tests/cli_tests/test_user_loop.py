@@ -3,8 +3,8 @@ with each --pick, the model card, and optuna-dashboard serving the study."""
 
 import csv
 import io
-import os
 import json
+import os
 import socket
 import subprocess
 import time
