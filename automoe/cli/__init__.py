@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 
-from automoe.cli._output import print_error
+from automoe.cli._output import print_error, print_note
 
 __all__ = ["main"]
+
+
+# flags a command needs, checked after --config is applied: (dest, flag)
+_REQUIRED = {"worker": (("until", "--until"),)}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -139,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("worker", c.cmd_worker, [common, storage, config, running],
             "join a study as one more worker")
-    p.add_argument("--until", type=int, required=True, metavar="N",
-                   help="stop once the study has N complete trials")
+    p.add_argument("--until", type=int, default=None, metavar="N",
+                   help="stop once the study has N complete trials (required)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
     p.add_argument("--download", action="store_true", help="let torchvision download it")
     p.add_argument("--device", default="auto", help="torch device")
@@ -317,8 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                  argv: list[str]) -> None:
-    """Fill ``args`` from the ``--config`` TOML file: command line > file > defaults."""
+                  argv: list[str]) -> list[str]:
+    """Fill ``args`` from the ``--config`` TOML file: command line > file > defaults.
+
+    One file serves several commands. Top-level keys go to every command that has the
+    flag; a table named after a command (``[worker]``, ``[search]``) holds keys for that
+    command alone. Returns the top-level keys skipped because they are flags of another
+    command only; a key no command knows is an error.
+    """
     import tomllib
     from pathlib import Path
 
@@ -332,15 +342,39 @@ def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    actions = {a.dest: a for a in sub.choices[args.command]._actions if a.option_strings}
+    hidden = ("config", "help", "debug")
+
+    def flags(command: str) -> dict[str, argparse.Action]:
+        return {a.dest: a for a in sub.choices[command]._actions
+                if a.option_strings and a.dest not in hidden}
+
+    actions = flags(args.command)
+    anywhere = {dest for command in sub.choices for dest in flags(command)}
+    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+    for name in tables:
+        if name not in sub.choices:
+            raise ConfigError(f"{path}: [{name}]: not an automoe command; tables are named "
+                              f"after one ({', '.join(sorted(sub.choices))})")
+    chosen: dict = {}
+    skipped = []
     for key, value in values.items():
+        if isinstance(value, dict):
+            continue
         dest = key.replace("-", "_")
-        action = actions.get(dest)
-        if action is None or dest in ("config", "help", "debug"):
-            allowed = sorted(d.replace("_", "-") for d in actions
-                             if d not in ("config", "help", "debug"))
-            raise ConfigError(f"{path}: {key}: not a flag of `automoe {args.command}`; "
-                              f"expected one of {', '.join(allowed)}")
+        if dest in actions:
+            chosen[key] = value
+        elif dest in anywhere:
+            skipped.append(key)
+        else:
+            raise ConfigError(f"{path}: {key}: not a flag of any automoe command")
+    for key, value in tables.get(args.command, {}).items():
+        if key.replace("-", "_") not in actions:
+            allowed = sorted(d.replace("_", "-") for d in actions)
+            raise ConfigError(f"{path}: [{args.command}] {key}: not a flag of `automoe "
+                              f"{args.command}`; expected one of {', '.join(allowed)}")
+        chosen[key] = value
+    for key, value in chosen.items():
+        action = actions[key.replace("-", "_")]
         if any(arg == opt or arg.startswith(opt + "=") for arg in argv
                for opt in action.option_strings):
             continue  # given on the command line
@@ -354,7 +388,8 @@ def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
                 raise ConfigError(f"{path}: {key}: invalid value {value!r}") from None
         elif isinstance(action.const, bool) and not isinstance(value, bool):
             raise ConfigError(f"{path}: {key}: must be true or false, got {value!r}")
-        setattr(args, dest, value)
+        setattr(args, action.dest, value)
+    return skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +405,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         if getattr(args, "config", None):
-            _apply_config(parser, args, argv)
+            skipped = _apply_config(parser, args, argv)
+            if skipped and not args.quiet:
+                print_note(f"{args.config}: {', '.join(skipped)} not used by "
+                           f"`automoe {args.command}`")
+        missing = [flag for dest, flag in _REQUIRED.get(args.command, ())
+                   if getattr(args, dest) is None]
+        if missing:  # required, but a --config file may give them: checked after it
+            print_error(f"the following arguments are required: {', '.join(missing)} (on "
+                        "the command line or in --config)")
+            return 2
         return int(args.func(args) or 0)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1

@@ -19,6 +19,10 @@ def print_error(message: str) -> None:
     sys.stderr.write(f"automoe: error: {message}\n")
 
 
+def print_note(message: str) -> None:
+    sys.stderr.write(f"automoe: note: {message}\n")
+
+
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

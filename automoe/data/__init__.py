@@ -14,6 +14,7 @@ from automoe.data._datasets import (
     ImageDataset,
     dataset_info,
     load_dataset,
+    split_description,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "ImageDataset",
     "dataset_info",
     "load_dataset",
+    "split_description",
 ]

@@ -25,6 +25,17 @@ _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_VAL_FRACTION = 0.2
 
 
+def split_description(name: str) -> str:
+    """How a dataset's validation and test splits are made, for model cards and reports."""
+    if name == "digits":
+        return (f"the embedded digits have no official split: a fixed-seed stratified "
+                f"{100 * (1 - _DIGITS_VAL_FRACTION - _DIGITS_TEST_FRACTION):.0f}/"
+                f"{100 * _DIGITS_VAL_FRACTION:.0f}/{100 * _DIGITS_TEST_FRACTION:.0f} % "
+                "train/val/test split")
+    return (f"validation is a fixed-seed {100 * _VAL_FRACTION:.0f} % held out of the official "
+            "training split; test is the official test split")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a model needs to know about its inputs."""

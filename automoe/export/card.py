@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from automoe.data import split_description
 from automoe.search.objectives import METRICS
 
 CARD_FILE = "MODEL_CARD.md"
@@ -53,9 +54,8 @@ def model_card(config: dict) -> str:
               f"Dataset `{data.get('name')}`"
               + (f" at {data['image_size']}x{data['image_size']}" if data.get("image_size")
                  else "")
-              + ". Validation accuracy is on a fixed-seed 10 % held out of the training split "
-                "(the embedded digits: a fixed 60/20/20 split); test accuracy on the test "
-                "split, never used for selection.", ""]
+              + f"; {split_description(data.get('name', ''))}. Selection uses validation "
+                "accuracy only; test accuracy is reported, never used to pick.", ""]
 
     attack = config.get("attack")
     if attack and "robust_accuracy" in metrics:

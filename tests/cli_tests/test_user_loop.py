@@ -100,6 +100,7 @@ def test_export_each_pick_with_a_model_card(study_dir):
             assert number == best[pick]["trial"]
         card = (out / "MODEL_CARD.md").read_text()
         assert f"Trial {number} of study `tiny`" in card and "## Training recipe" in card
+        assert "60/20/20 % train/val/test split" in card  # how digits is split, not CIFAR's
         model = automoe.load(out)
         result = json.loads(run_cli("eval", str(out), "--json", cwd=study_dir, check=0).stdout)
         row = next(r for r in front if r["trial"] == number)
