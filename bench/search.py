@@ -20,6 +20,7 @@ full-fidelity NSGA-II of the same seed (or "-" if it never did).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import tempfile
@@ -65,8 +66,8 @@ def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dic
     sampler_name, fidelity = STRATEGIES[strategy]
     space = bench_space(fidelity)
     sampler = make_sampler(sampler_name, seed, space.sampler["population_size"], space)
-    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), strategy, space,
-                                      sampler, seed)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(),
+                                      strategy.replace("+", "-"), space, sampler, seed)
     runner = TrialRunner(space, AtomicFileSystemArtifactStore(workdir / f"{strategy}-{seed}"),
                          seed=seed)
     epochs = 0
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=24, help="full-fidelity trials of budget")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--cache", default=None, metavar="JSON",
+                        help="keep each finished run here and reuse it on a rerun (a long "
+                             "benchmark that stops halfway loses nothing)")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -114,11 +118,20 @@ def main() -> None:
     budget = args.budget * EPOCHS
     results: dict[str, list[list[dict]]] = {}
     started = time.perf_counter()
+    cache_path = Path(args.cache) if args.cache else None
+    cache = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in strategies:
             results[strategy] = []
             for seed in range(args.seeds):
-                results[strategy].append(run(strategy, seed, budget, Path(tmp)))
+                key = f"{strategy}/{seed}/{args.budget}"
+                if key not in cache:
+                    cache[key] = run(strategy, seed, budget, Path(tmp))
+                    if cache_path:
+                        partial = cache_path.with_suffix(".tmp")
+                        partial.write_text(json.dumps(cache))
+                        partial.replace(cache_path)
+                results[strategy].append(cache[key])
                 console.print(f"{strategy} seed {seed}: {len(results[strategy][-1])} trials, "
                               f"{time.perf_counter() - started:.0f}s so far")
     all_points = [p for runs in results.values() for rows in runs for p in rows[-1]["front"]]
