@@ -16,6 +16,10 @@ from automoe.errors import DataError
 SPLITS = ("train", "val", "test")
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder")
 
+# Errors name both ways of giving a data root: the CLI's flag and the Python argument.
+_ROOT_HINT = "a data root, the folder that holds its files (--data-root DIR, or root= in Python)"
+_DOWNLOAD_HINT = "--download (download=True in Python)"
+
 # Validation images are held out of the official training set with this fixed seed, so
 # the same split is used by every trial, every worker and every later evaluation.
 _SPLIT_SEED = 0
@@ -155,7 +159,7 @@ def dataset_info(
         return _digits_arrays(image_size)[2]
     if name == "imagefolder":
         if root is None:
-            raise DataError("dataset 'imagefolder' needs --data-root DIR")
+            raise DataError(f"dataset 'imagefolder' needs {_ROOT_HINT}")
         classes = _imagefolder_classes(Path(root) / "train")
         return DatasetInfo(name, len(classes), 3, image_size or 32, (0.5,) * 3, (0.5,) * 3)
     if name not in _TORCHVISION_STATS:
@@ -209,15 +213,15 @@ def _load_digits(split: str, image_size: int | None) -> ImageDataset:
 def _check_root(name: str, root: str | os.PathLike[str] | None, download: bool) -> Path:
     if root is None:
         raise DataError(
-            f"dataset {name!r} needs --data-root DIR (the folder that holds its files"
-            + ("" if name == "imagefolder" else "; add --download to fetch them there") + ")"
+            f"dataset {name!r} needs {_ROOT_HINT}"
+            + ("" if name == "imagefolder" else f"; {_DOWNLOAD_HINT} fetches its files there")
         )
     path = Path(root).expanduser()
     if not path.is_dir():
         if download and name != "imagefolder":
             path.mkdir(parents=True, exist_ok=True)
         else:
-            raise DataError(f"--data-root {str(path)!r} is not a directory")
+            raise DataError(f"data root {str(path)!r} is not a directory")
     return path
 
 
@@ -265,8 +269,8 @@ def _open_torchvision(name: str, root: Path, train: bool, transform: Callable, d
             return datasets.SVHN(str(root), split="train" if train else "test",
                                  transform=transform, download=download)
     except (RuntimeError, OSError) as exc:
-        hint = "" if download else " (add --download to fetch it)"
-        raise DataError(f"{name} not found or unreadable under --data-root {str(root)!r}"
+        hint = "" if download else f" ({_DOWNLOAD_HINT} fetches it)"
+        raise DataError(f"{name} not found or unreadable under data root {str(root)!r}"
                         f"{hint}: {exc}") from exc
     raise DataError(f"unknown dataset {name!r}")
 

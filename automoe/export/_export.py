@@ -70,8 +70,15 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             download_artifact(artifact_store=artifact_store, file_path=str(weights),
                               artifact_id=checkpoint["artifact_id"])
         except Exception as exc:  # the store raises its own not-found error types
-            from automoe.search.pareto import pareto_trials
+            from automoe.search.pareto import is_feasible, pareto_trials
 
+            if not is_feasible(trial):
+                broken = ", ".join(f"{name} (by {value:g})" for name, value
+                                   in trial.constraints.items() if value > 0)
+                raise AutomoeError(
+                    f"trial {trial_number} is infeasible: it violates {broken}, so it is not "
+                    "on the front and its checkpoint was removed (searches keep front "
+                    "checkpoints unless run with --keep all)") from None
             if trial_number not in {t.number for t in pareto_trials(study)}:
                 raise AutomoeError(
                     f"trial {trial_number} is off the Pareto front and its checkpoint was "

@@ -158,8 +158,9 @@ def test_imagefolder_png_files(tmp_path):
 
 
 @pytest.mark.parametrize("name", [n for n in DATASET_NAMES if n != "digits"])
-def test_missing_root_names_the_flag(name):
-    with pytest.raises(DataError, match="--data-root"):
+def test_missing_root_names_the_flag_and_the_argument(name):
+    # the same message serves the CLI and the Python API: it names both
+    with pytest.raises(DataError, match=r"--data-root DIR, or root= in Python"):
         load_dataset(name, "train")
 
 
