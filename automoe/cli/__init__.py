@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", default=None, metavar="FILE",
                    help="search: the file `supernet train` wrote")
     p.add_argument("--out", default=None, metavar="FILE", help="train: the supernet file")
+    p.add_argument("--force", action="store_true",
+                   help="train: replace an existing --out file")
     p.add_argument("--epochs", type=int, default=None,
                    help="train: supernet epochs (default: 4 x the space's epochs)")
     p.add_argument("--subnets-per-step", type=int, default=4,

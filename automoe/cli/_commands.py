@@ -633,6 +633,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     if args.action == "train":
         if not args.out:
             raise ConfigError("`supernet train` needs --out FILE")
+        if Path(args.out).exists() and not args.force:
+            raise ConfigError(f"{args.out!r} already exists; pass --force to replace it")
         space = SearchSpace.from_file(resolve_space_path(args.space))
         from automoe.data import load_dataset
 
@@ -686,6 +688,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         study, _ = create_or_resume_study(storage, study_name, space, space.sampler["name"],
                                           args.seed)
         study.set_user_attr("fidelity", "supernet")
+        # finalize compares these robust values with full evaluations: say on what
+        study.set_user_attr("screen_attack_samples", screen.attack.max_samples)
         progress = _TrialProgress(args.quiet, args.trials)
         runner = TrialRunner(screen, _artifact_store(args), device=device,
                              seed=training_seed(study),
@@ -743,6 +747,14 @@ def cmd_supernet(args: argparse.Namespace) -> int:
             cells.append(METRICS[name].format(trial.values[i]) if trial.values else "-")
         table.add_row(str(origin.get("trial", "-")), str(trial.number), *cells)
     out.print(table)
+    if "robust_accuracy" in names:
+        screened = source.user_attrs.get("screen_attack_samples")
+        full = space.attack.max_samples
+        if screened != full:
+            out.print(f"robust % inherited was screened on the first {screened} val samples "
+                      f"(--attack-samples); stand-alone on "
+                      f"{'every val sample' if full is None else f'the first {full}'}: the "
+                      "two columns are not on the same samples")
     return 0
 
 

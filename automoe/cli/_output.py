@@ -88,8 +88,9 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
             f"{(row.get('params') or 0) / 1e3:.0f}K",
             architecture(row),
             expert_use(row),
-            f"{train.get('lr', float('nan')):.3g}",
-            str(train.get("epochs", "-")),
+            # a sub-network with inherited weights was never trained with its recipe
+            *(("-", "-") if row.get("fidelity") == "supernet" else
+              (f"{train.get('lr', float('nan')):.3g}", str(train.get("epochs", "-")))),
         )
     return table
 

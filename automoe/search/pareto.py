@@ -72,6 +72,8 @@ def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
         "repeats": attrs.get("repeats"),
         "feasible": attrs.get("feasible", True),
         "has_checkpoint": "checkpoint" in attrs,
+        # "supernet": evaluated with inherited weights, never trained with its own recipe
+        "fidelity": attrs.get("fidelity", "trained"),
     }
 
 

@@ -37,9 +37,18 @@ def test_supernet_train_search_finalize(workdir):
     assert trained["expert_sampling"] == "subset" and trained["recipe"]["scheme"] == "pgd_at"
     assert trained["step_rule"] == "largest_random"
     assert trained["width_schedule"] == "all"
+    # an existing supernet file is not overwritten without --force
+    before = (workdir / "studies" / "super.safetensors").read_bytes()
+    proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",
+                   "studies/super.safetensors", cwd=workdir, check=1)
+    assert "already exists; pass --force" in proc.stderr
+    assert (workdir / "studies" / "super.safetensors").read_bytes() == before
     proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
                    "--trials", "6", "--attack-samples", "16", "-q", cwd=workdir, check=0)
     assert "Pareto front of 'tinysuper-supernet'" in proc.stdout
+    # inherited-weight trials were never trained: no lr or epochs in the front table
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert rows and all(line.replace(" ", "").endswith("│-│-│") for line in rows)
     storage = open_storage("sqlite:///" + str(workdir / "studies" / "automoe.db"), create=False)
     study = optuna.load_study(study_name="tinysuper-supernet", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
@@ -54,6 +63,9 @@ def test_supernet_train_search_finalize(workdir):
     proc = run_cli("supernet", "finalize", "--study", "tinysuper-supernet", "--top", "1",
                    cwd=workdir, check=0)
     assert "inherited weights vs trained stand-alone in 'tinysuper'" in proc.stdout
+    # the screen and the full evaluation attacked different samples, and it says so
+    assert "screened on the first 16 val samples" in proc.stdout
+    assert "stand-alone on the first 64" in proc.stdout
     final = optuna.load_study(study_name="tinysuper", storage=storage)
     (trial,) = final.trials
     origin = trial.user_attrs["supernet_trial"]
