@@ -127,8 +127,11 @@ class TrialRunner:
             "width_multiplier": model_cfg.get("width_multiplier", 1.0),
         })
         trial.set_user_attr("dataset", self.data_spec())
+        # the thread count too: CPU results repeat exactly only at the same count (it
+        # changes the order of float reductions)
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
-                                       "device": str(self.device), **self.worker})
+                                       "device": str(self.device),
+                                       "threads": torch.get_num_threads(), **self.worker})
         if self.supernet is not None:
             trial.set_user_attr("fidelity", "supernet")
 

@@ -58,6 +58,7 @@ def _check_exact(url, target, executor):
     assert states.count("COMPLETE") == target and "RUNNING" not in states
     workers = [t.user_attrs["worker"] for t in trials if t.state.name == "COMPLETE"]
     assert len({w["pid"] for w in workers}) >= 2  # the trials ran in several processes
+    assert all(w["threads"] == 1 for w in workers)  # each ran with its own --threads
     assert all(w["executor"] == executor and len({w["run"] for w in workers}) == 1
                for w in workers)
     if executor == "ray":
