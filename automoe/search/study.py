@@ -22,6 +22,13 @@ def make_sampler(name: str, seed: int, population_size: int = 8,
     ``grid`` enumerates the space's grid (every dimension must be categorical or stepped);
     ``nni-*`` asks an NNI tuner (see :mod:`automoe.search.nni_adapter`).
     """
+    with warnings.catch_warnings():  # "experimental since v3.2" (NSGA-III, GP): noise here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(name, seed, population_size, space)
+
+
+def _make_sampler(name: str, seed: int, population_size: int,
+                  space: SearchSpace | None) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
     if name == "nsga3":

@@ -113,3 +113,12 @@ def test_a_given_storage_folder_must_exist(tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("sampler", ["nsga3", "gp", "nni-tpe"])
+def test_samplers_are_quiet_with_q(workdir, sampler):
+    # no experimental-feature warnings, no NNI log lines with raw colour codes
+    proc = run_cli("search", "--space", "tiny.yaml", "--sampler", sampler, "--trials", "2",
+                   "--no-verify", "-q", "--study", sampler.replace("-", ""), cwd=workdir,
+                   check=0)
+    assert proc.stderr == ""
