@@ -467,31 +467,32 @@ def _status_view(study):
     feasible = [t for t in complete if is_feasible(t)]
     front = pareto_trials(study)
     hv, reference = front_hypervolume(study)
+    # one line per fact, each short enough for 80 columns
     head = Table.grid(padding=(0, 2))
-    head.add_row(f"[bold]{study.study_name}[/]", *(f"{s.lower()} {states.count(s)}" for s in (
+    head.add_row(f"[bold]{study.study_name}[/]", "  ".join(f"{s.lower()} {states.count(s)}" for s in (
         "COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")))
-    head.add_row("front", f"{len(front)} trials", f"hypervolume {hv:,.6g}", "reference " +
-                 ", ".join(f"{r:g}" for r in reference))
+    head.add_row("front", f"{len(front)} trials, hypervolume {hv:,.6g}")
+    head.add_row("", "reference " + ", ".join(f"{r:g}" for r in reference))
     if len(feasible) < len(complete):
-        head.add_row("constraints", f"{len(feasible)} feasible",
+        head.add_row("constraints", f"{len(feasible)} feasible, "
                      f"{len(complete) - len(feasible)} infeasible (not on the front)")
     verified = verified_results(study)
     checked = [verified[t.number] for t in front if t.number in verified]
     if checked:
         gaps = [r["robust_accuracy_proxy"] - r["robust_accuracy_verified"] for r in checked
                 if r.get("robust_accuracy_proxy") is not None]
-        head.add_row("verified", f"{len(checked)} of {len(front)} front trials",
-                     f"proxy - verified robust % mean {sum(gaps) / max(len(gaps), 1):.2f}, "
+        head.add_row("verified", f"{len(checked)} of {len(front)} front trials")
+        head.add_row("", f"proxy - verified robust % mean {sum(gaps) / max(len(gaps), 1):.2f}, "
                      f"largest {max(gaps, default=0.0):.2f}")
     moe = [t for t in complete if t.user_attrs.get("expert_use") is not None]
     if moe:
         worst = min(moe, key=lambda t: t.user_attrs["expert_use"])
         collapsed = sum(t.user_attrs["expert_use"] < COLLAPSED_BELOW for t in moe)
-        head.add_row("routers", f"{len(moe)} MoE trials",
-                     f"{collapsed} collapsed (expert use < {COLLAPSED_BELOW:g})",
-                     f"lowest expert use {worst.user_attrs['expert_use']:.2f} "
+        head.add_row("routers", f"{len(moe)} MoE trials, {collapsed} collapsed (expert use "
+                     f"< {COLLAPSED_BELOW:g})")
+        head.add_row("", f"lowest expert use {worst.user_attrs['expert_use']:.2f} "
                      f"(trial {worst.number})")
-    best = Table(title="best per objective (feasible trials)", title_justify="left")
+    best = Table(title="best per objective (feasible trials)", title_justify="left", min_width=40)
     for col in ("objective", "value", "trial"):
         best.add_column(col)
     for i, name in enumerate(names):
@@ -555,6 +556,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print(_status_view(study))
         return 0
     try:
+        if not out.is_terminal:  # piped: a plain snapshot every interval, not a live view
+            while True:
+                out.print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                out.print(_status_view(study))
+                out.file.flush()
+                time.sleep(args.interval)
         with Live(_status_view(study), console=out, refresh_per_second=4) as live:
             while True:
                 time.sleep(args.interval)
@@ -920,6 +927,22 @@ def _pixels(value: str, flag: str) -> float:
         raise ConfigError(f"{flag} must be a number or a fraction like 8/255, got {value!r}") from None
 
 
+@contextlib.contextmanager
+def _attack_progress(quiet: bool):
+    """A progress bar over samples x attacks, gone when done; yields the callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, disable=quiet, transient=True)
+    task = progress.add_task("attacking", total=None)
+
+    def on_progress(done: int, total: int, attack: str) -> None:
+        progress.update(task, completed=done, total=total, description=f"attacking: {attack}")
+
+    with progress:
+        yield on_progress
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     """Attack an exported model with strong attacks and report robust accuracy per attack.
 
@@ -951,7 +974,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     attacks = args.attack or list(STRONG_ATTACKS[args.norm])
     configs = [AttackConfig(attack=a, norm=args.norm, eps=eps, step_size=step,
                             steps=args.steps, restarts=args.restarts) for a in attacks]
-    report = worst_case_accuracy(model, dataset, configs, device=device)
+    with _attack_progress(args.quiet) as on_progress:
+        report = worst_case_accuracy(model, dataset, configs, device=device,
+                                     on_progress=on_progress)
     rows = {"clean": 100 * report.clean,
             **{name: 100 * value for name, value in report.per_attack.items()},
             "worst case over the attacks": 100 * report.worst}

@@ -325,13 +325,20 @@ class WorstCase:
 
 def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[AttackConfig],
                         batch_size: int = 256, device: torch.device | str = "cpu",
-                        seed: int = 0) -> WorstCase:
+                        seed: int = 0,
+                        on_progress: Callable[[int, int, str], None] | None = None
+                        ) -> WorstCase:
     """Attack every sample of ``dataset`` with each config (its restarts included) and
-    report each attack's accuracy and the worst case over all of them."""
+    report each attack's accuracy and the worst case over all of them.
+
+    ``on_progress(done, total, attack)`` is called after each attack of each batch, with
+    samples x attacks done and in all.
+    """
     device = torch.device(device)
     model.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     clean, robust = [], {c.describe(): [] for c in configs}
+    total, done = len(dataset) * len(configs), 0
     for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         images, labels = images.to(device), labels.to(device)
         with torch.no_grad():
@@ -343,6 +350,9 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
                 with torch.no_grad():
                     ok &= model(adv).argmax(1) == labels
             robust[cfg.describe()].append(ok)
+            done += len(labels)
+            if on_progress is not None:
+                on_progress(done, total, cfg.describe())
     clean_ok = torch.cat(clean)
     per_attack = {name: torch.cat(v) for name, v in robust.items()}
     worst = clean_ok.clone()

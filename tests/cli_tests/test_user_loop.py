@@ -189,3 +189,27 @@ def test_help_states_each_default_once():
         assert "(default: None)" not in text and "(default: False)" not in text
         for line in text.splitlines():
             assert line.count("(default:") + line.count("(default ") <= 1, line
+
+
+def test_status_piped_prints_snapshots_and_fits_80_columns(study_dir):
+    proc = subprocess.Popen(["automoe", "status", "--interval", "0.5"], cwd=study_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        snapshots = 0
+        while snapshots < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            snapshots += line.startswith("--- ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    from rich.console import Console
+
+    from automoe.cli._commands import _status_view
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(_status_view(_study(study_dir)))
+    head = console.export_text().splitlines()
+    hypervolume = [line for line in head if "hypervolume" in line]
+    assert len(hypervolume) == 1 and "trials, hypervolume" in hypervolume[0]
+    assert all(len(line.rstrip()) <= 80 for line in head)

@@ -185,3 +185,20 @@ def test_dlr_loss_matches_its_definition():
 def test_invalid_attack_configs(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         AttackConfig(**kwargs)
+
+
+def test_worst_case_reports_progress_over_samples_and_attacks(trained):
+    from automoe.robustness import worst_case_accuracy
+
+    model, val_set = trained
+    subset = torch.utils.data.Subset(val_set, range(70))
+    configs = [AttackConfig(attack="fgsm", eps=0.05), AttackConfig(attack="pgd", eps=0.05,
+                                                                   step_size=0.02, steps=2)]
+    calls = []
+    report = worst_case_accuracy(model, subset, configs, batch_size=32,
+                                 on_progress=lambda *a: calls.append(a))
+    # 3 batches x 2 attacks; done counts samples x attacks, up to 70 x 2
+    assert len(calls) == 6 and calls[-1][:2] == (140, 140)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert {c[2] for c in calls} == {c.describe() for c in configs}
+    assert report.samples == 70
