@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--storage", default=None, metavar="URL",
                          help="SQLAlchemy URL of the study DB (default: sqlite:///studies/automoe.db)")
     storage.add_argument("--study", default=None, metavar="NAME",
-                         help="study name (search: the space's name; others: the only study)")
+                         help="study name (search: the space's name; others: the only study, "
+                              "or the one that ran a trial last)")
     storage.add_argument("--artifact-dir", default=None, metavar="DIR",
                          help="where trial checkpoints are stored (default: artifacts/ beside "
                               "a SQLite DB, else studies/artifacts)")

@@ -72,10 +72,19 @@ def _resume_dir(args: argparse.Namespace) -> Path:
 
 
 def _existing_study(args: argparse.Namespace):
-    """The study named by --study (or the only one) in an existing storage."""
+    """The study named by --study in an existing storage; without it, the only one, or the
+    one that ran a trial last (named in a note, so that the choice is never silent)."""
+    from automoe.cli._output import print_note
     from automoe.storage import load_study, open_storage
 
-    return load_study(open_storage(_storage_url(args), create=False), args.study)
+    storage = open_storage(_storage_url(args), create=False)
+    study = load_study(storage, args.study, most_recent=True)
+    if args.study is None and not getattr(args, "quiet", False):
+        others = len(storage.get_all_studies()) - 1
+        if others:
+            print_note(f"study {study.study_name!r}, the most recently active of "
+                       f"{others + 1} in this storage (pick another with --study)")
+    return study
 
 
 def _print_front(study, note: str = "", reference: str | None = None,

@@ -129,11 +129,13 @@ def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | Non
     raise AssertionError("unreachable")
 
 
-def load_study(storage: optuna.storages.BaseStorage, study_name: str | None) -> optuna.Study:
-    """Load a study by name; with no name, the storage's only study.
+def load_study(storage: optuna.storages.BaseStorage, study_name: str | None, *,
+               most_recent: bool = False) -> optuna.Study:
+    """Load a study by name; with no name, the storage's only study, or with
+    ``most_recent`` the one that ran a trial last (see :func:`most_recent_study`).
 
     Raises:
-        StorageError: no such study, or several studies and no name given.
+        StorageError: no such study, or several studies, no name and not ``most_recent``.
     """
     names = [s.study_name for s in storage.get_all_studies()]
     if study_name is None:
@@ -141,6 +143,8 @@ def load_study(storage: optuna.storages.BaseStorage, study_name: str | None) -> 
             study_name = names[0]
         elif not names:
             raise StorageError("the storage holds no study yet; run `automoe search` first")
+        elif most_recent:
+            study_name = most_recent_study(storage)
         else:
             raise StorageError(f"the storage holds several studies, pick one with --study: "
                                f"{', '.join(sorted(names))}")
@@ -148,3 +152,25 @@ def load_study(storage: optuna.storages.BaseStorage, study_name: str | None) -> 
         known = ", ".join(sorted(names)) or "none"
         raise StorageError(f"no study named {study_name!r} in this storage (studies: {known})")
     return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def most_recent_study(storage: optuna.storages.BaseStorage) -> str:
+    """The name of the study whose latest trial started or finished last; studies without
+    trials rank below those with, the newest first."""
+    studies = storage.get_all_studies()
+    last: dict[int, str] = {}
+    engine = getattr(storage, "engine", None)
+    if engine is not None:  # one query, not every trial of every study
+        query = sqlalchemy.text(
+            "SELECT study_id, MAX(COALESCE(datetime_complete, datetime_start)) FROM trials "
+            "GROUP BY study_id")
+        with engine.connect() as connection:
+            last = {row[0]: str(row[1]) for row in connection.execute(query) if row[1]}
+    else:
+        for study in studies:
+            times = [t.datetime_complete or t.datetime_start for t in storage.get_all_trials(
+                study._study_id, deepcopy=False)]
+            times = [t for t in times if t is not None]
+            if times:
+                last[study._study_id] = str(max(times))
+    return max(studies, key=lambda s: (last.get(s._study_id, ""), s._study_id)).study_name

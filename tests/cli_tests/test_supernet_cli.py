@@ -1,5 +1,7 @@
 """supernet train -> search (inherited weights, trials in the study DB) -> finalize."""
 
+import json
+
 import optuna
 
 from automoe.search.supernet import Supernet
@@ -75,6 +77,12 @@ def test_supernet_train_search_finalize(workdir):
     assert trial.values[1] == origin["values"]["mmacs"]
     assert len(trial.user_attrs["history"]) == 1  # trained stand-alone for the space's epochs
     assert trial.user_attrs["attack"]["max_samples"] == 64  # finalists: the space's attack
+    # the storage now holds two studies: commands without --study take the one that ran
+    # last (the finalists) and say so
+    proc = run_cli("pareto", "--json", cwd=workdir, check=0)
+    assert "study 'tinysuper', the most recently active of 2" in proc.stderr
+    assert {r["trial"] for r in json.loads(proc.stdout)} <= {t.number for t in final.trials}
+    run_cli("export", "--pick", "knee", "--out", "knee", cwd=workdir, check=0)
 
 
 def test_supernet_refuses_spaces_it_cannot_share(workdir):

@@ -62,6 +62,12 @@ def test_load_study_by_name_or_the_only_one(tmp_path):
     optuna.create_study(storage=storage, study_name="b")
     with pytest.raises(StorageError, match="several studies.*a, b"):
         load_study(storage, None)
+    # or the most recently active: b, with no trial, is newer than a, which has none either
+    assert load_study(storage, None, most_recent=True).study_name == "b"
+    optuna.load_study(study_name="a", storage=storage).optimize(lambda t: 0.0, n_trials=1)
+    assert load_study(storage, None, most_recent=True).study_name == "a"
+    optuna.load_study(study_name="b", storage=storage).optimize(lambda t: 0.0, n_trials=1)
+    assert load_study(storage, None, most_recent=True).study_name == "b"
     with pytest.raises(StorageError, match="no study named 'c'"):
         load_study(storage, "c")
 
