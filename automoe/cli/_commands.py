@@ -592,6 +592,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
                  else None)
     path = write_plot(study, args.kind, args.out, trial=args.trial, reference=reference)
     if not args.quiet:
+        if args.kind == "importance":
+            from automoe.cli._output import print_note
+            from automoe.search.plots import MIN_TRIALS_FOR_IMPORTANCE
+
+            complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+            if complete < MIN_TRIALS_FOR_IMPORTANCE:
+                print_note(f"only {complete} complete trials: parameter importances are "
+                           f"unreliable below {MIN_TRIALS_FOR_IMPORTANCE}")
         err.print(f"wrote {path}")
     return 0
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
 from automoe.errors import AutomoeError
 from automoe.search.objectives import minimised
-from automoe.search.pareto import pareto_trials
+from automoe.search.pareto import knee_order, pareto_trials
 from automoe.search.study import study_objectives
 from automoe.search.verify import verified_results
 
@@ -75,9 +74,6 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
         return [robust(t) if name == "robust_accuracy" else value
                 for name, value in zip(names, t.values, strict=True)]
 
-    points = np.array([minimised(values(t), names) for t in candidates], dtype=float)
-    low, high = points.min(axis=0), points.max(axis=0)
-    scaled = (points - low) / np.where(high > low, high - low, 1.0)
-    distance = np.linalg.norm(scaled, axis=1)
-    return min(zip(distance.tolist(), candidates, strict=True),
-               key=lambda d_t: (round(d_t[0], 12), *tie(d_t[1])))[1]
+    # ties in distance go to the better val accuracy, then the lower trial number
+    ordered = sorted(candidates, key=tie)
+    return ordered[knee_order([minimised(values(t), names) for t in ordered])[0]]

@@ -91,3 +91,16 @@ def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None =
         reference = default_reference(names, complete)
     front = [tuple(t.values) for t in pareto_trials(study)]
     return study_hypervolume(front, reference, names), tuple(reference)
+
+
+def knee_order(points) -> list[int]:
+    """Indices of ``points`` (minimised objective vectors) from the knee outwards: by
+    distance to the ideal point once each objective is scaled to [0, 1] over the points.
+    Ties keep the points' order."""
+    import numpy as np
+
+    points = np.asarray(points, dtype=float)
+    low, high = points.min(axis=0), points.max(axis=0)
+    scaled = (points - low) / np.where(high > low, high - low, 1.0)
+    distance = np.linalg.norm(scaled, axis=1)
+    return sorted(range(len(points)), key=lambda i: (round(float(distance[i]), 12), i))

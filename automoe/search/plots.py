@@ -19,11 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automoe.errors import AutomoeError
 from automoe.search.hypervolume import study_hypervolume
-from automoe.search.objectives import METRICS, default_reference
-from automoe.search.pareto import is_feasible, pareto_trials
+from automoe.search.objectives import METRICS, default_reference, minimised
+from automoe.search.pareto import is_feasible, knee_order, pareto_trials
 from automoe.search.study import study_objectives
 
 PLOTS = ("pareto", "history", "importance", "curves", "usage")
+# fANOVA importances of fewer complete trials than this are mostly noise: the plot says so
+MIN_TRIALS_FOR_IMPORTANCE = 20
 _STATIC = (".png", ".svg", ".pdf")
 
 
@@ -61,7 +63,7 @@ def write_plot(study: optuna.Study, kind: str, out: str | os.PathLike[str], *,
     os.close(fd)
     try:
         if html:
-            figure.write_html(tmp, include_plotlyjs="cdn")
+            figure.write_html(tmp, include_plotlyjs=True)  # self-contained: opens offline
         else:
             figure.savefig(tmp, dpi=150, bbox_inches="tight")
         umask = os.umask(0)
@@ -114,16 +116,65 @@ def _pareto(study, html: bool):
             edgecolors="black" if on_front else "none", linewidths=1.2,
             label="Pareto front" if on_front else "other trials", zorder=3 if on_front else 2)
         if on_front:
-            for t in group:
-                ax.annotate(str(t.number), (t.values[x_index], t.values[y_index]),
-                            textcoords="offset points", xytext=(6, 4), fontsize=8)
+            front_points = [(t.values[x_index], t.values[y_index]) for t in group]
+            front_labels = [str(t.number) for t in group]
     if c_index is not None:
         fig.colorbar(scatter, ax=ax, label=labels[c_index])
     ax.set(xlabel=labels[x_index], ylabel=labels[y_index],
            title=f"{study.study_name}: {len(complete)} trials, front labelled by trial")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    if front:
+        place_labels(fig, ax, front_points, front_labels)
     return fig
+
+
+# Where a label may go around its point, in points (x, y of the text's lower left corner),
+# nearest first; ``None`` in x means "left of the point, by the label's width".
+_LABEL_OFFSETS = [(6, 4), (6, -11), (None, 4), (None, -11), (6, 15), (None, 15), (6, -22),
+                  (None, -22), (16, 26), (None, 26), (16, -34), (None, -34)]
+
+
+def place_labels(fig: Figure, ax, points, labels, fontsize: float = 8) -> None:
+    """Annotate ``points`` (data coordinates) with ``labels`` so that no two labels, and no
+    label and marker, overlap where a free spot exists nearby (greedy, nearest spot
+    first); a label moved away from its point gets a thin leader line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # transforms and text sizes need one
+    ax.autoscale_view()
+    scale = fig.dpi / 72  # points -> pixels
+    font = FontProperties(size=fontsize)
+    display = [tuple(ax.transData.transform(p)) for p in points]
+    marker = 5 * scale  # half the side of a front marker's box
+    taken = [(x - marker, y - marker, x + marker, y + marker) for x, y in display]
+
+    def overlaps(box) -> bool:
+        return any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                   for b in taken)
+
+    for (x, y), point, label in sorted(zip(display, points, labels, strict=True)):
+        width, height, _ = renderer.get_text_width_height_descent(label, font, ismath=False)
+        width, height = width + 2 * scale, height + 2 * scale  # a little air around it
+        choice = None
+        for dx, dy in _LABEL_OFFSETS:
+            dx_px = -width - 6 * scale if dx is None else dx * scale
+            box = (x + dx_px, y + dy * scale, x + dx_px + width, y + dy * scale + height)
+            if not overlaps(box):
+                choice = (dx_px / scale, dy, box)
+                break
+        if choice is None:  # crowded everywhere: the first spot, overlapping
+            dx, dy = _LABEL_OFFSETS[0]
+            choice = (dx, dy, (x + dx * scale, y + dy * scale, x + dx * scale + width,
+                               y + dy * scale + height))
+        dx, dy, box = choice
+        taken.append(box)
+        far = abs(dx) > 12 or abs(dy) > 12
+        ax.annotate(label, point, textcoords="offset points", xytext=(dx, dy),
+                    fontsize=fontsize, zorder=4,
+                    arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6,
+                                "shrinkA": 0, "shrinkB": 4} if far else None)
 
 
 def hypervolume_history(study, reference=None) -> list[tuple[int, float]]:
@@ -169,10 +220,13 @@ def _importance(study, html: bool):
                 FanovaImportanceEvaluator(seed=0))
             for i, name in enumerate(names)}
     params = sorted({p for imp in importances.values() for p in imp})
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if not params:
         raise AutomoeError("no parameter was sampled in every complete trial; importances "
                            "need a few more trials")
     title = f"parameter importances (fANOVA), {study.study_name}"
+    if complete < MIN_TRIALS_FOR_IMPORTANCE:
+        title += f"\nonly {complete} complete trials: unreliable below {MIN_TRIALS_FOR_IMPORTANCE}"
     if html:
         import plotly.graph_objects as go
 
@@ -191,44 +245,73 @@ def _importance(study, html: bool):
                 label=name)
     ax.set_yticks(y + 0.4 - height / 2, params)
     ax.set(title=title, xlabel="importance")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the bars
     return fig
 
 
 def _curves(study, html: bool):
+    """Training loss per epoch: the front trials in colour and labelled, the rest grey."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("history")
               and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    title = f"training loss per epoch, {study.study_name} (dashed: pruned)"
+    front = {t.number for t in pareto_trials(study)}
+    title = (f"training loss per epoch, {study.study_name}: Pareto-front trials in colour, "
+             "others grey (dashed: pruned)")
+    ordered = sorted(trials, key=lambda t: t.number in front)  # the front drawn on top
     if html:
         import plotly.graph_objects as go
 
         fig = go.Figure()
-        for t in trials:
+        for t in ordered:
             rows = t.user_attrs["history"]
-            fig.add_trace(go.Scatter(x=[r["epoch"] for r in rows], y=[r["loss"] for r in rows],
-                                     name=f"trial {t.number}", line={"dash": "dash" if
-                                                                     t.state.name == "PRUNED"
-                                                                     else "solid"}))
+            on_front = t.number in front
+            fig.add_trace(go.Scatter(
+                x=[r["epoch"] for r in rows], y=[r["loss"] for r in rows],
+                name=f"trial {t.number}" + (" (front)" if on_front else ""),
+                line={"dash": "dash" if t.state.name == "PRUNED" else "solid",
+                      **({} if on_front else {"color": "lightgrey"})},
+                showlegend=on_front))
         fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="training loss",
                           yaxis_type="log")
         return fig
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7, 4.4), layout="tight")
     ax = fig.subplots()
-    for t in trials:
+    colours = iter(_qualitative(len(front)))
+    for t in ordered:
         rows = t.user_attrs["history"]
-        ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows],
-                linestyle="--" if t.state.name == "PRUNED" else "-", alpha=0.8)
-    ax.set(title=title, xlabel="epoch", ylabel="training loss", yscale="log")
+        on_front = t.number in front
+        style = "--" if t.state.name == "PRUNED" else "-"
+        if on_front:
+            ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], style, lw=1.8,
+                    color=next(colours), label=f"trial {t.number}", zorder=3)
+        else:
+            ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], style, lw=0.8,
+                    color="0.75", zorder=2)
+    ax.set(title=title.replace(": ", ":\n", 1), xlabel="epoch", ylabel="training loss",
+           yscale="log")
     ax.grid(alpha=0.3)
+    if front:
+        ax.legend(title="front", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
+def _qualitative(n: int) -> list:
+    """``n`` distinct colours (tab10, then tab20's lighter ones)."""
+    from matplotlib import colormaps
+
+    palette = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2])
+    return [palette[i % len(palette)] for i in range(max(n, 1))]
+
+
 def _trial_for_usage(study, number: int | None) -> FrozenTrial:
+    """The trial whose routing is drawn: ``number``, or by default the knee of the front
+    trials that really choose (MoE layers with k < E; a k = E layer runs every expert)."""
     if number is None:
         front = [t for t in pareto_trials(study) if t.user_attrs.get("expert_usage")]
         if not front:
             raise AutomoeError("no front trial has MoE layers; pass --trial N")
-        return front[0]
+        choosing = [t for t in front if _chooses(t)] or front
+        names = study_objectives(study)
+        return choosing[knee_order([minimised(t.values, names) for t in choosing])[0]]
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise AutomoeError(f"study {study.study_name!r} has no trial {number}")
@@ -237,32 +320,59 @@ def _trial_for_usage(study, number: int | None) -> FrozenTrial:
     return trials[number]
 
 
+def _chooses(trial: FrozenTrial) -> bool:
+    model = trial.user_attrs.get("config", {}).get("model", {})
+    return model.get("top_k", 1) < model.get("num_experts", 1)
+
+
 def _usage(trial: FrozenTrial, html: bool):
     per_class = trial.user_attrs.get("expert_class_usage") or {
         layer: [[c] for c in counts] for layer, counts in trial.user_attrs["expert_usage"].items()}
+    model = trial.user_attrs.get("config", {}).get("model", {})
+    what = f"E{model.get('num_experts', '?')} k{model.get('top_k', '?')}"
     return usage_figure(per_class, f"expert usage on the val split, trial {trial.number} "
-                                   "(experts x classes)", html)
+                                   f"({what}): val samples per expert and class", html,
+                        health=trial.user_attrs.get("router_health"))
 
 
-def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool = False):
-    """Per MoE layer, a heatmap of how many samples of each class went to each expert."""
+def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool = False,
+                 health: dict[str, dict] | None = None):
+    """Per MoE layer, a heatmap of how many samples of each class went to each expert.
+
+    The colour scale starts at 0, so an even spread looks even; with ``health`` (a trial's
+    ``router_health``) each layer's title gives its effective experts out of E.
+    """
     layers = list(per_class)
+    health = health or {}
+
+    def heading(layer: str) -> str:
+        h = health.get(layer)
+        if not h:
+            return layer
+        return f"{layer}\n{h['effective_experts']:.2f} of {h['num_experts']} effective experts"
+
+    top = max((max(map(max, per_class[layer]), default=0) for layer in layers), default=1)
     if html:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=1, cols=len(layers), subplot_titles=layers)
+        fig = make_subplots(rows=1, cols=len(layers),
+                            subplot_titles=[heading(layer).replace("\n", "<br>")
+                                            for layer in layers])
         for i, layer in enumerate(layers):
             fig.add_trace(go.Heatmap(z=per_class[layer], coloraxis="coloraxis"), 1, i + 1)
-        fig.update_layout(title=title, coloraxis={"colorscale": "Viridis"})
+        fig.update_layout(title=title, coloraxis={"colorscale": "Viridis", "cmin": 0,
+                                                  "cmax": top,
+                                                  "colorbar": {"title": "val samples"}})
         return fig
-    fig = Figure(figsize=(2.2 + 2.6 * len(layers), 3), layout="tight")
+    fig = Figure(figsize=(2.4 + 2.8 * len(layers), 3.4), layout="constrained")
     axes = fig.subplots(1, len(layers), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
-        image = ax.imshow(per_class[layer], aspect="auto", cmap="viridis")
+        image = ax.imshow(per_class[layer], aspect="auto", cmap="viridis", vmin=0, vmax=top)
         experts, classes = len(per_class[layer]), len(per_class[layer][0])
-        ax.set(title=layer, xlabel="class", ylabel="expert", yticks=range(experts),
+        ax.set(title=heading(layer), xlabel="class", ylabel="expert", yticks=range(experts),
                xticks=range(0, classes, max(1, classes // 10)))
-        fig.colorbar(image, ax=ax)
-    fig.suptitle(title)
+        ax.title.set_fontsize(9)
+    fig.colorbar(image, ax=axes[0].tolist(), label="val samples")
+    fig.suptitle(title, fontsize=10)
     return fig

@@ -35,8 +35,80 @@ def test_the_hypervolume_history_counts_feasible_trials_only(constrained_study):
 
 
 @pytest.mark.parametrize("kind,suffix", [("pareto", "png"), ("history", "png"),
-                                         ("history", "html"), ("importance", "svg")])
+                                         ("history", "html"), ("importance", "svg"),
+                                         ("importance", "html")])
 def test_plots_of_a_constrained_study(constrained_study, tmp_path, kind, suffix):
     out = tmp_path / f"{kind}.{suffix}"
     write_plot(constrained_study, kind, out)
+    assert out.stat().st_size > 1000
+
+
+def test_front_labels_do_not_overlap_where_there_is_room():
+    from matplotlib.figure import Figure
+
+    from automoe.search.plots import place_labels
+
+    # a tight cluster of ten front points plus outliers: their labels must not collide
+    points = [(1.0 + 0.01 * i, 90.0 + 0.05 * i) for i in range(10)] + [(3.0, 60.0), (0.5, 99.0)]
+    labels = [str(100 + i) for i in range(len(points))]
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    ax.scatter(*zip(*points, strict=True))
+    place_labels(fig, ax, points, labels)
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # places the annotations
+    renderer = fig.canvas.get_renderer()
+    # the text of each label (an annotation's own extent includes its leader line)
+    boxes = [Text.get_window_extent(text, renderer) for text in ax.texts]
+    assert len(boxes) == len(points)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_html_plots_open_offline(constrained_study, tmp_path):
+    out = tmp_path / "history.html"
+    write_plot(constrained_study, "history", out)
+    html = out.read_text()
+    # plotly.js is inside the file, not fetched from a CDN when it is opened
+    assert '<script src="https://cdn' not in html and len(html) > 1_000_000
+
+
+def _moe_study():
+    """A study whose trials carry what the usage and curves plots read."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["val_accuracy", "mmacs"])
+    # (experts, top_k, val %, MMACs): trial 1 (k = E) and 2 are on the front with 3
+    for experts, top_k, val, mmacs in ((4, 1, 80.0, 1.0), (4, 4, 95.0, 4.0),
+                                       (4, 2, 90.0, 2.0), (2, 1, 70.0, 3.0)):
+        trial = study.ask()
+        trial.set_user_attr("config", {"model": {"num_experts": experts, "top_k": top_k}})
+        trial.set_user_attr("expert_usage", {"stage3.0": [10] * experts})
+        trial.set_user_attr("expert_class_usage", {"stage3.0": [[5, 5]] * experts})
+        trial.set_user_attr("router_health", {"stage3.0": {
+            "num_experts": experts, "effective_experts": experts * 0.9}})
+        trial.set_user_attr("history", [{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(3)])
+        study.tell(trial, (val, mmacs))
+    return study
+
+
+def test_usage_defaults_to_the_knee_of_the_trials_that_choose(tmp_path):
+    from automoe.search.plots import _trial_for_usage
+
+    study = _moe_study()
+    assert {t.number for t in pareto_trials(study)} == {0, 1, 2}
+    # trial 1 runs every expert (k = E): not the default, though it is on the front
+    assert _trial_for_usage(study, None).number in (0, 2)
+    out = tmp_path / "usage.png"
+    write_plot(study, "usage", out)
+    assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind", ["curves", "usage", "pareto", "history"])
+@pytest.mark.parametrize("suffix", ["png", "html"])
+def test_every_plot_kind_renders(kind, suffix, tmp_path):
+    out = tmp_path / f"{kind}.{suffix}"
+    study = _moe_study()
+    write_plot(study, kind, out)
     assert out.stat().st_size > 1000
