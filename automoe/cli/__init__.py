@@ -194,73 +194,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
 
-    p = add("supernet", c.cmd_supernet, [common, storage],
+    # supernet train | search | finalize: each sub-command with its own options
+    p = add("supernet", c.cmd_supernet, [],
             "weight-sharing search: train one supernet, search its sub-networks, retrain "
             "the best stand-alone")
-    p.add_argument("action", choices=["train", "search", "finalize"],
-                   help="train: the supernet of --space into --out; search: evaluate "
-                        "sub-networks of --supernet with inherited weights, each a trial of "
-                        "--study (default: SPACE-supernet); finalize: retrain the --top N "
-                        "front sub-networks of --study stand-alone, as trials of the space's "
-                        "normal study (--target-study)")
-    p.add_argument("--space", default="supernet_digits", metavar="FILE|NAME",
-                   help="train: a space that searches only placement, experts, top_k and "
+    steps = p.add_subparsers(dest="action", metavar="ACTION", required=True,
+                             parser_class=_Parser)
+    machine = argparse.ArgumentParser(add_help=False)  # what every step runs on
+    machine.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    machine.add_argument("--download", action="store_true", help="let torchvision download it")
+    machine.add_argument("--device", default="auto", help="torch device")
+    machine.add_argument("--seed", type=int, default=0, help="seed of training and sampling")
+    machine.add_argument("--threads", type=int, default=None, metavar="N",
+                         help="torch CPU threads")
+
+    def step(name, parents, help_text):
+        return steps.add_parser(name, parents=[common, *parents, machine], help=help_text,
+                                description=help_text, formatter_class=_HelpFormatter)
+
+    t = step("train", [], "train the supernet of --space into --out")
+    t.add_argument("--space", default="supernet_digits", metavar="FILE|NAME",
+                   help="a space that searches only placement, experts, top_k and "
                         "width_multiplier")
-    p.add_argument("--supernet", default=None, metavar="FILE",
-                   help="search: the file `supernet train` wrote")
-    p.add_argument("--out", default=None, metavar="FILE", help="train: the supernet file")
-    p.add_argument("--force", action="store_true",
-                   help="train: replace an existing --out file")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="train: supernet epochs (default: 4 x the space's epochs)")
-    p.add_argument("--subnets-per-step", type=int, default=4,
-                   help="train: sub-networks per step (the largest first)")
-    p.add_argument("--step-rule", choices=["sandwich", "largest_random"], default="sandwich",
-                   help="train: a step's sub-networks: the largest, the smallest and random "
-                        "ones (sandwich), or the largest and random ones")
-    p.add_argument("--width-schedule", choices=["progressive", "all"], default="progressive",
-                   help="train: the widths a step draws from: progressive shrinking (the "
-                        "widest alone for the first half of the steps, then each narrower "
-                        "width added in turn), or all of them from the start")
-    p.add_argument("--distill", action="store_true",
-                   help="train: the sub-networks other than the largest learn its predictions "
-                        "(in-place distillation; default: cross-entropy on the labels)")
-    p.add_argument("--expert-sampling", choices=["first", "subset"], default="first",
-                   help="train: the experts a step's sub-network of E experts runs: the "
-                        "first E (as evaluated), or the first E of a random order of all, "
-                        "a dense unit the order's first (every expert trains in every role)")
-    p.add_argument("--adversarial", action="store_true",
-                   help="train: PGD adversarial training through the supernet (examples "
-                        "crafted against the largest sub-network with the space's adv_eps, "
+    t.add_argument("--out", default=None, metavar="FILE", help="the supernet file (required)")
+    t.add_argument("--force", action="store_true", help="replace an existing --out file")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="supernet epochs (default: 4 x the space's epochs)")
+    t.add_argument("--subnets-per-step", type=int, default=4,
+                   help="sub-networks per step (the largest first)")
+    t.add_argument("--step-rule", choices=["sandwich", "largest_random"], default="sandwich",
+                   help="a step's sub-networks: the largest, the smallest and random ones "
+                        "(sandwich), or the largest and random ones")
+    t.add_argument("--width-schedule", choices=["progressive", "all"], default="progressive",
+                   help="the widths a step draws from: progressive shrinking (the widest alone "
+                        "for the first half of the steps, then each narrower width added in "
+                        "turn), or all of them from the start")
+    t.add_argument("--distill", action="store_true",
+                   help="the sub-networks other than the largest learn its predictions "
+                        "(in-place distillation; otherwise cross-entropy on the labels)")
+    t.add_argument("--expert-sampling", choices=["first", "subset"], default="first",
+                   help="the experts a step's sub-network of E experts runs: the first E (as "
+                        "evaluated), or the first E of a random order of all, a dense unit "
+                        "the order's first (every expert trains in every role)")
+    t.add_argument("--adversarial", action="store_true",
+                   help="PGD adversarial training through the supernet (examples crafted "
+                        "against the largest sub-network with the space's adv_eps, "
                         "adv_step_size and adv_steps); the same as `scheme: pgd_at` in the "
                         "space")
-    p.add_argument("--trials", type=int, default=200, metavar="N",
-                   help="search: sub-networks to evaluate")
-    p.add_argument("--recal-batches", type=int, default=4, metavar="N",
-                   help="search: training batches of 128 that recompute a sub-network's "
-                        "BatchNorm statistics before it is evaluated")
-    p.add_argument("--attack-samples", type=int, default=None, metavar="N",
-                   help="search: attack only the first N val samples when measuring robust "
-                        "accuracy, a cheaper screen of many candidates (default: the space's "
+
+    s = step("search", [storage], "evaluate sub-networks of --supernet with inherited "
+             "weights, each a trial of --study (default: SPACE-supernet)")
+    s.add_argument("--supernet", default=None, metavar="FILE",
+                   help="the file `supernet train` wrote (required)")
+    s.add_argument("--trials", type=int, default=200, metavar="N",
+                   help="sub-networks to evaluate")
+    s.add_argument("--recal-batches", type=int, default=4, metavar="N",
+                   help="training batches of 128 that recompute a sub-network's BatchNorm "
+                        "statistics before it is evaluated")
+    s.add_argument("--attack-samples", type=int, default=None, metavar="N",
+                   help="attack only the first N val samples when measuring robust accuracy, "
+                        "a cheaper screen of many candidates (default: the space's "
                         "evaluation.attack; finalize measures finalists with it)")
-    p.add_argument("--top", type=int, default=3, metavar="N",
-                   help="finalize: front sub-networks to retrain")
-    p.add_argument("--no-verify", action="store_true",
-                   help="finalize: skip re-attacking the retrained front (`automoe verify`)")
-    p.add_argument("--verify-steps", type=int, default=50, metavar="N",
-                   help="finalize: steps of each verifying attack")
-    p.add_argument("--verify-restarts", type=int, default=2, metavar="N",
-                   help="finalize: random restarts of each verifying attack")
-    p.add_argument("--target-study", default=None, metavar="NAME",
-                   help="finalize: the study of the stand-alone trials (default: the space's "
-                        "name)")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
-    p.add_argument("--download", action="store_true", help="let torchvision download it")
-    p.add_argument("--device", default="auto", help="torch device")
-    p.add_argument("--seed", type=int, default=0, help="seed of training and sampling")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    p.add_argument("--keep", choices=["pareto", "all"], default="pareto",
-                   help="search: checkpoints to keep (front trials only, or all)")
+    s.add_argument("--keep", choices=["pareto", "all"], default="pareto",
+                   help="checkpoints to keep (front trials only, or all)")
+
+    f = step("finalize", [storage], "retrain the --top N front sub-networks of --study "
+             "stand-alone, as trials of the space's normal study (--target-study)")
+    f.add_argument("--top", type=int, default=3, metavar="N",
+                   help="front sub-networks to retrain")
+    f.add_argument("--no-verify", action="store_true",
+                   help="skip re-attacking the retrained front (`automoe verify`)")
+    f.add_argument("--verify-steps", type=int, default=50, metavar="N",
+                   help="steps of each verifying attack")
+    f.add_argument("--verify-restarts", type=int, default=2, metavar="N",
+                   help="random restarts of each verifying attack")
+    f.add_argument("--target-study", default=None, metavar="NAME",
+                   help="the study of the stand-alone trials (default: the space's name)")
 
     p = add("kernels", c.cmd_kernels, [common],
             "which backend each MoE op uses on this machine")

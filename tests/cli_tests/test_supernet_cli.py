@@ -106,9 +106,25 @@ def test_the_parser_offers_the_supernets_own_choices_and_defaults():
 
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if a.choices and "supernet" in a.choices]
-    flags = {a.dest: a for a in subparsers.choices["supernet"]._actions}
+    (steps,) = [a for a in subparsers.choices["supernet"]._actions
+                if a.choices and "train" in a.choices]
+    flags = {a.dest: a for a in steps.choices["train"]._actions}
     defaults = inspect.signature(Supernet.train).parameters
     for dest, choices in (("step_rule", STEP_RULES), ("width_schedule", WIDTH_SCHEDULES),
                           ("expert_sampling", EXPERT_SAMPLING)):
         assert sorted(flags[dest].choices) == sorted(choices)
         assert flags[dest].default == defaults[dest].default
+
+
+def test_each_supernet_step_offers_only_its_own_options():
+    from automoe.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if a.choices and "supernet" in a.choices]
+    (steps,) = [a for a in subparsers.choices["supernet"]._actions
+                if a.choices and "train" in a.choices]
+    own = {"train": "--subnets-per-step", "search": "--recal-batches", "finalize": "--top"}
+    for step, command in steps.choices.items():
+        text = command.format_help()
+        for other, flag in own.items():
+            assert (flag in text) == (other == step), (step, flag)
