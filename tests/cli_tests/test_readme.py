@@ -112,3 +112,24 @@ def test_the_python_api_snippet_runs(workdir):
 def test_every_command_has_help():
     for name, command in _commands().items():
         assert f"usage: automoe {name}" in command.format_help()
+
+
+def test_every_documented_command_line_parses():
+    import shlex
+
+    parser = build_parser()
+    lines = []
+    example = README.split("<!-- example:loop -->")[1].split("<!-- /example:loop -->")[0]
+    for block in [*_blocks("bash"), example]:
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.strip().removeprefix("$ ")
+            if line.startswith("automoe ") and "[" not in line:  # not a usage synopsis
+                lines.append(line.split("  #")[0].split(" # ")[0])
+    assert len(lines) >= 10
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exc:
+            raise AssertionError(f"README: `{line}` does not parse") from exc
