@@ -18,6 +18,7 @@ import ipaddress
 import math
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -206,9 +207,8 @@ def _run_processes(configs: list[WorkerConfig], cluster: ClusterConfig, progress
                           "are visible")
 
     def start(i: int):
+        # with --gpus-per-worker 1 each worker sees its own GPU; otherwise all see the same
         env = {"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {}
-        if not cluster.gpus_per_worker:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # CPU workers: no GPU context per process
         process = context.Process(target=_process_main, args=(configs[i], env, errors),
                                   name=f"automoe-worker-{i}", daemon=True)
         process.start()
@@ -226,7 +226,11 @@ def _run_processes(configs: list[WorkerConfig], cluster: ClusterConfig, progress
                 if process.exitcode == 0:
                     del processes[i]
                 elif process.exitcode == _BAD_INPUT:
-                    raise AutomoeError(errors.get(timeout=10))
+                    try:
+                        message = errors.get(timeout=10)
+                    except queue.Empty:
+                        message = f"worker {i} stopped on bad input"
+                    raise AutomoeError(message)
                 elif restarts[i] < cluster.max_restarts:
                     restarts[i] += 1
                     processes[i] = start(i)

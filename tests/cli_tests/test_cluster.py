@@ -146,3 +146,14 @@ def test_an_unreachable_ray_address_fails_in_bounded_time(workdir, postgres_url)
     storage = open_storage(postgres_url, create=False)
     assert storage.get_all_studies() == []  # nothing written
     storage.engine.dispose()
+
+
+def test_bad_input_found_by_the_ray_workers_is_one_line(workdir):
+    # the driver does not read the data (the nodes have it); the workers' error comes back
+    url = f"sqlite:///{workdir / 'b.db'}"
+    proc = run_cli("search", "--space", "tiny.yaml", "--dataset", "cifar10", "--data-root",
+                   str(workdir / "nowhere"), "--storage", url, "--executor", "ray",
+                   "--workers", "2", "--cpus-per-worker", "1", "--threads", "1", cwd=workdir)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is not a directory" in proc.stderr
+    assert not [t for t in _trials(url) if t.state.name == "RUNNING"]
