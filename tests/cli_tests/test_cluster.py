@@ -153,7 +153,8 @@ def test_bad_input_found_by_the_ray_workers_is_one_line(workdir):
     url = f"sqlite:///{workdir / 'b.db'}"
     proc = run_cli("search", "--space", "tiny.yaml", "--dataset", "cifar10", "--data-root",
                    str(workdir / "nowhere"), "--storage", url, "--executor", "ray",
-                   "--workers", "2", "--cpus-per-worker", "1", "--threads", "1", cwd=workdir)
+                   "--workers", "2", "--cpus-per-worker", "1", "--threads", "1", "-q",
+                   cwd=workdir)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert "is not a directory" in proc.stderr
     assert not [t for t in _trials(url) if t.state.name == "RUNNING"]
