@@ -91,9 +91,14 @@ def test_config_file_fills_flags_and_the_command_line_wins(workdir):
     (workdir / "studies" / "bad.toml").write_text('trials = "many"\n')
     proc = run_cli("search", "--config", "studies/bad.toml", cwd=workdir, check=1)
     assert proc.stderr.startswith("automoe: error: studies/bad.toml: trials: invalid value")
-    (workdir / "studies" / "unknown.toml").write_text("until = 3\n")
+    (workdir / "studies" / "unknown.toml").write_text("epochz = 3\n")
     proc = run_cli("search", "--config", "studies/unknown.toml", cwd=workdir, check=1)
-    assert "until: not a flag of `automoe search`" in proc.stderr
+    assert "epochz: not a flag of any automoe command" in proc.stderr
+    # a key of another command is named and skipped
+    (workdir / "studies" / "other.toml").write_text('until = 3\nspace = "tiny.yaml"\n')
+    proc = run_cli("search", "--config", "studies/other.toml", "--trials", "1", "--no-verify",
+                   "--study", "other", cwd=workdir, check=0)
+    assert "automoe: note: studies/other.toml: until not used by `automoe search`" in proc.stderr
 
 
 def test_search_runs_from_any_folder(tmp_path):
