@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 
 from automoe.errors import AutomoeError, ConfigError
+from automoe.search.study import training_seed
 from automoe.search.workers import WorkerConfig, run_worker
 from automoe.storage import load_study, open_storage
 from automoe.storage.study_db import parse_url
@@ -136,9 +137,12 @@ def run_workers(worker: WorkerConfig, cluster: ClusterConfig, *,
         AutomoeError: a worker failed on bad input (every worker would), or died more often
             than ``cluster.max_restarts``.
     """
+    if cluster.executor == "local":
+        raise ConfigError("run_workers places workers elsewhere; the local executor is "
+                          "run_worker in this process")
     study = load_study(open_storage(worker.storage_url, create=False), worker.study_name)
-    base = int(study.user_attrs.get("seed", 0))
-    start = len(study.trials)
+    base = training_seed(study)
+    start = len(study.get_trials(deepcopy=False))
     run = uuid.uuid4().hex[:8]  # tells this run's workers from any other run's
     configs = [replace(worker, seed=worker_seed(base, start, i),
                        identity={**worker.identity, "executor": cluster.executor, "run": run,
