@@ -84,7 +84,10 @@ def test_safety_checks_against_gradient_masking(request, model_kind, attack):
                                                          step_size=eps / 16, steps=10))
     big = AttackConfig(attack=attack, eps=0.5, step_size=0.1, steps=10, max_samples=200)
     assert small >= attacked - 0.02
-    assert robust_accuracy(model, val_set, big) < 0.1
+    # one FGSM step of a large budget overshoots (pixels saturate) and does not reach zero
+    # the way iterative attacks do; it must still end far below noise of that budget
+    assert robust_accuracy(model, val_set, big) < (0.25 if attack == "fgsm" else 0.1)
+    assert robust_accuracy(model, val_set, big) < _noise_accuracy(model, val_set, 0.5) - 0.25
     if attack == "fgsm":
         return
     weak = robust_accuracy(model, val_set, AttackConfig(attack=attack, steps=2, max_samples=200))
