@@ -110,24 +110,22 @@ def _print_front(study, note: str = "", reference: str | None = None,
     out.print(table)
 
 
+def _bar(quiet: bool, transient: bool = False):
+    """The CLI's progress bar on stderr: description, bar, n of total, time elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, disable=quiet, transient=transient)
+
+
 class _TrialProgress:
     """Rich progress for a run of trials: a bar of trials, a bar of the current trial's
     training steps, and one line per finished trial."""
 
     def __init__(self, quiet: bool, total: int | None):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         self.quiet = quiet
         self.objectives: tuple[str, ...] = ()  # the study's metric names, read on first use
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                                 disable=quiet, transient=False)
+        self.progress = _bar(quiet)
         self.trials = self.progress.add_task("trials", total=total)
         self.steps = self.progress.add_task("  trial", total=1, visible=False)
 
@@ -232,8 +230,6 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
                          url: str, cluster) -> int:
     """`search --workers N --executor processes|ray`: create or resume the study here, run
     N worker loops elsewhere until it has --trials more complete trials, show the front."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from automoe.data import load_dataset
     from automoe.search import create_or_resume_study
     from automoe.search.executors import run_workers
@@ -260,8 +256,7 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
         err.print(f"[bold]{'resuming' if resumed else 'created'}[/] study [cyan]{study_name}[/] "
                   f"in {describe_location(url)} ({complete} complete); {cluster.workers} workers on "
                   f"{where}, until {config.until} complete trials")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, disable=args.quiet)
+    progress = _bar(args.quiet)
     bar = progress.add_task("trials", total=n_trials)
 
     def on_progress(done: int, running: int, failed: int) -> None:
@@ -947,10 +942,7 @@ def _pixels(value: str, flag: str) -> float:
 @contextlib.contextmanager
 def _attack_progress(quiet: bool):
     """A progress bar over samples x attacks, gone when done; yields the callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, disable=quiet, transient=True)
+    progress = _bar(quiet, transient=True)
     task = progress.add_task("attacking", total=None)
 
     def on_progress(done: int, total: int, attack: str) -> None:
