@@ -191,6 +191,9 @@ _BAD_INPUT = 3  # exit code of a worker process stopped by bad input: not restar
 
 def _process_main(config: WorkerConfig, env: dict, errors) -> None:
     os.environ.update(env)  # before CUDA is first touched, so that it sees only its GPU
+    # the driver stops a worker with SIGINT: take it even where the parent was started with
+    # SIGINT ignored (nohup, a background job), which a new process would inherit
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         run_worker(config)

@@ -33,8 +33,11 @@ def _search(workdir, url, executor, workers, trials, *extra):
             "--heartbeat", "1", "--no-verify", "-q", *extra]
     if executor == "ray":
         args += ["--cpus-per-worker", str(round(2 / workers, 2))]  # all fit on 2 cores
+    # Ctrl-C reaches the driver as in a terminal, even where this test runs with SIGINT
+    # ignored (a background job inherits that)
     return subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _running_trial(url, deadline_s=300):
