@@ -233,7 +233,7 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
     from automoe.data import load_dataset
     from automoe.search import create_or_resume_study
     from automoe.search.executors import run_workers
-    from automoe.search.workers import WorkerConfig
+    from automoe.search.workers import WorkerConfig, counts
     from automoe.storage import describe_location, open_storage
 
     n_trials = args.trials if args.trials is not None else space.trials
@@ -248,7 +248,7 @@ def _search_with_workers(args: argparse.Namespace, space, study_name: str, sampl
     storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None,
                            make_folder=args.storage is None)
     study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, args.seed)
-    complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+    complete = counts(study)[0]
     config = replace(config, until=complete + n_trials)
     where = (f"Ray cluster {cluster.ray_address}" if cluster.ray_address
              else "a local Ray cluster" if cluster.executor == "ray" else "local processes")
@@ -590,8 +590,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if args.kind == "importance":
             from automoe.cli._output import print_note
             from automoe.search.plots import MIN_TRIALS_FOR_IMPORTANCE
+            from automoe.search.workers import counts
 
-            complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+            complete = counts(study)[0]
             if complete < MIN_TRIALS_FOR_IMPORTANCE:
                 print_note(f"only {complete} complete trials: parameter importances are "
                            f"unreliable below {MIN_TRIALS_FOR_IMPORTANCE}")
