@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from automoe.kernels.moe_conv import (
     BLOCK_SIZES,
+    CONFIGS,
+    SortedAssignments,
+    dw_splits,
     expert_conv_dw,
     expert_conv_dx,
     expert_conv_forward,
+    sort_assignments,
 )
 
-__all__ = ["BLOCK_SIZES", "expert_conv_dw", "expert_conv_dx", "expert_conv_forward"]
+__all__ = ["BLOCK_SIZES", "CONFIGS", "SortedAssignments", "dw_splits", "expert_conv_dw",
+           "expert_conv_dx", "expert_conv_forward", "sort_assignments"]

@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import torch
 
+from automoe.kernels import (
+    SortedAssignments,
+    expert_conv_dw,
+    expert_conv_dx,
+    expert_conv_forward,
+    sort_assignments,
+)
+from automoe.ops.moe_conv_triton import autocast_inputs
 
-def _plan(gates: torch.Tensor, group_size: int):
-    """Open (sample, group) pairs sorted by group: sample ids, group ids, (NG + 1,) offsets."""
+
+def _plan(gates: torch.Tensor, group_size: int) -> SortedAssignments:
+    """Open (sample, group) pairs sorted by group, closed ones last: groups are the experts
+    and each sample has one slot per group."""
     batch, out_channels = gates.shape
     num_groups = out_channels // group_size
     open_groups = (gates.view(batch, num_groups, group_size) > 0).any(dim=2)  # (B, NG)
-    sample_ids, group_ids = open_groups.t().nonzero(as_tuple=True)  # sorted by group
-    group_ids, sample_ids = sample_ids, group_ids  # nonzero of the transpose: (group, sample)
-    offsets = torch.zeros(num_groups + 1, dtype=torch.long, device=gates.device)
-    offsets[1:] = torch.bincount(group_ids, minlength=num_groups).cumsum(0)
-    return sample_ids, group_ids, offsets
+    group = torch.arange(num_groups, device=gates.device).expand(batch, num_groups)
+    return sort_assignments(torch.where(open_groups, group, -1), num_groups)
 
 
 def _grouped_weight(weight: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -46,19 +53,15 @@ def _check(x, weight, gates, group_size):
 
 @torch.library.custom_op("automoe::channel_gated_conv2d_triton", mutates_args=())
 def _forward(x: torch.Tensor, weight: torch.Tensor, gates: torch.Tensor, stride: int,
-             padding: int, group_size: int,
-             allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from automoe.kernels import expert_conv_forward
-
-    sample_ids, group_ids, _ = _plan(gates, group_size)
+             padding: int, group_size: int, allow_tf32: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    plan = _plan(gates, group_size)
     grouped = _grouped_weight(weight, group_size)  # (NG, G, C, KH, KW)
-    y_open = expert_conv_forward(x, grouped, sample_ids, group_ids, stride, padding,
-                                 allow_tf32)  # (A, G, OH, OW), ungated
-    batch, num_groups = x.shape[0], grouped.shape[0]
-    gate_open = gates.view(batch, num_groups, group_size)[sample_ids, group_ids]  # (A, G)
-    out = x.new_zeros(batch, num_groups, group_size, *y_open.shape[-2:])
-    out[sample_ids, group_ids] = y_open * gate_open.to(y_open.dtype)[:, :, None, None]
-    return out.view(batch, weight.shape[0], *y_open.shape[-2:]), y_open
+    # one (G, OH, OW) row per (sample, group), zero for closed groups: the rows of a sample
+    # laid end to end are its ungated (O, OH, OW) output
+    y = expert_conv_forward(x, grouped, plan, stride, padding, allow_tf32)
+    y = y.view(x.shape[0], weight.shape[0], *y.shape[-2:])
+    return y * gates.to(y.dtype)[:, :, None, None], y, plan.positions, plan.offsets
 
 
 @_forward.register_fake
@@ -66,52 +69,49 @@ def _(x, weight, gates, stride, padding, group_size, allow_tf32):
     kh, kw = weight.shape[-2:]
     out_h = (x.shape[2] + 2 * padding - kh) // stride + 1
     out_w = (x.shape[3] + 2 * padding - kw) // stride + 1
-    num_open = torch.library.get_ctx().new_dynamic_size()
-    return (x.new_empty(x.shape[0], weight.shape[0], out_h, out_w),
-            x.new_empty(num_open, group_size, out_h, out_w))
+    batch, num_groups = x.shape[0], weight.shape[0] // group_size
+    out = x.new_empty(batch, weight.shape[0], out_h, out_w)
+    return (out, torch.empty_like(out), gates.new_empty(batch * num_groups, dtype=torch.long),
+            gates.new_empty(num_groups + 1, dtype=torch.long))
 
 
 @torch.library.custom_op("automoe::channel_gated_conv2d_triton_backward", mutates_args=())
 def _backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-              gates: torch.Tensor, y_open: torch.Tensor, stride: int, padding: int,
-              group_size: int,
+              gates: torch.Tensor, y: torch.Tensor, positions: torch.Tensor,
+              offsets: torch.Tensor, stride: int, padding: int, group_size: int,
               allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from automoe.kernels import expert_conv_dw, expert_conv_dx
-
-    sample_ids, group_ids, offsets = _plan(gates, group_size)
+    batch, out_channels = gates.shape
+    num_groups = out_channels // group_size
+    plan = SortedAssignments(positions, offsets, num_groups)
     grouped = _grouped_weight(weight, group_size)
-    batch, num_groups = x.shape[0], grouped.shape[0]
-    dy = grad_out.view(batch, num_groups, group_size,
-                       *grad_out.shape[-2:])[sample_ids, group_ids]  # (A, G, OH, OW)
-    gate_open = gates.view(batch, num_groups, group_size)[sample_ids, group_ids]  # (A, G)
-    grad_gates = torch.zeros(batch, num_groups, group_size, device=gates.device,
-                             dtype=torch.float32)
-    grad_gates[sample_ids, group_ids] = (dy.float() * y_open.float()).sum(dim=(2, 3))
-    gated = (dy * gate_open.to(dy.dtype)[:, :, None, None]).contiguous()
-    dx_open = expert_conv_dx(gated, grouped, group_ids, tuple(x.shape[2:]), stride, padding,
-                             allow_tf32)
-    grad_x = torch.zeros_like(x).index_add_(0, sample_ids, dx_open)
-    grad_w = expert_conv_dw(gated, x, sample_ids, offsets, tuple(weight.shape[-2:]), stride,
+    # y is 0 in closed groups, so their gates get no gradient: they were never computed
+    grad_gates = (grad_out.float() * y.float()).sum(dim=(2, 3))  # (B, O)
+    gated = grad_out * gates.to(grad_out.dtype)[:, :, None, None]  # (B, O, OH, OW)
+    gated = gated.reshape(batch * num_groups, group_size, *grad_out.shape[-2:])  # a row each
+    dx = expert_conv_dx(gated, grouped, plan, tuple(x.shape[2:]), None, False, stride,
+                        padding, allow_tf32)  # (B*NG, C, H, W)
+    grad_x = dx.view(batch, num_groups, *x.shape[1:]).sum(1)
+    grad_w = expert_conv_dw(gated, x, plan, tuple(weight.shape[-2:]), None, False, stride,
                             padding, allow_tf32)  # (NG, G, C, KH, KW)
-    return (grad_x, grad_w.view_as(weight).to(weight.dtype),
-            grad_gates.view_as(gates).to(gates.dtype))
+    return grad_x, grad_w.view_as(weight).to(weight.dtype), grad_gates.to(gates.dtype)
 
 
 @_backward.register_fake
-def _(grad_out, x, weight, gates, y_open, stride, padding, group_size, allow_tf32):
+def _(grad_out, x, weight, gates, y, positions, offsets, stride, padding, group_size,
+      allow_tf32):
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(gates)
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, gates, stride, padding, group_size, allow_tf32 = inputs
-    ctx.save_for_backward(x, weight, gates, output[1])
+    ctx.save_for_backward(x, weight, gates, *output[1:])
     ctx.conv = (stride, padding, group_size, allow_tf32)
 
 
-def _autograd_backward(ctx, grad_out, grad_y_open):
-    x, weight, gates, y_open = ctx.saved_tensors
-    grad_x, grad_w, grad_gates = _backward(grad_out.contiguous(), x, weight, gates, y_open,
-                                           *ctx.conv)
+def _autograd_backward(ctx, grad_out, grad_y, grad_positions, grad_offsets):
+    x, weight, gates, y, positions, offsets = ctx.saved_tensors
+    grad_x, grad_w, grad_gates = _backward(grad_out.to(y.dtype), x, weight, gates, y,
+                                           positions, offsets, *ctx.conv)
     return grad_x, grad_w, grad_gates, None, None, None, None
 
 
@@ -128,4 +128,5 @@ def channel_gated_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, gates: to
         group_size: channels per group; must divide O.
     """
     _check(x, weight, gates, group_size)
+    x, weight = autocast_inputs(x, weight)
     return _forward(x, weight, gates, stride, padding, group_size, allow_tf32)[0]

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 DISPATCH_MODES = ("sparse", "reference", "triton", "auto")
 
 
-def _check_args(x, weight, bias, expert_index, gates) -> None:
+def check_moe_conv_args(x, weight, bias, expert_index, gates) -> None:
+    """Shapes only (no values are read, so nothing waits for the device)."""
     if x.dim() != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     if weight.dim() != 5:
@@ -68,7 +69,7 @@ def moe_conv2d_sparse(
     Returns:
         ``(B, O, OH, OW)``.
     """
-    _check_args(x, weight, bias, expert_index, gates)
+    check_moe_conv_args(x, weight, bias, expert_index, gates)
     batch, k = expert_index.shape
     num_experts, out_channels = weight.shape[:2]
     kh, kw = weight.shape[-2:]
@@ -107,7 +108,7 @@ def moe_conv2d_reference(
     padding: int = 0,
 ) -> torch.Tensor:
     """Compute every expert on every sample, then combine with a dense gate matrix."""
-    _check_args(x, weight, bias, expert_index, gates)
+    check_moe_conv_args(x, weight, bias, expert_index, gates)
     batch = x.shape[0]
     num_experts, out_channels = weight.shape[:2]
     all_weight = weight.reshape(num_experts * out_channels, *weight.shape[2:])

@@ -46,10 +46,10 @@ def test_outputs_and_gradients_match_gated_conv(dtype, kernel, stride, padding):
 
 def test_only_open_groups_are_computed():
     gates = torch.tensor([[0.0, 0, 1, 0, 0, 0], [1.0, 0, 0, 0, 2, 0]])
-    sample_ids, group_ids, offsets = _plan(gates, 2)
-    pairs = sorted(zip(sample_ids.tolist(), group_ids.tolist(), strict=True))
-    assert pairs == [(0, 1), (1, 0), (1, 2)]
-    assert offsets.tolist() == [0, 1, 2, 3]
+    plan = _plan(gates, 2)  # 3 groups: a sample's slots are its groups
+    assigned = plan.positions[:int(plan.offsets[-1])].tolist()
+    assert [divmod(p, 3) for p in assigned] == [(1, 0), (0, 1), (1, 2)]  # sorted by group
+    assert plan.offsets.tolist() == [0, 1, 2, 3]
 
 
 def test_layer_triton_path_equals_reference_through_the_relu():
