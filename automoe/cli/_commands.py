@@ -660,7 +660,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
         train_set = load_dataset(space.dataset["name"], "train", args.data_root,
                                  image_size=space.dataset["image_size"],
-                                 augment=space.dataset["augment"], download=args.download)
+                                 augment=space.dataset["augment"], download=args.download,
+                                 cache=space.dataset["cache"])
         import torch
 
         torch.manual_seed(args.seed)

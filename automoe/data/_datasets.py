@@ -3,7 +3,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from automoe.data._cached import TensorImages, augmentation
+from automoe.data._info import DatasetInfo
 from automoe.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -24,6 +25,9 @@ _DOWNLOAD_HINT = "--download (download=True in Python)"
 # the same split is used by every trial, every worker and every later evaluation.
 _SPLIT_SEED = 0
 _VAL_FRACTION = 0.1
+# A split whose decoded uint8 pixels fit in this many bytes is held in memory (and on the
+# trial's device) unless cache=False: CIFAR-10's training split takes 138 MiB.
+AUTO_CACHE_BYTES = 4 << 30
 # digits has no official split: 60 % train, 20 % val, 20 % test, stratified.
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_VAL_FRACTION = 0.2
@@ -38,18 +42,6 @@ def split_description(name: str) -> str:
                 "train/val/test split")
     return (f"validation is a fixed-seed {100 * _VAL_FRACTION:.0f} % held out of the official "
             "training split; test is the official test split")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about its inputs."""
-
-    name: str  # registry name, e.g. "cifar10"
-    num_classes: int  # number of labels
-    in_channels: int  # image channels
-    image_size: int  # side of the square images the loader yields
-    mean: tuple[float, ...]  # per-channel mean of the [0, 1] training images
-    std: tuple[float, ...]  # per-channel std of the [0, 1] training images
 
 
 # (classes, channels, native side, mean, std) of the torchvision datasets, from their
@@ -90,20 +82,6 @@ class ImageDataset(Dataset):
         return f"ImageDataset({self.info.name!r}, split={self.split!r}, n={len(self)})"
 
 
-class _TensorImages(Dataset):
-    """In-memory images ``(N, C, H, W)`` and labels ``(N,)``."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
-
-
 def load_dataset(
     name: str,
     split: str,
@@ -112,7 +90,8 @@ def load_dataset(
     image_size: int | None = None,
     download: bool = False,
     augment: bool = False,
-) -> ImageDataset:
+    cache: bool | None = None,
+) -> ImageDataset | TensorImages:
     """Load one split of a dataset as float images in ``[0, 1]`` and int labels.
 
     Args:
@@ -126,6 +105,10 @@ def load_dataset(
         image_size: resize images to this square side; ``None`` keeps the native size.
         download: let torchvision download missing files into ``root``.
         augment: random crops and flips (training split only; ignored elsewhere).
+        cache: decode the split once into one uint8 tensor (a :class:`TensorImages`, which
+            training batches and augments on its device); ``False`` reads and transforms
+            image by image instead; ``None`` caches when the decoded split takes at most
+            :data:`AUTO_CACHE_BYTES`. Digits are always in memory.
 
     Raises:
         DataError: unknown name or split, or files missing under ``root``.
@@ -138,16 +121,21 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
     root_path = _check_root(name, root, download)
     info = dataset_info(name, root_path, image_size)
-    transform = _transform(info, native_size=_native_size(name, image_size),
-                           augment=augment and split == "train")
+    augment = augment and split == "train"
+    native_size = _native_size(name, image_size)
     if name == "imagefolder":
-        return _load_imagefolder(root_path, split, info, transform)
-    base = _open_torchvision(name, root_path, train=split != "test", transform=transform,
-                             download=download)
+        base = _open_imagefolder(root_path, split)
+    else:
+        base = _open_torchvision(name, root_path, train=split != "test", download=download)
     if split == "test":
         indices = np.arange(len(base))
     else:
         indices = _train_val_indices(len(base))[0 if split == "train" else 1]
+    pixels = len(indices) * info.in_channels * info.image_size ** 2
+    if cache if cache is not None else pixels <= AUTO_CACHE_BYTES:
+        images, labels = _decode(name, base, indices, info, native_size)
+        return TensorImages(images, labels, info, split, indices, augment)
+    base.transform = _transform(info, native_size, augment)
     return ImageDataset(base, indices, info, split)
 
 
@@ -199,12 +187,14 @@ def _digits_arrays(image_size: int | None):
         std=(round(float(train_images.std()), 6),),
     )
     splits = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
-    return _TensorImages(images, labels), splits, info
+    return images, labels, splits, info
 
 
-def _load_digits(split: str, image_size: int | None) -> ImageDataset:
-    base, splits, info = _digits_arrays(image_size)
-    return ImageDataset(base, splits[split], info, split)
+def _load_digits(split: str, image_size: int | None) -> TensorImages:
+    images, labels, splits, info = _digits_arrays(image_size)
+    index = torch.from_numpy(splits[split])
+    return TensorImages(images.index_select(0, index), labels.index_select(0, index), info,
+                        split, splits[split])
 
 
 # ---------------------------------------------------------------------- torchvision
@@ -234,40 +224,75 @@ def _native_size(name: str, image_size: int | None) -> int | None:
 
 
 def _transform(info: DatasetInfo, native_size: int | None, augment: bool) -> Callable:
+    """Per-image transform of the uncached path (PIL image -> float tensor)."""
     from torchvision import transforms as T
 
-    steps: list = []
-    if info.name == "imagefolder":
-        steps += [T.Resize(native_size), T.CenterCrop(native_size)]
-    elif native_size is not None:
-        steps.append(T.Resize((native_size, native_size)))
+    steps: list = _resize_steps(info, native_size)
     if augment:
-        size = info.image_size
-        steps.append(T.RandomCrop(size, padding=max(1, size // 8)))
-        # Flipping changes the meaning of digits; only natural-image datasets are flipped.
-        if info.name in ("cifar10", "cifar100", "imagefolder"):
+        padding, flip = augmentation(info)
+        steps.append(T.RandomCrop(info.image_size, padding=padding))
+        if flip:
             steps.append(T.RandomHorizontalFlip())
     steps.append(T.ToTensor())
     return T.Compose(steps)
 
 
-def _open_torchvision(name: str, root: Path, train: bool, transform: Callable, download: bool):
+def _resize_steps(info: DatasetInfo, native_size: int | None) -> list:
+    from torchvision import transforms as T
+
+    if info.name == "imagefolder":
+        return [T.Resize(native_size), T.CenterCrop(native_size)]
+    if native_size is not None:
+        return [T.Resize((native_size, native_size))]
+    return []
+
+
+def _decode(name: str, base, indices: np.ndarray, info: DatasetInfo,
+            native_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images as one uint8 ``(N, C, H, W)`` tensor and its labels."""
+    if name == "imagefolder":  # files: decode each image once
+        from torchvision import transforms as T
+
+        decode = T.Compose([*_resize_steps(info, native_size), T.PILToTensor()])
+        images = torch.empty(len(indices), 3, info.image_size, info.image_size,
+                             dtype=torch.uint8)
+        labels = torch.empty(len(indices), dtype=torch.long)
+        for row, i in enumerate(indices):
+            path, label = base.samples[int(i)]
+            images[row] = decode(base.loader(path).convert("RGB"))
+            labels[row] = label
+        return images, labels
+    data = torch.as_tensor(np.asarray(base.data))
+    if name in ("mnist", "fashion_mnist"):
+        data = data.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+    elif name in ("cifar10", "cifar100"):
+        data = data.permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32); SVHN is NCHW
+    targets = base.labels if name == "svhn" else base.targets
+    labels = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    index = torch.from_numpy(indices)
+    images = data.index_select(0, index).contiguous()
+    if native_size is not None:
+        from torchvision.transforms.v2 import functional as TF
+
+        images = TF.resize(images, [native_size, native_size], antialias=True)
+    return images, labels.index_select(0, index)
+
+
+def _open_torchvision(name: str, root: Path, train: bool, download: bool):
     from torchvision import datasets
 
     try:
         if name == "cifar10":
-            return datasets.CIFAR10(str(root), train=train, transform=transform, download=download)
+            return datasets.CIFAR10(str(root), train=train, download=download)
         if name == "cifar100":
-            return datasets.CIFAR100(str(root), train=train, transform=transform,
-                                     download=download)
+            return datasets.CIFAR100(str(root), train=train, download=download)
         if name == "mnist":
-            return datasets.MNIST(str(root), train=train, transform=transform, download=download)
+            return datasets.MNIST(str(root), train=train, download=download)
         if name == "fashion_mnist":
-            return datasets.FashionMNIST(str(root), train=train, transform=transform,
-                                         download=download)
+            return datasets.FashionMNIST(str(root), train=train, download=download)
         if name == "svhn":
             return datasets.SVHN(str(root), split="train" if train else "test",
-                                 transform=transform, download=download)
+                                 download=download)
     except (RuntimeError, OSError) as exc:
         hint = "" if download else f" ({_DOWNLOAD_HINT} fetches it)"
         raise DataError(f"{name} not found or unreadable under data root {str(root)!r}"
@@ -291,7 +316,7 @@ def _imagefolder_classes(folder: Path) -> list[str]:
     return classes
 
 
-def _load_imagefolder(root: Path, split: str, info: DatasetInfo, transform: Callable):
+def _open_imagefolder(root: Path, split: str):
     from torchvision import datasets
 
     if split == "test":
@@ -301,13 +326,9 @@ def _load_imagefolder(root: Path, split: str, info: DatasetInfo, transform: Call
     if not folder.is_dir():
         raise DataError(f"imagefolder expects {str(folder)!r} (class folders of images)")
     try:
-        base = datasets.ImageFolder(str(folder), transform=transform)
+        base = datasets.ImageFolder(str(folder))
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"cannot read images under {str(folder)!r}: {exc}") from exc
     if base.classes != _imagefolder_classes(root / "train"):
         raise DataError(f"class folders of {str(folder)!r} differ from those of train/")
-    if split == "test":
-        indices = np.arange(len(base))
-    else:
-        indices = _train_val_indices(len(base))[0 if split == "train" else 1]
-    return ImageDataset(base, indices, info, split)
+    return base

@@ -47,6 +47,9 @@ def dense_gate_matrix(expert_index: torch.Tensor, gates: torch.Tensor,
         1, expert_index.clamp(min=0), gates * valid)
 
 
+# Each expert's sample count changes every batch: compiled, it would recompile until every
+# size had been seen. It runs eagerly inside compiled models (the Triton op compiles).
+@torch.compiler.disable
 def moe_conv2d_sparse(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -75,9 +78,7 @@ def moe_conv2d_sparse(
     kh, kw = weight.shape[-2:]
     out_h = (x.shape[2] + 2 * padding - kh) // stride + 1
     out_w = (x.shape[3] + 2 * padding - kw) // stride + 1
-    out = x.new_zeros(batch, out_channels, out_h, out_w)
-    if batch == 0:
-        return out
+    out = None  # allocated in the experts' output dtype (the autocast one under autocast)
     # Sort the B*k (sample, slot) assignments by expert so each expert's samples form
     # one contiguous run of `order`.
     flat_expert = expert_index.reshape(-1)  # (B*k,)
@@ -93,9 +94,11 @@ def moe_conv2d_sparse(
         rows = assignment // k  # (n,) sample ids
         y = F.conv2d(x.index_select(0, rows), weight[e],
                      None if bias is None else bias[e], stride, padding)  # (n, O, OH, OW)
-        y = y * flat_gates.index_select(0, assignment).view(-1, 1, 1, 1)
+        y = y * flat_gates.index_select(0, assignment).to(y.dtype).view(-1, 1, 1, 1)
+        if out is None:
+            out = y.new_zeros(batch, out_channels, out_h, out_w)
         out.index_add_(0, rows, y)  # in place: one output buffer for all experts
-    return out
+    return out if out is not None else x.new_zeros(batch, out_channels, out_h, out_w)
 
 
 def moe_conv2d_reference(

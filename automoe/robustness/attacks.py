@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
+from automoe.data import make_loader
 from automoe.errors import ConfigError
 from automoe.layers import MoEModule
 
@@ -295,7 +296,7 @@ def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
         dataset = Subset(dataset, range(config.max_samples))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     correct = total = 0
-    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for images, labels in make_loader(dataset, batch_size, device=device):
         images, labels = images.to(device), labels.to(device)
         robust = torch.ones_like(labels, dtype=torch.bool)
         for _ in range(config.restarts if config.random_start else 1):
@@ -339,7 +340,7 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
     generator = torch.Generator(device=device).manual_seed(seed)
     clean, robust = [], {c.describe(): [] for c in configs}
     total, done = len(dataset) * len(configs), 0
-    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for images, labels in make_loader(dataset, batch_size, device=device):
         images, labels = images.to(device), labels.to(device)
         with torch.no_grad():
             clean.append(model(images).argmax(1) == labels)

@@ -90,7 +90,8 @@ class TrialRunner:
         self.supernet = supernet
         self.recalibration_batches = recalibration_batches
         ds = space.dataset
-        common = dict(root=data_root, image_size=ds["image_size"], download=download)
+        common = dict(root=data_root, image_size=ds["image_size"], download=download,
+                      cache=ds.get("cache"))
         self.train_set = load_dataset(ds["name"], "train", augment=ds["augment"], **common)
         self.val_set = load_dataset(ds["name"], "val", **common)
         self.test_set = load_dataset(ds["name"], "test", **common)

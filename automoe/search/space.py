@@ -94,6 +94,9 @@ PARAMS: dict[str, tuple[str, str, type]] = {
     "batch_size": ("train", "batch_size", int),
     "weight_decay": ("train", "weight_decay", float),
     "momentum": ("train", "momentum", float),
+    "precision": ("train", "precision", str),
+    "channels_last": ("train", "channels_last", bool),
+    "compile": ("train", "compile", bool),
 }
 # Parameters that only matter when at least one block is MoE.
 MOE_PARAMS = ("experts", "top_k", "balance_weight", "balance_loss", "router", "router_norm",
@@ -164,7 +167,7 @@ class SearchSpace:
 
     name: str
     trials: int
-    dataset: dict  # {"name", "image_size", "augment"}
+    dataset: dict  # {"name", "image_size", "augment", "cache"}
     model_name: str
     model_fixed: dict  # fixed model-config fields
     dimensions: dict[str, Dimension]  # searched parameters, in file order
@@ -217,11 +220,15 @@ class SearchSpace:
 
         dataset = _mapping(raw.get("dataset", {}), "dataset", fail)
         for key in dataset:
-            if key not in ("name", "image_size", "augment"):
-                fail(f"dataset.{key}", "unknown key; expected name, image_size, augment")
+            if key not in ("name", "image_size", "augment", "cache"):
+                fail(f"dataset.{key}", "unknown key; expected name, image_size, augment, cache")
         dataset = {"name": dataset.get("name", "digits"),
                    "image_size": dataset.get("image_size"),
-                   "augment": bool(dataset.get("augment", False))}
+                   "augment": bool(dataset.get("augment", False)),
+                   # true / false, or unset: in memory when it fits (load_dataset's cache)
+                   "cache": dataset.get("cache")}
+        if dataset["cache"] not in (None, True, False):
+            fail("dataset.cache", f"must be true or false, got {dataset['cache']!r}")
         size = dataset["image_size"]
         if size is not None and (not isinstance(size, int) or size < 4):
             fail("dataset.image_size", f"must be an integer >= 4, got {size!r}")

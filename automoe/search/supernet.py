@@ -365,7 +365,8 @@ class Supernet:
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
         order_rng = random.Random(config.seed + 1)  # expert orders, apart from the specs
-        loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+        loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                             device=device)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     nesterov=config.momentum > 0,
                                     weight_decay=config.weight_decay)
@@ -470,7 +471,8 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int = 10, batch_si
     model.to(device).eval()
     for m in norms:
         m.train()
-    for i, (images, _) in enumerate(make_loader(dataset, batch_size, shuffle=True, seed=seed)):
+    for i, (images, _) in enumerate(make_loader(dataset, batch_size, shuffle=True, seed=seed,
+                                                       device=device)):
         if i >= batches:
             break
         model(images.to(device))

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from automoe.data import make_loader
 from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
+
+# Numerics of a training run. fp32: IEEE fp32 matmuls and convs everywhere (cuDNN and the
+# Triton kernels alike); tf32: fp32 tensors on TF32 tensor cores (CUDA); bf16 / fp16:
+# autocast, fp16 with a gradient scaler. Evaluation and attacks run in fp32.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -26,7 +34,10 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (Nesterov)
     weight_decay: float = 5e-4  # L2 on every parameter
     seed: int = 0  # seeds batch order and gate noise
-    num_workers: int = 0  # DataLoader workers; 0 loads in the main process
+    num_workers: int = 0  # DataLoader workers for splits read image by image (not cached)
+    precision: str = "fp32"  # one of PRECISIONS
+    channels_last: bool = False  # NHWC layout for the model and its inputs
+    compile: bool = False  # torch.compile the model for the training steps
     # --- robust training
     scheme: str = "standard"  # "standard", "pgd_at", "trades" or "advmoe"
     adv_eps: float = 8 / 255  # training attack budget, [0, 1] pixel units
@@ -57,6 +68,11 @@ class TrainConfig:
 
         if self.scheme not in SCHEMES:
             raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision == "fp16" and self.scheme == "advmoe":
+            raise ConfigError("precision fp16 needs a gradient scaler, which advmoe's two "
+                              "optimiser steps do not use; use bf16")
         if self.adv_eps < 0 or self.adv_step_size < 0 or self.adv_steps < 1:
             raise ConfigError("adv_eps and adv_step_size must be >= 0 and adv_steps >= 1")
         if self.trades_beta < 0 or self.advmoe_alpha < 0:
@@ -83,11 +99,40 @@ class TrainResult:
     seconds: float = 0.0  # wall time of the training loop
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                num_workers: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, drop_last=False)
+@contextlib.contextmanager
+def tf32_switches(precision: str) -> Iterator[None]:
+    """TF32 on for every precision but fp32, for cuDNN and for matmuls (which the Triton
+    kernels follow, so the MoE and the dense layers of a model compute alike); restored
+    on exit."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = \
+        precision != "fp32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """Autocast to bf16 / fp16 for those precisions (forward passes only), else off."""
+    return torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16),
+                          enabled=precision in _AUTOCAST)
+
+
+def to_channels_last(model: nn.Module) -> None:
+    """NHWC conv weights: 4-D ``(O, C, KH, KW)`` ones, and each expert of a 5-D
+    ``(E, O, C, KH, KW)`` expert weight (``Module.to`` would take those for 3-D convs)."""
+    for param in model.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+        elif param.dim() == 5:  # stored as (E, O, KH, KW, C)
+            param.data = param.data.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def to_layout(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    if config.channels_last:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 def train(
@@ -117,9 +162,17 @@ def train(
     """
     device = torch.device(device)
     model.to(device)
+    if config.channels_last:
+        to_channels_last(model)
     torch.manual_seed(config.seed)  # gate noise
     loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
-                         num_workers=config.num_workers)
+                         num_workers=config.num_workers, device=device)
+    # the compiled module shares the model's parameters; hooks and state stay on `model`
+    forward_model = torch.compile(model) if config.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    # Reading the loss back waits for the device; on an accelerator it is checked every
+    # few steps (a NaN stays NaN, so it is still caught).
+    check_every = 1 if device.type == "cpu" else 16
     total_steps = config.epochs * len(loader)
     aux_loss_fn = getattr(model, "aux_loss", None)
     set_progress = getattr(model, "set_training_progress", None)
@@ -146,66 +199,78 @@ def train(
     start = time.perf_counter()
     step = first_epoch = 0
     if resume is not None:
-        first_epoch = _load_state(resume, model, optimizers, schedulers, loader, result, config)
+        first_epoch = _load_state(resume, model, optimizers, schedulers, loader, result, config,
+                                  scaler)
         step = first_epoch * len(loader)
         start -= result.seconds  # the seconds already spent count towards the total
 
     def state() -> dict:
         return _save_state(epoch + 1, model, optimizers, schedulers, loader, result,
-                           time.perf_counter() - start, rng)
+                           time.perf_counter() - start, rng, scaler)
 
     def _step(images: torch.Tensor, labels: torch.Tensor):
         """One optimiser step (two for AdvMoE): (task loss, logits, aux loss)."""
+        check = step % check_every == 0
         if advmoe is not None:  # two optimiser steps of its own
-            task_loss, logits = advmoe(images, labels, aux_loss_fn)
+            with autocast(config.precision, device):  # its backward passes run inside
+                task_loss, logits = advmoe(images, labels, aux_loss_fn)
             aux = task_loss.new_zeros(())
-            check_finite(task_loss, epoch, step, config)
+            if check:
+                check_finite(task_loss, epoch, step, config)
         else:
-            task_loss, logits = _task_loss(model, images, labels, config)
-            aux = aux_loss_fn(labels) if aux_loss_fn is not None else task_loss.new_zeros(())
-            loss = task_loss + aux
-            check_finite(loss, epoch, step, config)
+            with autocast(config.precision, device):
+                task_loss, logits = _task_loss(forward_model, images, labels, config)
+                aux = (aux_loss_fn(labels) if aux_loss_fn is not None
+                       else task_loss.new_zeros(()))
+                loss = task_loss + aux
+            if check:
+                check_finite(loss, epoch, step, config)
             optimizers[0].zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.clip_norm > 0:
+                scaler.unscale_(optimizers[0])
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            optimizers[0].step()
+            scaler.step(optimizers[0])  # skipped when fp16 gradients overflowed
+            scaler.update()
         for scheduler in schedulers:
             scheduler.step()
         return task_loss, logits, aux
 
-    for epoch in range(first_epoch, config.epochs):
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # task loss, aux loss, correct
-        seen = 0
-        with track_expert_usage(model) as usage:  # the epoch's routing, for router health
-            for images, labels in loader:
-                if set_progress is not None:
-                    set_progress(step / max(1, total_steps))
-                task_loss, logits, aux = _step(images.to(device, non_blocking=True),
-                                               labels.to(device, non_blocking=True))
-                step += 1
-                n = labels.shape[0]
-                sums += torch.tensor([task_loss.item() * n, float(aux.detach()) * n,
-                                      (logits.argmax(1).cpu() == labels).sum().item()],
-                                     dtype=torch.float64)
-                seen += n
-                if on_step is not None:
-                    on_step(step, total_steps)
-        loss_sum, aux_sum, correct = (sums / max(seen, 1)).tolist()
-        row = {"epoch": epoch + 1, "loss": loss_sum, "aux_loss": aux_sum,
-               "train_accuracy": correct}
-        use = expert_use(usage.health())
-        if use is not None:  # the fewest effective experts of any layer, / E
-            row["expert_use"] = use
-        result.history.append(row)
-        if on_epoch is not None:
-            rng = _rng_state()
-            callback_start = time.perf_counter()
-            result.seconds = callback_start - start
-            on_epoch(epoch + 1, result, state)
-            _set_rng_state(rng)  # what on_epoch drew (attack starts, ...) changes nothing
-            start += time.perf_counter() - callback_start  # evaluating is not training time
+    with tf32_switches(config.precision):  # backward passes too
+        for epoch in range(first_epoch, config.epochs):
+            model.train()
+            # task loss, aux loss, correct: summed on the device, read once per epoch
+            sums = torch.zeros(3, dtype=_sum_dtype(device), device=device)
+            seen = 0
+            with track_expert_usage(model) as usage:  # the epoch's routing, for router health
+                for images, labels in loader:
+                    if set_progress is not None:
+                        set_progress(step / max(1, total_steps))
+                    images = to_layout(images.to(device, non_blocking=True), config)
+                    labels = labels.to(device, non_blocking=True)
+                    task_loss, logits, aux = _step(images, labels)
+                    step += 1
+                    n = labels.shape[0]
+                    sums += torch.stack([task_loss.detach() * n, aux.detach() * n,
+                                         (logits.argmax(1) == labels).sum()]).to(sums.dtype)
+                    seen += n
+                    if on_step is not None:
+                        on_step(step, total_steps)
+            check_finite(sums[0], epoch, step - 1, config)
+            loss_sum, aux_sum, correct = (sums / max(seen, 1)).tolist()
+            row = {"epoch": epoch + 1, "loss": loss_sum, "aux_loss": aux_sum,
+                   "train_accuracy": correct}
+            use = expert_use(usage.health())
+            if use is not None:  # the fewest effective experts of any layer, / E
+                row["expert_use"] = use
+            result.history.append(row)
+            if on_epoch is not None:
+                rng = _rng_state()
+                callback_start = time.perf_counter()
+                result.seconds = callback_start - start
+                on_epoch(epoch + 1, result, state)
+                _set_rng_state(rng)  # what on_epoch drew (attack starts, ...) changes nothing
+                start += time.perf_counter() - callback_start  # evaluating is not training time
     result.seconds = time.perf_counter() - start
     return result
 
@@ -223,8 +288,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
 def _save_state(epochs_done: int, model, optimizers, schedulers, loader, result: TrainResult,
-                seconds: float, rng: dict) -> dict:
+                seconds: float, rng: dict, scaler: torch.amp.GradScaler) -> dict:
     """Everything an unbroken run would carry into the next epoch (tensors on the CPU)."""
     return {
         "epochs_done": epochs_done,
@@ -235,11 +304,12 @@ def _save_state(epochs_done: int, model, optimizers, schedulers, loader, result:
         "rng": rng,
         "history": [dict(row) for row in result.history],
         "seconds": seconds,
+        "scaler": scaler.state_dict(),
     }
 
 
 def _load_state(state: dict, model, optimizers, schedulers, loader, result: TrainResult,
-                config: TrainConfig) -> int:
+                config: TrainConfig, scaler: torch.amp.GradScaler) -> int:
     epochs_done = int(state["epochs_done"])
     if not 0 < epochs_done <= config.epochs or len(state["optimizers"]) != len(optimizers):
         raise ConfigError(f"cannot resume: the saved state ({epochs_done} epochs) does not "
@@ -253,6 +323,8 @@ def _load_state(state: dict, model, optimizers, schedulers, loader, result: Trai
     _set_rng_state(state["rng"])
     result.history = [dict(row) for row in state["history"]]
     result.seconds = float(state["seconds"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return epochs_done
 
 
@@ -287,9 +359,10 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     """Top-1 accuracy in ``[0, 1]`` with the model in eval mode."""
     device = torch.device(device)
     model.to(device).eval()
-    correct = total = 0
-    for images, labels in make_loader(dataset, batch_size):
-        logits = model(images.to(device))
-        correct += (logits.argmax(1).cpu() == labels).sum().item()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    for images, labels in make_loader(dataset, batch_size, device=device):
+        logits = model(images.to(device, non_blocking=True))
+        correct += (logits.argmax(1) == labels.to(device, non_blocking=True)).sum()
         total += labels.shape[0]
-    return correct / max(total, 1)
+    return correct.item() / max(total, 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from automoe.data import DATASET_NAMES, dataset_info, load_dataset
+from automoe.data import DATASET_NAMES, ImageDataset, TensorImages, dataset_info, load_dataset
 from automoe.errors import DataError
 
 N_TRAIN, N_TEST = 20, 6
@@ -32,6 +32,25 @@ def _check_all_splits(name, root, channels, size, classes, **kwargs):
     assert train.info == dataset_info(name, root, kwargs.get("image_size"))
     # the val split is fixed: loading again gives the same indices
     assert list(load_dataset(name, "val", root, **kwargs).indices) == list(val.indices)
+    _check_cache_matches_files(name, root, **kwargs)
+
+
+def _check_cache_matches_files(name, root, **kwargs):
+    """The decoded in-memory split holds the images and labels read file by file."""
+    for split in ("val", "test"):
+        cached = load_dataset(name, split, root, **kwargs)  # small: cached by default
+        plain = load_dataset(name, split, root, cache=False, **kwargs)
+        assert isinstance(cached, TensorImages) and cached.images.dtype == torch.uint8
+        assert isinstance(plain, ImageDataset)
+        assert list(cached.indices) == list(plain.indices)
+        images = torch.stack([cached[i][0] for i in range(len(cached))])
+        expected = torch.stack([plain[i][0] for i in range(len(plain))])
+        assert [cached[i][1] for i in range(len(cached))] == \
+            [plain[i][1] for i in range(len(plain))]
+        if kwargs.get("image_size") is None or name == "imagefolder":
+            assert torch.equal(images, expected)  # the same decoder, no resampling
+        else:  # tensor and PIL bilinear resizes round differently
+            assert (images - expected).abs().mean() < 0.02
 
 
 # ----------------------------------------------------------------------------- digits

@@ -235,3 +235,21 @@ def test_torch_compile_traces_the_custom_ops_in_one_graph():
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_autocast_runs_the_kernels_in_fp16():
+    # bf16 dots are wrong in the interpreter, so autocast is checked with fp16 here
+    torch.manual_seed(8)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    weight = (0.3 * torch.randn(3, 4, 3, 3, 3)).requires_grad_()
+    index, gates = _routing(4, 3, 2, drop=True), torch.rand(4, 2, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = moe_conv2d_triton(x, weight, None, index, gates, 1, 1)
+    assert y.dtype == torch.float16
+    y_ref = moe_conv2d_reference(x, weight, None, index, gates, 1, 1)
+    torch.testing.assert_close(y.float(), y_ref, rtol=2e-2, atol=2e-2)
+    grads = torch.autograd.grad(y.float().sum(), [x, weight, gates])
+    grads_ref = torch.autograd.grad(y_ref.sum(), [x, weight, gates])
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert got.dtype == torch.float32  # the fp32 leaves get fp32 gradients
+        torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2)
