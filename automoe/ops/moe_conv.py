@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from automoe.ops._eager import eager_under_compile
+from automoe.ops._sorted import dispatch_by_expert
+
 # "sparse": gather/conv/scatter in PyTorch; "reference": compute all, mask; "triton": the
 # Triton kernels (CUDA); "auto": "triton" for CUDA tensors, else "sparse".
 DISPATCH_MODES = ("sparse", "reference", "triton", "auto")
@@ -47,9 +50,13 @@ def dense_gate_matrix(expert_index: torch.Tensor, gates: torch.Tensor,
         1, expert_index.clamp(min=0), gates * valid)
 
 
-# Each expert's sample count changes every batch: compiled, it would recompile until every
-# size had been seen. It runs eagerly inside compiled models (the Triton op compiles).
-@torch.compiler.disable
+def _out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int):
+    kh, kw = weight.shape[-2:]
+    return ((x.shape[2] + 2 * padding - kh) // stride + 1,
+            (x.shape[3] + 2 * padding - kw) // stride + 1)
+
+
+@eager_under_compile
 def moe_conv2d_sparse(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -59,7 +66,7 @@ def moe_conv2d_sparse(
     stride: int = 1,
     padding: int = 0,
 ) -> torch.Tensor:
-    """Run each expert only on the samples routed to it (gather, conv, scatter-add).
+    """Run each expert only on the samples routed to it (one gather, E convs, one scatter).
 
     Args:
         x: ``(B, C, H, W)`` input.
@@ -73,32 +80,14 @@ def moe_conv2d_sparse(
         ``(B, O, OH, OW)``.
     """
     check_moe_conv_args(x, weight, bias, expert_index, gates)
-    batch, k = expert_index.shape
     num_experts, out_channels = weight.shape[:2]
-    kh, kw = weight.shape[-2:]
-    out_h = (x.shape[2] + 2 * padding - kh) // stride + 1
-    out_w = (x.shape[3] + 2 * padding - kw) // stride + 1
-    out = None  # allocated in the experts' output dtype (the autocast one under autocast)
-    # Sort the B*k (sample, slot) assignments by expert so each expert's samples form
-    # one contiguous run of `order`.
-    flat_expert = expert_index.reshape(-1)  # (B*k,)
-    order = torch.argsort(flat_expert, stable=True)  # (B*k,), dropped (-1) first
-    counts = torch.bincount(flat_expert + 1, minlength=num_experts + 1).tolist()
-    flat_gates = gates.reshape(-1)
-    start = counts.pop(0)  # skip the dropped assignments
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        assignment = order[start:start + n]  # positions in the flat (B*k) list
-        start += n
-        rows = assignment // k  # (n,) sample ids
-        y = F.conv2d(x.index_select(0, rows), weight[e],
-                     None if bias is None else bias[e], stride, padding)  # (n, O, OH, OW)
-        y = y * flat_gates.index_select(0, assignment).to(y.dtype).view(-1, 1, 1, 1)
-        if out is None:
-            out = y.new_zeros(batch, out_channels, out_h, out_w)
-        out.index_add_(0, rows, y)  # in place: one output buffer for all experts
-    return out if out is not None else x.new_zeros(batch, out_channels, out_h, out_w)
+    out_h, out_w = _out_hw(x, weight, stride, padding)
+
+    def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:  # (n, C, H, W) -> (n, O, ..)
+        return F.conv2d(rows, weight[e], None if bias is None else bias[e], stride, padding)
+
+    return dispatch_by_expert(x, expert_index, gates, num_experts, run_expert,
+                              (out_channels, out_h, out_w))
 
 
 def moe_conv2d_reference(

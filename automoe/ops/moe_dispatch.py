@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from automoe.ops._eager import eager_under_compile
+from automoe.ops._sorted import dispatch_by_expert
 from automoe.ops.moe_conv import dense_gate_matrix
 
 Expert = Callable[[torch.Tensor], torch.Tensor]
@@ -29,9 +31,7 @@ def _check(x, experts, expert_index, gates):
         raise ValueError(f"expert id {int(expert_index.max())} >= {len(experts)} experts")
 
 
-# Each expert's sample count changes every batch: compiled, it would recompile until every
-# size had been seen. It runs eagerly inside compiled models (the Triton op compiles).
-@torch.compiler.disable
+@eager_under_compile
 def moe_dispatch_sparse(x: torch.Tensor, experts: Sequence[Expert], expert_index: torch.Tensor,
                         gates: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
     """Run each expert only on its samples; ``out_shape`` is one sample's output shape.
@@ -39,25 +39,8 @@ def moe_dispatch_sparse(x: torch.Tensor, experts: Sequence[Expert], expert_index
     ``expert_index`` is ``(B, k)`` (``-1`` = dropped), ``gates`` ``(B, k)``.
     """
     _check(x, experts, expert_index, gates)
-    batch, k = expert_index.shape
-    out = None  # allocated in the experts' output dtype (the autocast one under autocast)
-    flat_expert = expert_index.reshape(-1)  # (B*k,)
-    order = torch.argsort(flat_expert, stable=True)
-    counts = torch.bincount(flat_expert + 1, minlength=len(experts) + 1).tolist()
-    flat_gates = gates.reshape(-1)
-    start = counts.pop(0)  # dropped assignments come first
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        assignment = order[start:start + n]
-        start += n
-        rows = assignment // k  # (n,) sample ids
-        y = experts[e](x.index_select(0, rows))  # (n, *out_shape)
-        gate = flat_gates.index_select(0, assignment).to(y.dtype)
-        if out is None:
-            out = y.new_zeros(batch, *out_shape)
-        out.index_add_(0, rows, y * gate.view(-1, *([1] * len(out_shape))))
-    return out if out is not None else x.new_zeros(batch, *out_shape)
+    return dispatch_by_expert(x, expert_index, gates, len(experts),
+                              lambda e, rows: experts[e](rows), out_shape)
 
 
 def moe_dispatch_reference(x: torch.Tensor, experts: Sequence[Expert], expert_index: torch.Tensor,

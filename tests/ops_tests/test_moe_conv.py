@@ -24,6 +24,8 @@ def test_sparse_matches_reference_outputs_and_gradients(num_experts, k, kernel, 
     bias = (torch.randn(num_experts, cout, dtype=torch.float64, requires_grad=True)
             if with_bias else None)
     expert_index, gates = _routing(batch, num_experts, k)
+    if k > 1:
+        expert_index[2, 0] = -1  # an assignment dropped by a capacity limit
     inputs = [x, weight, gates] + ([bias] if with_bias else [])
 
     y_sparse = moe_conv2d_sparse(x, weight, bias, expert_index, gates, stride, padding)

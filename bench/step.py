@@ -1,0 +1,123 @@
+"""One training step of a top-1 MoE model against the dense model of the same active MACs.
+
+    python bench/step.py [--device cpu|cuda] [--steps 12] [--rounds 3] [--only digits|cifar]
+
+A step is forward, loss (cross-entropy + balancing), backward and an SGD update, on random
+inputs of the task's shape. Every configuration's step is timed in the same process, in
+interleaved rounds (dense, MoE, dense, MoE, ...) so that the machine's load changes hit
+both alike; the table gives the median step of each and the ratio MoE / dense with its
+min-max over the rounds. With top-1 routing an MoE model has the dense model's MACs plus
+its routers', so the ratio is what the sparse dispatch costs.
+
+* digits: ResNet-8 at width 0.5, batch 64, 16x16 x 1 channel, E = 8 conv experts;
+* cifar: ResNet-18, batch 128, 32x32 x 3 channels, E = 4 conv experts;
+
+each with MoE in every block (``all``) and in the last stage (``last_stage``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from automoe.models import count_flops, create_model
+
+TASKS = {
+    "digits": dict(model="resnet8", batch=64, channels=1, size=16, experts=8,
+                   extra=dict(width_multiplier=0.5)),
+    "cifar": dict(model="resnet18", batch=128, channels=3, size=32, experts=4, extra={}),
+}
+
+
+def build(task: dict, placement: str, device: torch.device):
+    torch.manual_seed(0)
+    moe = {} if placement == "none" else dict(num_experts=task["experts"], top_k=1,
+                                               granularity="conv")
+    model = create_model(task["model"], in_channels=task["channels"], num_classes=10,
+                         image_size=task["size"], placement=placement, **moe,
+                         **task["extra"]).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(task["batch"], task["channels"], task["size"], task["size"],
+                         device=device)
+    labels = torch.randint(0, 10, (task["batch"],), device=device)
+    aux = getattr(model, "aux_loss", None)
+
+    def step():
+        loss = F.cross_entropy(model(images), labels)
+        if aux is not None:
+            loss = loss + aux(labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return model, step
+
+
+def timed(step, steps: int, device: torch.device) -> float:
+    """Median seconds of ``steps`` steps."""
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=sorted(TASKS))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    where = (torch.cuda.get_device_name() if device.type == "cuda"
+             else f"{platform.processor() or platform.machine()}, "
+                  f"{torch.get_num_threads()} threads")
+    table = Table(title=f"training step, top-1 MoE vs dense, median of {args.steps} steps x "
+                        f"{args.rounds} rounds ({where}, torch {torch.__version__})")
+    for col in ("task", "placement", "E", "MMACs dense / MoE", "dense ms", "MoE ms",
+                "MoE / dense (min-max)"):
+        table.add_column(col, justify="right")
+    for name, task in TASKS.items():
+        if args.only and name != args.only:
+            continue
+        dense_model, dense_step = build(task, "none", device)
+        shape = (task["channels"], task["size"], task["size"])
+        dense_macs = count_flops(dense_model.eval(), shape)["active"] / 1e6
+        dense_model.train()
+        for placement in ("all", "last_stage"):
+            moe_model, moe_step = build(task, placement, device)
+            moe_macs = count_flops(moe_model.eval(), shape)["active"] / 1e6
+            moe_model.train()
+            for warm in (dense_step, moe_step):
+                warm()
+                warm()
+            dense_times, moe_times = [], []
+            for _ in range(args.rounds):
+                dense_times.append(timed(dense_step, args.steps, device))
+                moe_times.append(timed(moe_step, args.steps, device))
+            ratios = [m / d for m, d in zip(moe_times, dense_times, strict=True)]
+            table.add_row(name, placement, str(task["experts"]),
+                          f"{dense_macs:.1f} / {moe_macs:.1f}",
+                          f"{1e3 * statistics.median(dense_times):.1f}",
+                          f"{1e3 * statistics.median(moe_times):.1f}",
+                          f"{statistics.median(ratios):.2f}x "
+                          f"({min(ratios):.2f}-{max(ratios):.2f})")
+    Console(width=120).print(table)
+
+
+if __name__ == "__main__":
+    main()
