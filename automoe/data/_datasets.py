@@ -131,8 +131,8 @@ def load_dataset(
         indices = np.arange(len(base))
     else:
         indices = _train_val_indices(len(base))[0 if split == "train" else 1]
-    pixels = len(indices) * info.in_channels * info.image_size ** 2
-    if cache if cache is not None else pixels <= AUTO_CACHE_BYTES:
+    pixels = len(indices) * info.in_channels * info.image_size ** 2  # bytes as uint8
+    if pixels <= AUTO_CACHE_BYTES if cache is None else cache:
         images, labels = _decode(name, base, indices, info, native_size)
         return TensorImages(images, labels, info, split, indices, augment)
     base.transform = _transform(info, native_size, augment)

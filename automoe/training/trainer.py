@@ -19,7 +19,8 @@ from automoe.layers import expert_use, track_expert_usage
 
 # Numerics of a training run. fp32: IEEE fp32 matmuls and convs everywhere (cuDNN and the
 # Triton kernels alike); tf32: fp32 tensors on TF32 tensor cores (CUDA); bf16 / fp16:
-# autocast, fp16 with a gradient scaler. Evaluation and attacks run in fp32.
+# autocast of the training forward passes, fp16 with a gradient scaler. Evaluation and
+# attacks run without autocast.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -37,7 +38,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers for splits read image by image (not cached)
     precision: str = "fp32"  # one of PRECISIONS
     channels_last: bool = False  # NHWC layout for the model and its inputs
-    compile: bool = False  # torch.compile the model for the training steps
+    compile: bool = False  # torch.compile the model for the training steps (not advmoe's)
     # --- robust training
     scheme: str = "standard"  # "standard", "pgd_at", "trades" or "advmoe"
     adv_eps: float = 8 / 255  # training attack budget, [0, 1] pixel units

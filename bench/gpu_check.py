@@ -1,0 +1,309 @@
+"""The GPU acceptance run: one command, one Markdown report, about 8 minutes on an H100.
+
+    python bench/gpu_check.py [--out gpu_report.md] [--epoch-images 20000]
+    python bench/gpu_check.py --dry-run      # every part that needs no CUDA, on the CPU
+
+Parts, each reported whatever the others do:
+
+1. ``pytest -m gpu``: the GPU tests (Triton against PyTorch at real shapes, compile, a MoE
+   ResNet-18 training step).
+2. Kernels, fp32 / TF32 / bf16: the Triton op against compute-all-then-mask and against
+   one cuDNN conv of the same active FLOPs, forward + backward, with TFLOP/s and the
+   targets: >= 0.8 E/k over compute-all, >= 0.7 of cuDNN's TFLOP/s.
+3. One training epoch of ResNet-18 on synthetic CIFAR-shaped data (in memory on the GPU):
+   dense, MoE with the sparse (Triton) dispatch and MoE computing every expert, in bf16
+   and fp32, with images/s and peak memory.
+4. A 3-trial search through the CLI on synthetic CIFAR-shaped image files.
+
+``--dry-run`` runs the same code on the CPU at toy sizes (the kernels through the Triton
+interpreter) so that a broken part shows before a GPU is lent; its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DRY_RUN = "--dry-run" in sys.argv
+if DRY_RUN:  # the interpreter must be chosen before triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+# (batch, map side, channels, experts, k) of the kernel part
+KERNEL_SHAPES = [(128, 32, 128, 4, 1), (128, 32, 128, 8, 2), (128, 16, 256, 4, 1),
+                 (128, 16, 256, 8, 2), (128, 8, 512, 4, 1), (128, 8, 512, 8, 1)]
+DRY_KERNEL_SHAPES = [(4, 6, 16, 4, 1), (4, 5, 16, 3, 2)]
+PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
+              "bf16": (torch.bfloat16, True)}
+
+
+def timed_ms(fn, repeats: int, cuda: bool) -> float:
+    """Median milliseconds of ``fn`` after two warm-up calls (autotuning happens there)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ parts
+
+
+def part_environment(device: torch.device) -> str:
+    import triton
+
+    import automoe
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}, "
+                 f"{torch.get_num_threads()} threads)")
+    rows = [["device", name], ["torch", torch.__version__], ["triton", triton.__version__],
+            ["CUDA", str(torch.version.cuda)],
+            ["cuDNN", str(torch.backends.cudnn.version() if device.type == "cuda" else "-")],
+            ["automoe", f"{automoe.__version__} ({commit})"],
+            ["date", datetime.datetime.now().isoformat(timespec="minutes")]]
+    return table(["", ""], rows)
+
+
+def part_pytest(dry_run: bool) -> str:
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+               "tests/"]
+    if dry_run:  # collecting shows the GPU tests import and parametrize
+        command.append("--collect-only")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+    return f"`{' '.join(command[2:])}` exit code {proc.returncode}\n\n```\n{tail}\n```"
+
+
+def kernel_ms(device: torch.device, dtype: torch.dtype, tf32: bool, batch: int, size: int,
+              channels: int, experts: int, k: int, repeats: int) -> dict[str, float]:
+    """Forward + backward ms of compute-all, the Triton op and a cuDNN conv of k x C outputs."""
+    from automoe.ops import moe_conv2d_reference
+    from automoe.ops.moe_conv_triton import moe_conv2d_triton
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, channels, size, size, device=device, dtype=dtype, requires_grad=True)
+    weight = (0.05 * torch.randn(experts, channels, channels, 3, 3, device=device,
+                                 dtype=dtype)).requires_grad_()
+    index = torch.randn(batch, experts, device=device).topk(k, 1).indices
+    gates = torch.rand(batch, k, device=device, dtype=dtype, requires_grad=True)
+    dense = (0.05 * torch.randn(k * channels, channels, 3, 3, device=device, dtype=dtype)
+             ).requires_grad_()
+    step = {
+        "all": lambda: moe_conv2d_reference(x, weight, None, index, gates, 1, 1),
+        "triton": lambda: moe_conv2d_triton(x, weight, None, index, gates, 1, 1,
+                                            allow_tf32=tf32),
+        "cudnn": lambda: F.conv2d(x, dense, None, 1, 1),
+    }
+    return {name: timed_ms(lambda fn=fn: fn().float().sum().backward(), repeats,
+                           device.type == "cuda")
+            for name, fn in step.items()}
+
+
+def part_kernels(device: torch.device, dry_run: bool) -> str:
+    shapes = DRY_KERNEL_SHAPES if dry_run else KERNEL_SHAPES
+    repeats = 2 if dry_run else 10
+    rows = []
+    for precision, (dtype, tf32) in PRECISIONS.items():
+        if dry_run and dtype == torch.bfloat16:
+            continue  # the interpreter's bf16 dots are wrong
+        flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            for batch, size, channels, experts, k in shapes:
+                ms = kernel_ms(device, dtype, tf32, batch, size, channels, experts, k, repeats)
+                flops = 3 * 2 * batch * k * channels * channels * 9 * size * size  # fwd + bwd
+                tflops = flops / ms["triton"] / 1e9
+                over_all = ms["all"] / ms["triton"]
+                of_cudnn = ms["cudnn"] / ms["triton"]
+                target = 0.8 * experts / k
+                rows.append([precision, f"{batch}x{channels}x{size}x{size}", str(experts),
+                             str(k), f"{ms['all']:.3f}", f"{ms['triton']:.3f}",
+                             f"{ms['cudnn']:.3f}", f"{tflops:.1f}",
+                             f"{over_all:.2f}x {'ok' if over_all >= target else 'MISS'} "
+                             f"(>= {target:.1f})",
+                             f"{of_cudnn:.2f} {'ok' if of_cudnn >= 0.7 else 'MISS'}"])
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    return table(["precision", "B x C x map", "E", "k", "compute-all ms", "triton ms",
+                  "cuDNN ms", "triton TFLOP/s", "vs compute-all", "of cuDNN TFLOP/s (>= 0.7)"],
+                 rows)
+
+
+def part_epoch(device: torch.device, dry_run: bool, images: int) -> str:
+    import numpy as np
+
+    from automoe.data import DatasetInfo, TensorImages
+    from automoe.models import create_model
+    from automoe.training import TrainConfig, train
+
+    cuda = device.type == "cuda"
+    generator = torch.Generator().manual_seed(0)
+    info = DatasetInfo("cifar10", 10, 3, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    train_set = TensorImages(
+        torch.randint(0, 256, (images, 3, 32, 32), generator=generator, dtype=torch.uint8),
+        torch.randint(0, 10, (images,), generator=generator), info, "train",
+        np.arange(images), augment=True)
+    models = {"dense": dict(placement="none"),
+              "MoE sparse": dict(placement="all", num_experts=4, top_k=1, dispatch="auto"),
+              "MoE compute-all": dict(placement="all", num_experts=4, top_k=1,
+                                      dispatch="reference")}
+    extra = dict(width_multiplier=0.25) if dry_run else {}
+    rows = []
+    for precision in ("bf16", "fp32"):
+        for name, fields in models.items():
+            torch.manual_seed(0)
+            model = create_model("resnet18", in_channels=3, num_classes=10, image_size=32,
+                                 input_mean=info.mean, input_std=info.std, **fields, **extra)
+            config = TrainConfig(epochs=1, batch_size=32 if dry_run else 256, lr=0.05,
+                                 precision=precision, channels_last=cuda)
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            # a short warm-up run (autotuning, cuDNN plans) is not counted
+            warm = TensorImages(train_set.images[:config.batch_size * 2],
+                                train_set.labels[:config.batch_size * 2], info, "train",
+                                np.arange(config.batch_size * 2), augment=True)
+            train(model, warm, config, device=device)
+            result = train(model, train_set, config, device=device)
+            peak = (f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if cuda else "-")
+            rows.append([precision, name, f"{images / result.seconds:,.0f}", peak,
+                         f"{result.history[-1]['loss']:.3f}"])
+    return table(["precision", "model", "images/s", "peak GiB", "loss"], rows)
+
+
+def part_search(device: torch.device, dry_run: bool) -> str:
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        rng = np.random.default_rng(0)
+        per_class = 6 if dry_run else 200
+        for split, count in (("train", per_class), ("test", max(2, per_class // 5))):
+            for label in range(10):
+                folder = root / split / f"class{label}"
+                folder.mkdir(parents=True)
+                for i in range(count):
+                    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / f"{i}.png")
+        space = Path(tmp) / "gpu_check.yaml"
+        model = "resnet8" if dry_run else "resnet18"
+        epochs = 1 if dry_run else 2
+        space.write_text(f"""name: gpu_check
+trials: 3
+dataset: {{name: imagefolder, image_size: 32, augment: true}}
+model: {{name: {model}}}
+params:
+  placement: {{choices: [none, last_stage, all]}}
+  experts: {{choices: [2, 4]}}
+  top_k: 1
+  width_multiplier: {0.25 if dry_run else 1.0}
+  precision: {'fp32' if dry_run else 'bf16'}
+  lr: 0.05
+  epochs: {epochs}
+  batch_size: {16 if dry_run else 128}
+evaluation:
+  batch_size: 256
+  attack: {{eps: 8/255, step_size: 2/255, steps: {2 if dry_run else 10}, max_samples: 64}}
+sampler: {{name: random}}
+""")
+        command = [sys.executable, str(ROOT / "cli.py"), "search", "--space", str(space),
+                   "--data-root", str(root), "--storage", f"sqlite:///{tmp}/gpu_check.db",
+                   "--artifact-dir", str(Path(tmp) / "artifacts"), "--device", str(device),
+                   "--no-verify"]
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        start = time.perf_counter()
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=420)
+        seconds = time.perf_counter() - start
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+    return (f"`automoe search` of 3 trials, {seconds:.0f} s, exit code {proc.returncode}\n\n"
+            f"```\n{tail}\n```")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_report.md", help="Markdown report to write")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run on the CPU at toy sizes (checks the script, not the GPU)")
+    parser.add_argument("--epoch-images", type=int, default=20_000,
+                        help="images in the timed ResNet-18 epoch")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["pytest", "kernels", "epoch", "search"])
+    args = parser.parse_args()
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check needs a CUDA device; use --dry-run to check it on the CPU",
+              file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    images = 96 if args.dry_run else args.epoch_images
+    parts = [("Environment", lambda: part_environment(device)),
+             ("pytest -m gpu", lambda: part_pytest(args.dry_run)),
+             ("Kernels (forward + backward)", lambda: part_kernels(device, args.dry_run)),
+             (f"ResNet-18 epoch, {images} CIFAR-shaped images, E = 4, k = 1 in every block",
+              lambda: part_epoch(device, args.dry_run, images)),
+             ("3-trial search on CIFAR-shaped image files",
+              lambda: part_search(device, args.dry_run))]
+    keys = ["environment", "pytest", "kernels", "epoch", "search"]
+    title = "automoe GPU check" + (" (dry run on the CPU: timings mean nothing)"
+                                   if args.dry_run else "")
+    report = [f"# {title}\n"]
+    failed = []
+    for key, (heading, run) in zip(keys, parts, strict=True):
+        if key in args.skip:
+            continue
+        start = time.perf_counter()
+        print(f"[gpu_check] {heading} ...", flush=True)
+        try:
+            body = run()
+        except Exception:  # a broken part is reported and the others still run
+            failed.append(key)
+            body = "FAILED\n\n```\n" + traceback.format_exc()[-3000:] + "\n```"
+        report.append(f"## {heading}\n\n{body}\n\n_{time.perf_counter() - start:.0f} s_\n")
+        if key in ("pytest", "search") and "exit code 0" not in body:
+            failed.append(key)
+    text = "\n".join(report)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(text)
+    print(f"[gpu_check] report written to {out}" + (f"; failed: {', '.join(failed)}"
+                                                     if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
