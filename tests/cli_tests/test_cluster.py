@@ -40,19 +40,28 @@ def _search(workdir, url, executor, workers, trials, *extra):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _running_trial(url, deadline_s=300):
+def _running_trial(url, driver, deadline_s=300):
     """A trial that is running in a worker process (its pid recorded), once there is one."""
     deadline = time.monotonic() + deadline_s
+    seen, error = [], None
     while time.monotonic() < deadline:
         try:
-            running = [t for t in _trials(url) if t.state.name == "RUNNING"
-                       and "pid" in t.user_attrs.get("worker", {})]
-        except Exception:  # the study is not created yet
-            running = []
+            trials = _trials(url)
+        except Exception as exc:  # the study is not created yet, or the file is locked
+            trials, error = [], exc
+        seen = [t.state.name for t in trials]
+        running = [t for t in trials if t.state.name == "RUNNING"
+                   and "pid" in t.user_attrs.get("worker", {})]
         if running:
             return running[0]
+        if driver.poll() is not None:
+            stdout, stderr = driver.communicate()
+            raise AssertionError(f"the search ended (exit code {driver.returncode}) before a "
+                                 f"running trial was seen; trials {seen}\n{stdout[-2000:]}"
+                                 f"\n{stderr[-3000:]}")
         time.sleep(0.2)
-    raise AssertionError("no trial started")
+    raise AssertionError(f"no trial started in {deadline_s} s; trials {seen}, last read "
+                         f"error {error!r}")
 
 
 def _check_exact(url, target, executor):
@@ -72,7 +81,7 @@ def _check_exact(url, target, executor):
 def _kill_one_worker_mid_trial(workdir, url, executor):
     driver = _search(workdir, url, executor, 3, 9)
     try:
-        victim = _running_trial(url)
+        victim = _running_trial(url, driver)
         os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
         _, stderr = driver.communicate(timeout=900)
         assert driver.returncode == 0, stderr
@@ -109,7 +118,7 @@ def test_ctrl_c_on_the_driver_leaves_no_running_trial(workdir, executor):
     url = f"sqlite:///{workdir / 'c.db'}"  # SQLite serves a local Ray cluster
     driver = _search(workdir, url, executor, 2, 6)
     try:
-        _running_trial(url)
+        _running_trial(url, driver)
         driver.send_signal(signal.SIGINT)
         _, stderr = driver.communicate(timeout=120)
     finally:
