@@ -795,7 +795,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     for col in ("op", "on CPU tensors", "on CUDA tensors"):
         table.add_column(col)
     gpu = ("Triton kernel" if triton_version else "PyTorch sparse (no Triton)")
-    table.add_row("conv experts (conv, pathway)", "PyTorch sparse (gather, conv, scatter-add)",
+    table.add_row("conv experts (conv, pathway)", "PyTorch sparse (a conv per expert)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
     table.add_row("channel gating (channel)", "PyTorch sparse (batch union of channels)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")

@@ -13,12 +13,11 @@ def dispatch_by_expert(x: torch.Tensor, expert_index: torch.Tensor, gates: torch
     """``sum_j gates[b, j] * run_expert(expert_index[b, j], x[b])``, running each expert once
     on its samples.
 
-    The assignments are sorted by expert and gathered in one ``index_select``; each expert
-    gets its run as a view (``split``), the outputs are concatenated and put back in
-    (sample, slot) order by one ``index_copy``, then summed over each sample's slots. So the
-    autograd graph has one gather and one scatter per layer however many experts there are
-    (per-expert gathers would each allocate a full-size gradient in backward), and the sum
-    over slots runs in a fixed order (no atomics).
+    The assignments are sorted by expert and gathered by one ``index_select``; each expert
+    gets its run as a view (``split``) and adds its gated outputs into one output buffer.
+    Per-expert gathers would each allocate an input-sized gradient in backward; the one
+    gather allocates one. A sample's k rows are added in the sorted order (fixed on the
+    CPU; on CUDA the default Triton path sums slots without atomics).
 
     Args:
         x: ``(B, ...)`` inputs.
@@ -33,11 +32,17 @@ def dispatch_by_expert(x: torch.Tensor, expert_index: torch.Tensor, gates: torch
     counts = torch.bincount(flat + 1, minlength=num_experts + 1).tolist()  # reads the host
     order = order[counts[0]:]  # (A,) the kept (sample, slot) positions, by expert
     samples = order // k if k > 1 else order
-    runs = x.index_select(0, samples).split(counts[1:])  # one view per expert
-    outputs = [run_expert(e, run) for e, run in enumerate(runs) if run.shape[0]]
-    if not outputs:  # every assignment dropped
-        return x.new_zeros(batch, *out_shape)
-    y = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # (A, ...), by expert
-    y = y * gates.reshape(-1).index_select(0, order).to(y.dtype).view(-1, *[1] * (y.dim() - 1))
-    slots = y.new_zeros(batch * k, *y.shape[1:]).index_copy(0, order, y)  # (B*k, ...)
-    return slots.view(batch, k, *y.shape[1:]).sum(1) if k > 1 else slots
+    sizes = counts[1:]
+    runs = x.index_select(0, samples).split(sizes)  # one view per expert
+    run_gates = gates.reshape(-1).index_select(0, order).split(sizes)
+    out = None  # allocated in the experts' output dtype (the autocast one under autocast)
+    for e, (run, rows, gate) in enumerate(zip(runs, samples.split(sizes), run_gates,
+                                              strict=True)):
+        if not run.shape[0]:
+            continue
+        y = run_expert(e, run)  # (n_e, ...)
+        y = y * gate.to(y.dtype).view(-1, *[1] * (y.dim() - 1))
+        if out is None:
+            out = y.new_zeros(batch, *y.shape[1:])
+        out.index_add_(0, rows, y)  # in place: one output buffer for all experts
+    return out if out is not None else x.new_zeros(batch, *out_shape)
