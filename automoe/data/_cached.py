@@ -1,7 +1,7 @@
 """Splits held in memory as one tensor, batched and augmented where the model runs.
 
 A decoded split is one ``(N, C, H, W)`` tensor (uint8 for image files, so CIFAR-10's
-training split is 150 MB) and its labels. :class:`DeviceLoader` moves it to the trial's
+training split is 138 MB) and its labels. :class:`DeviceLoader` moves it to the trial's
 device once, then cuts each batch by indexing and does the random crop and flip as one
 batched gather there, so a GPU never waits on per-image Python work. The random draws of an
 epoch (order, crop offsets, flips) come from a CPU generator seeded by the trial, so a run is

@@ -26,7 +26,7 @@ _DOWNLOAD_HINT = "--download (download=True in Python)"
 _SPLIT_SEED = 0
 _VAL_FRACTION = 0.1
 # A split whose decoded uint8 pixels fit in this many bytes is held in memory (and on the
-# trial's device) unless cache=False: CIFAR-10's training split takes 138 MiB.
+# trial's device) unless cache=False: CIFAR-10's training split takes 138 MB.
 AUTO_CACHE_BYTES = 4 << 30
 # digits has no official split: 60 % train, 20 % val, 20 % test, stratified.
 _DIGITS_TEST_FRACTION = 0.2
