@@ -1,4 +1,4 @@
-"""Sample-level dispatch to experts in PyTorch: one gather and one scatter per layer."""
+"""Sample-level dispatch to experts in PyTorch: one input gather per layer, experts on views."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def moe_conv2d_sparse(
     stride: int = 1,
     padding: int = 0,
 ) -> torch.Tensor:
-    """Run each expert only on the samples routed to it (one gather, E convs, one scatter).
+    """Run each expert only on the samples routed to it (one gather, a conv per expert).
 
     Args:
         x: ``(B, C, H, W)`` input.
