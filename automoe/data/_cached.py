@@ -93,10 +93,6 @@ class TensorImages(Dataset):
         return (f"TensorImages({self.info.name!r}, split={self.split!r}, n={len(self)}, "
                 f"{self.images.dtype}, augment={self.augment})")
 
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size()
-
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels on ``device``, copied there once."""
         key = str(device)

@@ -21,6 +21,7 @@ from automoe.kernels import (
     expert_conv_forward,
     sort_assignments,
 )
+from automoe.ops.moe_conv import conv_out_hw
 from automoe.ops.moe_conv_triton import autocast_inputs
 
 
@@ -66,9 +67,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, gates: torch.Tensor, stride:
 
 @_forward.register_fake
 def _(x, weight, gates, stride, padding, group_size, allow_tf32):
-    kh, kw = weight.shape[-2:]
-    out_h = (x.shape[2] + 2 * padding - kh) // stride + 1
-    out_w = (x.shape[3] + 2 * padding - kw) // stride + 1
+    out_h, out_w = conv_out_hw(x, weight, stride, padding)
     batch, num_groups = x.shape[0], weight.shape[0] // group_size
     out = x.new_empty(batch, weight.shape[0], out_h, out_w)
     return (out, torch.empty_like(out), gates.new_empty(batch * num_groups, dtype=torch.long),

@@ -50,7 +50,9 @@ def dense_gate_matrix(expert_index: torch.Tensor, gates: torch.Tensor,
         1, expert_index.clamp(min=0), gates * valid)
 
 
-def _out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int):
+def conv_out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int,
+                padding: int) -> tuple[int, int]:
+    """Output map (OH, OW) of a conv of ``x`` with ``weight``'s last two (kh, kw) dims."""
     kh, kw = weight.shape[-2:]
     return ((x.shape[2] + 2 * padding - kh) // stride + 1,
             (x.shape[3] + 2 * padding - kw) // stride + 1)
@@ -81,7 +83,7 @@ def moe_conv2d_sparse(
     """
     check_moe_conv_args(x, weight, bias, expert_index, gates)
     num_experts, out_channels = weight.shape[:2]
-    out_h, out_w = _out_hw(x, weight, stride, padding)
+    out_h, out_w = conv_out_hw(x, weight, stride, padding)
 
     def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:  # (n, C, H, W) -> (n, O, ..)
         return F.conv2d(rows, weight[e], None if bias is None else bias[e], stride, padding)

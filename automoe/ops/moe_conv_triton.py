@@ -24,13 +24,7 @@ from automoe.kernels import (
     expert_conv_forward,
     sort_assignments,
 )
-from automoe.ops.moe_conv import check_moe_conv_args, dense_gate_matrix
-
-
-def _out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int):
-    kh, kw = weight.shape[-2:]
-    return ((x.shape[2] + 2 * padding - kh) // stride + 1,
-            (x.shape[3] + 2 * padding - kw) // stride + 1)
+from automoe.ops.moe_conv import check_moe_conv_args, conv_out_hw, dense_gate_matrix
 
 
 def forward_launch(x: torch.Tensor, weight: torch.Tensor, expert_index: torch.Tensor,
@@ -71,7 +65,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, expert_index: torch.Tensor,
 
 @_forward.register_fake
 def _(x, weight, expert_index, gates, stride, padding, allow_tf32):
-    out_h, out_w = _out_hw(x, weight, stride, padding)
+    out_h, out_w = conv_out_hw(x, weight, stride, padding)
     batch, k = expert_index.shape
     return (x.new_empty(batch, weight.shape[1], out_h, out_w),
             x.new_empty(batch * k, weight.shape[1], out_h, out_w),
