@@ -13,7 +13,7 @@ from automoe.layers.balancing import (
     supervised_router_loss,
     switch_loss,
 )
-from automoe.layers.base import EXPERT_INITS, MoEModule
+from automoe.layers.base import EXPERT_INITS, MoEModule, TopKMoEModule
 from automoe.layers.channel import ChannelGatedConv2d, GatingEmbedding
 from automoe.layers.condconv import CondConv2d
 from automoe.layers.moe_block import MoEBlock
@@ -52,6 +52,7 @@ __all__ = [
     "RouterNorm",
     "RouterHealth",
     "Routing",
+    "TopKMoEModule",
     "TopKRouter",
     "balancing_loss",
     "cv_squared",

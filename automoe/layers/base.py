@@ -106,3 +106,31 @@ class MoEModule(nn.Module):
         if self.z_loss_weight > 0:
             terms.append(self.z_loss_weight * router_z_loss(self.last_routing.clean_logits))
         return sum(terms) if terms else None
+
+
+class TopKMoEModule(MoEModule):
+    """Base of the layers routed by a :class:`~automoe.layers.router.TopKRouter` (conv and
+    block experts): checks ``expert_init`` and builds the router in one place.
+
+    Args:
+        router_in_channels: channels the router scores (ignored with ``global_routing``).
+        num_experts, top_k, balance_loss, balance_weight, dispatch, z_loss_weight: as
+            :class:`MoEModule`.
+        global_routing: routed by a model-level router: the model sets :attr:`context`
+            before each forward instead of this layer scoring its input.
+        expert_init: one of :data:`EXPERT_INITS`.
+        router_kwargs: passed to the router (scorer, gate, gate_softmax, noise_init,
+            capacity_factor, overflow, batch_priority, ...).
+    """
+
+    def __init__(self, router_in_channels: int, *, num_experts: int, top_k: int,
+                 balance_loss: str = "importance_load", balance_weight: float = 0.0,
+                 dispatch: str = "sparse", global_routing: bool = False,
+                 z_loss_weight: float = 0.0, expert_init: str = "shared", **router_kwargs):
+        super().__init__(num_experts, top_k, balance_loss, balance_weight,
+                         router_kwargs.get("gate", "noisy_topk"), dispatch, z_loss_weight)
+        if expert_init not in EXPERT_INITS:
+            raise ValueError(f"expert_init must be one of {EXPERT_INITS}, got {expert_init!r}")
+        self.expert_init = expert_init
+        self.router = TopKRouter(None if global_routing else router_in_channels, num_experts,
+                                 top_k, **router_kwargs)

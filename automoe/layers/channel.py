@@ -14,6 +14,7 @@ from torch import nn
 
 from automoe.layers.base import MoEModule
 from automoe.layers.router import Routing
+from automoe.ops import channel_gated_conv2d, resolve_channel_dispatch
 
 
 class GatingEmbedding(nn.Module):
@@ -93,31 +94,10 @@ class ChannelGatedConv2d(MoEModule):
         if self.usage_log is not None:  # channel ids, -1 where closed
             ids = torch.arange(self.out_channels, device=gates.device).expand_as(gates)
             self.usage_log.append(torch.where(gates > 0, ids, -1).detach())
-        mode = self.dispatch
-        if mode == "auto":
-            mode = "triton" if x.is_cuda else "sparse"
-        if mode == "triton" and self.out_channels % self.group_size:
-            mode = "sparse"
-        self._last_mode = mode
-        if mode == "reference":
-            y = F.conv2d(x, self.weight, None, self.stride, self.padding)
-            return y * gates[:, :, None, None]
-        if mode == "triton":
-            from automoe.ops.channel_gate_triton import channel_gated_conv2d_triton
-
-            return channel_gated_conv2d_triton(
-                x, self.weight, gates, self.stride, self.padding, self.group_size,
-                allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-        active = (gates > 0).any(dim=0).nonzero().flatten()  # (A,) channels some sample keeps
-        if active.numel() == 0:  # every channel closed for every sample: nothing to compute
-            out_h = (x.shape[2] + 2 * self.padding - self.kernel_size) // self.stride + 1
-            out_w = (x.shape[3] + 2 * self.padding - self.kernel_size) // self.stride + 1
-            return x.new_zeros(x.shape[0], self.out_channels, out_h, out_w)
-        y_active = F.conv2d(x, self.weight.index_select(0, active), None, self.stride,
-                            self.padding)  # (B, A, OH, OW)
-        y_active = y_active * gates.index_select(1, active)[:, :, None, None]
-        out = y_active.new_zeros(x.shape[0], self.out_channels, *y_active.shape[-2:])
-        return out.index_copy(1, active, y_active)
+        self._last_mode = resolve_channel_dispatch(self.dispatch, x, self.out_channels,
+                                                   self.group_size)
+        return channel_gated_conv2d(x, self.weight, gates, self.stride, self.padding,
+                                    self._last_mode, self.group_size)
 
     def record(self, routing: Routing) -> None:  # routing is by gates, not top-k
         raise TypeError("ChannelGatedConv2d does not take a top-k routing")

@@ -8,12 +8,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from automoe.layers.base import EXPERT_INITS, MoEModule
-from automoe.layers.router import TopKRouter
+from automoe.layers.base import TopKMoEModule
 from automoe.ops import moe_dispatch_reference, moe_dispatch_sparse
 
 
-class MoEBlock(MoEModule):
+class MoEBlock(TopKMoEModule):
     """A block replaced by ``num_experts`` independent copies and a top-k router.
 
     Args:
@@ -21,30 +20,22 @@ class MoEBlock(MoEModule):
             with ``"shared"``, once, and the other experts are copies of it).
         in_channels: channels the router sees (the block input).
         out_channels, stride: the block's output channels and spatial stride.
-        num_experts, top_k, balance_loss, balance_weight, dispatch, global_routing,
-        z_loss_weight, expert_init, router_kwargs: as :class:`~automoe.layers.MoEConv2d`.
+        num_experts, expert_init, moe_kwargs: as :class:`~automoe.layers.base.TopKMoEModule`.
     """
 
     def __init__(self, make_block: Callable[[], nn.Module], in_channels: int, out_channels: int,
-                 stride: int, *, num_experts: int, top_k: int,
-                 balance_loss: str = "importance_load", balance_weight: float = 0.0,
-                 dispatch: str = "sparse", global_routing: bool = False,
-                 z_loss_weight: float = 0.0, expert_init: str = "shared", **router_kwargs):
-        super().__init__(num_experts, top_k, balance_loss, balance_weight,
-                         router_kwargs.get("gate", "noisy_topk"), dispatch, z_loss_weight)
-        self.out_channels = out_channels
-        self.stride = stride
-        if expert_init not in EXPERT_INITS:
-            raise ValueError(f"expert_init must be one of {EXPERT_INITS}, got {expert_init!r}")
-        self.expert_init = expert_init
+                 stride: int, *, num_experts: int, expert_init: str = "shared", **moe_kwargs):
+        # experts are drawn before the router, as the random streams of saved seeds expect
         if expert_init == "shared":
             first = make_block()
-            self.experts = nn.ModuleList([first, *(copy.deepcopy(first)
-                                                   for _ in range(num_experts - 1))])
+            experts = [first, *(copy.deepcopy(first) for _ in range(num_experts - 1))]
         else:
-            self.experts = nn.ModuleList(make_block() for _ in range(num_experts))
-        self.router = TopKRouter(None if global_routing else in_channels, num_experts, top_k,
-                                 **router_kwargs)
+            experts = [make_block() for _ in range(num_experts)]
+        super().__init__(in_channels, num_experts=num_experts, expert_init=expert_init,
+                         **moe_kwargs)
+        self.out_channels = out_channels
+        self.stride = stride
+        self.experts = nn.ModuleList(experts)
 
     @torch.no_grad()
     def share_initialisation(self) -> None:

@@ -7,12 +7,11 @@ import math
 import torch
 from torch import nn
 
-from automoe.layers.base import EXPERT_INITS, MoEModule
-from automoe.layers.router import TopKRouter
+from automoe.layers.base import TopKMoEModule
 from automoe.ops import moe_conv2d
 
 
-class MoEConv2d(MoEModule):
+class MoEConv2d(TopKMoEModule):
     """A conv layer replaced by ``num_experts`` copies and a per-sample top-k router.
 
     Each sample is convolved only with its k selected experts (``dispatch="sparse"``);
@@ -23,38 +22,23 @@ class MoEConv2d(MoEModule):
     Args:
         in_channels, out_channels, kernel_size, stride, padding: as ``nn.Conv2d``
             (square kernels; ``padding=None`` gives "same" padding for odd kernels).
-        num_experts, top_k: E and k.
-        balance_loss, balance_weight, z_loss_weight: see
-            :class:`~automoe.layers.base.MoEModule`.
-        dispatch: ``"sparse"`` or ``"reference"``.
-        expert_init: ``"shared"`` (every expert starts as the same draw) or
-            ``"independent"``; see :data:`~automoe.layers.base.EXPERT_INITS`.
-        global_routing: routed by a model-level router: the model sets
-            :attr:`context` before each forward instead of this layer scoring ``x``.
-        router_kwargs: passed to :class:`~automoe.layers.router.TopKRouter` (scorer, gate,
-            gate_softmax, noise_init, capacity_factor, overflow, batch_priority, ...).
+        moe_kwargs: ``num_experts``, ``top_k``, balancing, dispatch, ``global_routing``,
+            ``expert_init`` (``"shared"``: every expert starts as the same draw) and the
+            router's options; see :class:`~automoe.layers.base.TopKMoEModule`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int | None = None, *, num_experts: int, top_k: int,
-                 balance_loss: str = "importance_load", balance_weight: float = 0.0,
-                 dispatch: str = "sparse", global_routing: bool = False,
-                 z_loss_weight: float = 0.0, expert_init: str = "shared", **router_kwargs):
-        super().__init__(num_experts, top_k, balance_loss, balance_weight,
-                         router_kwargs.get("gate", "noisy_topk"), dispatch, z_loss_weight)
+                 padding: int | None = None, **moe_kwargs):
+        # the router is built before the expert weight is drawn (in reset_parameters)
+        super().__init__(in_channels, **moe_kwargs)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
-        if expert_init not in EXPERT_INITS:
-            raise ValueError(f"expert_init must be one of {EXPERT_INITS}, got {expert_init!r}")
-        self.expert_init = expert_init
         # (E, O, C, kh, kw): expert e is weight[e].
         self.weight = nn.Parameter(
-            torch.empty(num_experts, out_channels, in_channels, kernel_size, kernel_size))
-        self.router = TopKRouter(None if global_routing else in_channels, num_experts, top_k,
-                                 **router_kwargs)
+            torch.empty(self.num_experts, out_channels, in_channels, kernel_size, kernel_size))
         self._last_assignments: torch.Tensor | int = 0  # valid (sample, expert) pairs last run
         self.reset_parameters()
 

@@ -18,6 +18,7 @@ from automoe.layers import (
     RouterNorm,
     TopKRouter,
 )
+from automoe.models._blocks import BasicBlock
 from automoe.models.config import MoENetConfig
 
 
@@ -60,8 +61,6 @@ class ImageRouter(nn.Module):
     def __init__(self, in_channels: int, num_experts: int, blocks_per_stage: int = 3, *,
                  norm: str = "batch", init_std: float = 0.1):
         super().__init__()
-        from automoe.models.resnet import BasicBlock
-
         layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
                                    nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
         width = 16

@@ -13,7 +13,6 @@ of the whole block. The stem, 1x1 shortcuts and classifier stay dense.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,14 +22,9 @@ from torch import nn
 from automoe.errors import ConfigError
 from automoe.layers import MoEBlock
 from automoe.models._base import MoENet, make_conv, unit_width
+from automoe.models._blocks import BasicBlock, ConvFactory, conv3x3
 from automoe.models._registry import register_variant
 from automoe.models.config import MoENetConfig
-
-ConvFactory = Callable[[int, int, int], nn.Module]  # (in, out, stride) -> conv
-
-
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
 @dataclass
@@ -59,29 +53,6 @@ class ResNetConfig(MoENetConfig):
 
     def units_per_stage(self) -> tuple[int, ...]:
         return self.blocks_per_stage
-
-
-class BasicBlock(nn.Module):
-    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus identity or 1x1-conv shortcut."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 conv: ConvFactory = conv3x3, dropout: float = 0.0):
-        super().__init__()
-        self.conv1 = conv(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = conv(out_channels, out_channels, 1)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(F.relu(self.bn1(self.conv1(x))))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
 
 
 class PreActBlock(nn.Module):

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from automoe.ops._common import DISPATCH_MODES, dense_gate_matrix, resolve_dispatch
+from automoe.ops.channel_gate import (
+    channel_gated_conv2d,
+    channel_gated_conv2d_reference,
+    channel_gated_conv2d_sparse,
+    resolve_channel_dispatch,
+)
 from automoe.ops.moe_conv import (
-    DISPATCH_MODES,
-    dense_gate_matrix,
     moe_conv2d,
     moe_conv2d_reference,
     moe_conv2d_sparse,
 )
 from automoe.ops.moe_dispatch import moe_dispatch_reference, moe_dispatch_sparse
 
-# moe_conv2d_triton lives in automoe.ops.moe_conv_triton; importing it imports triton.
+# The Triton ops live in automoe.ops.moe_conv_triton and automoe.ops.channel_gate_triton;
+# importing them imports triton.
 
 __all__ = [
     "DISPATCH_MODES",
+    "channel_gated_conv2d",
+    "channel_gated_conv2d_reference",
+    "channel_gated_conv2d_sparse",
     "dense_gate_matrix",
     "moe_conv2d",
     "moe_conv2d_reference",
     "moe_conv2d_sparse",
     "moe_dispatch_reference",
     "moe_dispatch_sparse",
+    "resolve_channel_dispatch",
+    "resolve_dispatch",
 ]

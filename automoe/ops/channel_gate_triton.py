@@ -21,7 +21,7 @@ from automoe.kernels import (
     expert_conv_forward,
     sort_assignments,
 )
-from automoe.ops.moe_conv import conv_out_hw
+from automoe.ops._common import conv_out_hw
 from automoe.ops.moe_conv_triton import autocast_inputs
 
 

@@ -24,7 +24,7 @@ from automoe.kernels import (
     expert_conv_forward,
     sort_assignments,
 )
-from automoe.ops.moe_conv import check_moe_conv_args, conv_out_hw, dense_gate_matrix
+from automoe.ops._common import check_moe_conv_args, conv_out_hw, dense_gate_matrix
 
 
 def forward_launch(x: torch.Tensor, weight: torch.Tensor, expert_index: torch.Tensor,

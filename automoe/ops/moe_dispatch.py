@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from automoe.ops._common import dense_gate_matrix
 from automoe.ops._eager import eager_under_compile
 from automoe.ops._sorted import dispatch_by_expert
-from automoe.ops.moe_conv import dense_gate_matrix
 
 Expert = Callable[[torch.Tensor], torch.Tensor]
 
