@@ -10,6 +10,7 @@ from automoe.robustness.attacks import (
     WorstCase,
     attack_batch,
     dlr_loss,
+    pgd_step,
     robust_accuracy,
     worst_case_accuracy,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "WorstCase",
     "attack_batch",
     "dlr_loss",
+    "pgd_step",
     "robust_accuracy",
     "worst_case_accuracy",
 ]

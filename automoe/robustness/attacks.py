@@ -126,6 +126,14 @@ def _step(grad: torch.Tensor, size: float, norm: str) -> torch.Tensor:
     return size * grad / norms
 
 
+def pgd_step(adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float,
+             step_size: float, norm: str = "linf") -> torch.Tensor:
+    """One projected gradient ascent step: move ``adv`` by ``step_size`` along the sign
+    (L-inf) or the unit direction (L2) of ``grad``, then back into the eps-ball around
+    ``x`` and the ``[0, 1]`` box. Shared by the attacks and adversarial training."""
+    return _project(adv.detach() + _step(grad, step_size, norm), x, eps, norm)
+
+
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Difference of logits ratio (Croce & Hein 2020), per sample; needs >= 3 classes."""
     sorted_logits, order = logits.sort(dim=1)
@@ -185,7 +193,7 @@ def _pgd(loss, x, labels, cfg: AttackConfig, generator, steps: int, step_size: f
         wrong = logits.argmax(1) != labels
         best[wrong & ~fooled] = adv.detach()[wrong & ~fooled]  # keep the first fooling point
         fooled |= wrong
-        adv = _project(adv.detach() + _step(grad, step_size, cfg.norm), x, cfg.eps, cfg.norm)
+        adv = pgd_step(adv, grad, x, cfg.eps, step_size, cfg.norm)
     with torch.no_grad():
         wrong = loss(adv)[1].argmax(1) != labels
     best[wrong & ~fooled] = adv[wrong & ~fooled]
@@ -298,17 +306,27 @@ def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
     correct = total = 0
     for images, labels in make_loader(dataset, batch_size, device=device):
         images, labels = images.to(device), labels.to(device)
-        robust = torch.ones_like(labels, dtype=torch.bool)
-        for _ in range(config.restarts if config.random_start else 1):
-            adv = attack_batch(model, images, labels, config, generator)
-            with torch.no_grad():
-                robust &= model(adv).argmax(1) == labels
-            if not robust.any():
-                break
-        correct += int(robust.sum())
+        correct += int(_unfooled(model, images, labels, config, generator,
+                                 stop_when_all_fooled=True).sum())
         total += labels.shape[0]
     return correct / max(total, 1)
 
+
+def _unfooled(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              config: AttackConfig, generator: torch.Generator | None, *,
+              stop_when_all_fooled: bool = False) -> torch.Tensor:
+    """``(B,)`` bool: the samples that no restart of the attack fooled.
+
+    ``stop_when_all_fooled`` skips the remaining restarts once every sample is fooled
+    (one device sync per restart to learn it)."""
+    unfooled = torch.ones_like(labels, dtype=torch.bool)
+    for _ in range(config.restarts if config.random_start else 1):
+        adv = attack_batch(model, images, labels, config, generator)
+        with torch.no_grad():
+            unfooled &= model(adv).argmax(1) == labels
+        if stop_when_all_fooled and not unfooled.any():
+            break
+    return unfooled
 
 
 @dataclass
@@ -345,12 +363,7 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
         with torch.no_grad():
             clean.append(model(images).argmax(1) == labels)
         for cfg in configs:
-            ok = torch.ones_like(labels, dtype=torch.bool)
-            for _ in range(cfg.restarts if cfg.random_start else 1):
-                adv = attack_batch(model, images, labels, cfg, generator)
-                with torch.no_grad():
-                    ok &= model(adv).argmax(1) == labels
-            robust[cfg.describe()].append(ok)
+            robust[cfg.describe()].append(_unfooled(model, images, labels, cfg, generator))
             done += len(labels)
             if on_progress is not None:
                 on_progress(done, total, cfg.describe())

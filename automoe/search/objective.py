@@ -27,7 +27,7 @@ from automoe.search.fidelity import is_promoted
 from automoe.search.objectives import minimised
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.search.study import study_folder_name
-from automoe.storage import save_checkpoint, sha256_file
+from automoe.storage import atomic_write, save_checkpoint, sha256_file
 from automoe.training import TrainResult, evaluate_accuracy, train
 
 
@@ -411,17 +411,10 @@ def _load_resume(path: Path | None, key: str) -> dict | None:
 
 def _save_resume(path: Path, state: dict) -> None:
     """Write then rename: a worker killed mid-write leaves the previous epoch's state."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # the temp name carries the trial's, so that whoever owns the trial next can sweep
     # a temp file that a worker killed mid-write left behind (see _remove)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _remove(path: Path | None) -> None:

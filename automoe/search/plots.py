@@ -9,7 +9,6 @@ interactive plotly figure (Optuna's own plots where it has them), ``.png``, ``.s
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from automoe.search.hypervolume import study_hypervolume
 from automoe.search.objectives import METRICS, default_reference, minimised
 from automoe.search.pareto import is_feasible, knee_order, pareto_trials
 from automoe.search.study import study_objectives
+from automoe.storage import atomic_write
 
 PLOTS = ("pareto", "history", "importance", "curves", "usage")
 # fANOVA importances of fewer complete trials than this are mostly noise: the plot says so
@@ -58,21 +58,11 @@ def write_plot(study: optuna.Study, kind: str, out: str | os.PathLike[str], *,
         figure = _curves(study, html)
     else:
         figure = _usage(_trial_for_usage(study, trial), html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.tmp-", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_write(out) as tmp:
         if html:
             figure.write_html(tmp, include_plotlyjs=True)  # self-contained: opens offline
         else:
             figure.savefig(tmp, dpi=150, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it private
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from automoe.storage._atomic import atomic_write
 from automoe.storage.artifacts import AtomicFileSystemArtifactStore, default_artifact_dir
 from automoe.storage.checkpoint import (
     load_checkpoint,
@@ -20,6 +21,7 @@ from automoe.storage.study_db import (
 __all__ = [
     "DEFAULT_STORAGE",
     "AtomicFileSystemArtifactStore",
+    "atomic_write",
     "default_artifact_dir",
     "describe_location",
     "describe_url",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 from optuna.artifacts import FileSystemArtifactStore
 
+from automoe.storage._atomic import atomic_write
 from automoe.storage.study_db import sqlite_path
 
 
@@ -27,17 +27,8 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         # Created on first write, so a search that fails validation leaves no folder behind.
         self.base_path.mkdir(parents=True, exist_ok=True)
-        target = self.base_path / artifact_id
-        fd, tmp = tempfile.mkstemp(dir=self.base_path, prefix=".tmp-", suffix="-" + artifact_id)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(content_body, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.base_path / artifact_id, fsync=True) as tmp, open(tmp, "wb") as f:
+            shutil.copyfileobj(content_body, f)
 
 
 def default_artifact_dir(storage_url: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from safetensors import safe_open
@@ -14,6 +13,7 @@ from torch import nn
 
 from automoe.errors import AutomoeError
 from automoe.models import create_model
+from automoe.storage._atomic import atomic_write
 
 FORMAT = "automoe.checkpoint.v1"
 
@@ -33,14 +33,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], extra: dict 
         "extra": json.dumps(extra or {}),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

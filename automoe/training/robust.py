@@ -15,7 +15,7 @@ from torch import nn
 
 from automoe.errors import ConfigError
 from automoe.layers import MoEModule
-from automoe.robustness import AttackConfig, attack_batch
+from automoe.robustness import AttackConfig, attack_batch, pgd_step
 
 SCHEMES = ("standard", "pgd_at", "trades", "advmoe")
 
@@ -34,8 +34,7 @@ def _pgd_on(loss_fn, x: torch.Tensor, eps: float, step_size: float, steps: int,
         adv.requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(loss_fn(adv), adv)
-        adv = adv.detach() + step_size * grad.sign()
-        adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
+        adv = pgd_step(adv, grad, x, eps, step_size)
     return adv.detach()
 
 

@@ -98,7 +98,7 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
                                                           "robust_accuracy"}
     # states, and temp files of a worker killed mid-write, are removed once trials end
     assert not list((artifacts / "resume").rglob("*.pt"))
-    assert not list(artifacts.glob(".tmp-*"))  # no half-written checkpoint
+    assert not list(artifacts.glob(".*.tmp-*"))  # no half-written checkpoint
 
 
 def test_sqlite_two_workers_one_killed(workdir):

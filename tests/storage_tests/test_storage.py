@@ -8,6 +8,7 @@ from automoe.errors import AutomoeError, StorageError
 from automoe.models import create_model
 from automoe.storage import (
     AtomicFileSystemArtifactStore,
+    atomic_write,
     load_checkpoint,
     load_study,
     open_storage,
@@ -92,3 +93,20 @@ def test_artifact_store_writes_whole_files_only(tmp_path):
 
     store.write("abc", io.BytesIO(b"hello"))
     assert (tmp_path / "art" / "abc").read_bytes() == b"hello"
+
+
+def test_atomic_write_replaces_whole_or_keeps_the_old_file(tmp_path):
+    target = tmp_path / "sub" / "result.json"
+    with atomic_write(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".json"
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
