@@ -90,7 +90,7 @@ def _existing_study(args: argparse.Namespace):
 def _print_front(study, note: str = "", reference: str | None = None,
                  with_test: bool = False) -> None:
     from automoe.search import pareto_trials, study_objectives, trial_row
-    from automoe.search.objectives import METRICS, parse_reference
+    from automoe.search.metrics import METRICS, parse_reference
     from automoe.search.pareto import front_hypervolume
     from automoe.search.verify import verified_results
 
@@ -134,26 +134,26 @@ class _TrialProgress:
                              completed=step, total=total, visible=True)
 
     def after_trial(self, study, trial) -> None:
-        from automoe.search import study_objectives, trial_row
+        from automoe.search import TrialRecord, study_objectives, trial_row
 
         self.progress.advance(self.trials)
         self.progress.update(self.steps, visible=False)
         if self.quiet:
             return
-        attrs = trial.user_attrs
+        record = TrialRecord(trial)
         if trial.state.name == "PRUNED":
             self.progress.console.print(
-                f"trial {trial.number:>3} [blue]pruned[/]: {attrs.get('prune_reason', '')}")
+                f"trial {trial.number:>3} [blue]pruned[/]: {record.prune_reason or ''}")
             return
         if trial.values is None or trial.state.name != "COMPLETE":
-            reason = attrs.get("fail_reason", trial.state.name.lower())
+            reason = record.fail_reason or trial.state.name.lower()
             self.progress.console.print(f"trial {trial.number:>3} [red]failed[/]: {reason}")
             return
         # read once per search: a study's system attributes grow with NSGA-II's generations
         self.objectives = self.objectives or study_objectives(study)
         row = trial_row(trial, self.objectives)
-        seconds = attrs.get("train_seconds", 0) + attrs.get("eval_seconds", 0)
-        infeasible = "" if attrs.get("feasible", True) else " [yellow]infeasible[/]"
+        seconds = record.seconds
+        infeasible = "" if record.feasible else " [yellow]infeasible[/]"
         self.progress.console.print(f"{trial_line(row, self.objectives)} "
                                     f"{seconds:.0f}s{infeasible}")
 
@@ -459,8 +459,8 @@ def _status_view(study):
     from rich.console import Group
     from rich.table import Table
 
-    from automoe.search import METRICS, pareto_trials, study_objectives
-    from automoe.search.objectives import COLLAPSED_BELOW
+    from automoe.search import METRICS, TrialRecord, pareto_trials, study_objectives
+    from automoe.search.metrics import COLLAPSED_BELOW
     from automoe.search.pareto import front_hypervolume, is_feasible
     from automoe.search.verify import verified_results
 
@@ -488,14 +488,14 @@ def _status_view(study):
         head.add_row("verified", f"{len(checked)} of {len(front)} front trials")
         head.add_row("", f"proxy - verified robust % mean {sum(gaps) / max(len(gaps), 1):.2f}, "
                      f"largest {max(gaps, default=0.0):.2f}")
-    moe = [t for t in complete if t.user_attrs.get("expert_use") is not None]
+    use = {t.number: TrialRecord(t).expert_use for t in complete}
+    moe = {number: value for number, value in use.items() if value is not None}
     if moe:
-        worst = min(moe, key=lambda t: t.user_attrs["expert_use"])
-        collapsed = sum(t.user_attrs["expert_use"] < COLLAPSED_BELOW for t in moe)
+        worst = min(moe, key=moe.get)
+        collapsed = sum(value < COLLAPSED_BELOW for value in moe.values())
         head.add_row("routers", f"{len(moe)} MoE trials, {collapsed} collapsed (expert use "
                      f"< {COLLAPSED_BELOW:g})")
-        head.add_row("", f"lowest expert use {worst.user_attrs['expert_use']:.2f} "
-                     f"(trial {worst.number})")
+        head.add_row("", f"lowest expert use {moe[worst]:.2f} (trial {worst})")
     best = Table(title="best per objective (feasible trials)", title_justify="left", min_width=40)
     for col in ("objective", "value", "trial"):
         best.add_column(col)
@@ -509,7 +509,7 @@ def _status_view(study):
         running.add_column(col)
     for t in trials:
         if t.state.name == "RUNNING":
-            worker = t.user_attrs.get("worker", {})
+            worker = TrialRecord(t).worker
             running.add_row(str(t.number), t.datetime_start.strftime("%H:%M:%S")
                             if t.datetime_start else "-",
                             f"{worker.get('host', '?')}:{worker.get('pid', '?')}")
@@ -524,9 +524,11 @@ def _workers_table(trials):
     """Which worker (host, process, Ray node) ran which trials, and how they ended."""
     from rich.table import Table
 
+    from automoe.search import TrialRecord
+
     rows: dict[tuple, dict] = {}
     for t in trials:
-        worker = t.user_attrs.get("worker")
+        worker = TrialRecord(t).worker
         if not worker:
             continue
         key = (worker.get("host", "?"), worker.get("pid", "?"), worker.get("ray_node", ""))
@@ -578,7 +580,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """Draw a figure of a study into --out: the suffix picks interactive HTML (plotly) or a
     static PNG/SVG/PDF (matplotlib)."""
     from automoe.search import study_objectives
-    from automoe.search.objectives import parse_reference
+    from automoe.search.metrics import parse_reference
     from automoe.search.plots import write_plot
 
     _quiet_optuna(args)
@@ -636,6 +638,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     values beside their own."""
     from automoe.search import (
         SearchSpace,
+        StudyRecord,
+        TrialRecord,
         TrialRunner,
         create_or_resume_study,
         pareto_trials,
@@ -644,6 +648,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         study_objectives,
         training_seed,
     )
+    from automoe.search.record import enqueue_finalist
     from automoe.search.supernet import RECIPE_EPOCHS_FACTOR, Supernet
     from automoe.storage import open_storage
 
@@ -708,9 +713,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         study_name = args.study or f"{space.name}-supernet"
         study, _ = create_or_resume_study(storage, study_name, space, space.sampler["name"],
                                           args.seed)
-        study.set_user_attr("fidelity", "supernet")
         # finalize compares these robust values with full evaluations: say on what
-        study.set_user_attr("screen_attack_samples", screen.attack.max_samples)
+        StudyRecord(study).write_supernet_screen(screen.attack.max_samples)
         progress = _TrialProgress(args.quiet, args.trials)
         runner = TrialRunner(screen, _artifact_store(args), device=device,
                              seed=training_seed(study),
@@ -738,9 +742,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
                                        args.seed)
     before = len(target.trials)
     for trial in front:
-        target.enqueue_trial(trial.params, user_attrs={
-            "supernet_trial": {"study": source.study_name, "trial": trial.number,
-                               "values": dict(zip(names, trial.values, strict=True))}})
+        enqueue_finalist(target, trial.params, source.study_name, trial.number,
+                         dict(zip(names, trial.values, strict=True)))
     progress = _TrialProgress(args.quiet, len(front))
     runner = TrialRunner(space, _artifact_store(args), device=device,
                          seed=training_seed(target), data_root=args.data_root,
@@ -761,7 +764,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         table.add_column(f"{METRICS[name].label} inherited", justify="right")
         table.add_column(f"{METRICS[name].label} stand-alone", justify="right")
     for trial in target.get_trials(deepcopy=False)[before:]:
-        origin = trial.user_attrs.get("supernet_trial", {})
+        origin = TrialRecord(trial).supernet_origin
         cells = []
         for i, name in enumerate(names):
             cells.append(METRICS[name].format(origin.get("values", {}).get(name)))
@@ -769,7 +772,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         table.add_row(str(origin.get("trial", "-")), str(trial.number), *cells)
     out.print(table)
     if "robust_accuracy" in names:
-        screened = source.user_attrs.get("screen_attack_samples")
+        screened = StudyRecord(source).screen_attack_samples
         full = space.attack.max_samples
         if screened != full:
             out.print(f"robust % inherited was screened on the first {screened} val samples "

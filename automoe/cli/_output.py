@@ -29,11 +29,10 @@ def print_json(data) -> None:
 
 def architecture(row: dict) -> str:
     """Compact description of a candidate, e.g. ``x0.75 last_stage E4 k1``."""
-    model = (row.get("config") or {}).get("model", {})
-    width = f"x{model.get('width_multiplier', 1.0):g}"
-    if row.get("placement") in (None, "none") or row.get("experts") in (None, 1):
+    width = f"x{row.get('width_multiplier') or 1.0:g}"
+    if not row.get("moe"):
         return f"{width} dense"
-    if model.get("granularity") == "condconv":  # a soft mixture of every kernel
+    if row.get("granularity") == "condconv":  # a soft mixture of every kernel
         return f"{width} {row['placement']} E{row['experts']} soft"
     return f"{width} {row['placement']} E{row['experts']} k{row['top_k']}"
 
@@ -41,7 +40,7 @@ def architecture(row: dict) -> str:
 def expert_use(row: dict) -> str:
     """Router health of a trial for tables: the fewest effective experts of any MoE layer
     as a fraction of E, flagged when collapsed; ``-`` for a dense trial."""
-    from automoe.search.objectives import COLLAPSED_BELOW
+    from automoe.search.metrics import COLLAPSED_BELOW
 
     use = row.get("metrics", {}).get("expert_use")
     if use is None:
@@ -60,7 +59,7 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
     Test accuracy is left out unless ``with_test``: the front is chosen on validation, and
     a test column next to it invites picking on the test split.
     """
-    from automoe.search.objectives import METRICS
+    from automoe.search.metrics import METRICS
 
     table = Table(title=title, title_justify="left")
     columns = [("trial", "right"), *((METRICS[n].label, "right") for n in names)]
@@ -97,7 +96,7 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
 
 def trial_line(row: dict, names) -> str:
     """One finished trial in a line: its objective values and architecture."""
-    from automoe.search.objectives import METRICS
+    from automoe.search.metrics import METRICS
 
     values = " ".join(f"{METRICS[n].label.split()[0]} {METRICS[n].format(row['values'][n])}"
                       for n in names)

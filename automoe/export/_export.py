@@ -21,6 +21,7 @@ from automoe.export.card import CARD_FILE, model_card
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
+from automoe.search.record import TrialRecord
 from automoe.search.verify import verified_results
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
 from automoe.training import evaluate_accuracy
@@ -57,7 +58,8 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
     if trial.state != TrialState.COMPLETE:
         raise AutomoeError(f"trial {trial_number} is {trial.state.name}, not COMPLETE; "
                            "only finished trials have checkpoints")
-    checkpoint = trial.user_attrs.get("checkpoint")
+    record = TrialRecord(trial)
+    checkpoint = record.checkpoint
     if not checkpoint:
         raise AutomoeError(f"trial {trial_number} stored no checkpoint")
     if out_dir.exists() and not force:
@@ -100,11 +102,11 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             "trial": trial_number,
             "values": dict(zip(study.metric_names or [], trial.values, strict=False)),
             **{k: meta["extra"].get(k) for k in ("data", "metrics", "attack", "train")},
-            "search_config": trial.user_attrs.get("config"),
-            "macs": trial.user_attrs.get("macs"),
-            "params": trial.user_attrs.get("params"),
-            "expert_usage": trial.user_attrs.get("expert_usage"),
-            "router_health": trial.user_attrs.get("router_health"),
+            "search_config": record.config or None,
+            "macs": record.macs,
+            "params": record.params,
+            "expert_usage": record.expert_usage,
+            "router_health": record.router_health,
             "robust_verified": verified_results(study).get(trial_number),
         }
         if torchscript or onnx:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from automoe.data import split_description
-from automoe.search.objectives import METRICS
+from automoe.models import default_config
+from automoe.search.metrics import METRICS
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -21,7 +22,7 @@ def model_card(config: dict) -> str:
     metrics = config.get("metrics") or {}
     data = config.get("data") or {}
     macs = config.get("macs") or {}
-    moe = model.get("placement", "none") != "none" and model.get("num_experts", 1) > 1
+    moe = default_config(config["model_name"], **model).is_moe
     title = (f"{config['model_name']} x{model.get('width_multiplier', 1.0):g}, "
              + (f"{model.get('granularity', 'conv')} MoE, placement {model.get('placement')}, "
                 f"{model.get('num_experts')} experts, top-{model.get('top_k')}" if moe

@@ -8,8 +8,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from automoe.errors import AutomoeError
-from automoe.search.objectives import minimised
+from automoe.search.metrics import minimised
 from automoe.search.pareto import knee_order, pareto_trials
+from automoe.search.record import TrialRecord
 from automoe.search.study import study_objectives
 from automoe.search.verify import verified_results
 
@@ -39,7 +40,7 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
     if not front:
         raise AutomoeError(f"study {study.study_name!r} has no complete feasible trial yet")
     if how == "robust" or min_robust is not None:
-        if not any("robust_accuracy" in t.user_attrs for t in front):
+        if not any(TrialRecord(t).metric("robust_accuracy") is not None for t in front):
             raise AutomoeError(f"study {study.study_name!r} does not measure robust accuracy")
     verified = verified_results(study)
 
@@ -47,10 +48,11 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
         record = verified.get(t.number)
         if record is not None:
             return record["robust_accuracy_verified"]
-        return t.user_attrs.get("robust_accuracy", -1)
+        value = TrialRecord(t).metric("robust_accuracy")
+        return -1 if value is None else value
 
     candidates = [t for t in front
-                  if (max_mmacs is None or t.user_attrs["mmacs"] <= max_mmacs)
+                  if (max_mmacs is None or TrialRecord(t).metric("mmacs") <= max_mmacs)
                   and (min_robust is None or robust(t) >= min_robust)]
     if not candidates:
         bounds = " and ".join(b for b in (
@@ -59,12 +61,13 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
         raise AutomoeError(f"no trial of the Pareto front of {study.study_name!r} has {bounds}")
 
     def tie(t: FrozenTrial):
-        return (-t.user_attrs.get("val_accuracy", -math.inf), t.number)
+        value = TrialRecord(t).metric("val_accuracy")
+        return (math.inf if value is None else -value, t.number)
 
     if how == "accuracy":
         return min(candidates, key=tie)
     if how == "flops":
-        return min(candidates, key=lambda t: (t.user_attrs["mmacs"], *tie(t)))
+        return min(candidates, key=lambda t: (TrialRecord(t).metric("mmacs"), *tie(t)))
     if how == "robust":
         return min(candidates, key=lambda t: (-robust(t), *tie(t)))
     # knee: nearest the ideal point on the study's objectives, scaled over the front

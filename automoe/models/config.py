@@ -126,6 +126,11 @@ class MoENetConfig:
             raise ConfigError(f"dispatch must be one of {DISPATCH_MODES}")
         self.units = resolve_placement(self.placement, self.units_per_stage())
 
+    @property
+    def is_moe(self) -> bool:
+        """Whether the model has MoE units (the one test of "is this model dense?")."""
+        return any(self.units)
+
     def units_per_stage(self) -> tuple[int, ...]:
         """Placement units (blocks or convs) per stage; defined by each backbone."""
         raise TypeError(f"{type(self).__name__} does not define its placement units")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from automoe.search.objective import TrialRunner, build_model
-from automoe.search.objectives import DEFAULT_OBJECTIVES, METRICS
+from automoe.search.metrics import DEFAULT_OBJECTIVES, METRICS
 from automoe.search.pareto import pareto_trials, trial_row
+from automoe.search.record import StudyRecord, TrialRecord, TrialWriter
 from automoe.search.space import (
     PARAMS,
     SAMPLERS,
@@ -23,6 +23,7 @@ from automoe.search.study import (
     study_objectives,
     training_seed,
 )
+from automoe.search.trial import TrialRunner, build_model
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -32,7 +33,10 @@ __all__ = [
     "Candidate",
     "Dimension",
     "SearchSpace",
+    "StudyRecord",
+    "TrialRecord",
     "TrialRunner",
+    "TrialWriter",
     "build_model",
     "check_study_name",
     "create_or_resume_study",

@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 
 from automoe.errors import AutomoeError, ConfigError
+from automoe.search.record import TrialRecord, fail_stored_trial
 from automoe.search.study import training_seed
 from automoe.search.workers import WorkerConfig, run_worker
 from automoe.storage import load_study, open_storage
@@ -173,11 +174,10 @@ def fail_running_trials(study: optuna.Study, run: str, reason: str) -> list[int]
     failed = []
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(_STATES.RUNNING,)):
-        if trial.user_attrs.get("worker", {}).get("run") != run:
+        if TrialRecord(trial).worker.get("run") != run:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            storage.set_trial_state_values(trial._trial_id, _STATES.FAIL)
+            fail_stored_trial(storage, trial._trial_id, reason)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # its worker finished it meanwhile
         failed.append(trial.number)

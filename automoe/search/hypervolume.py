@@ -52,6 +52,6 @@ def study_hypervolume(values, reference, names=("val_accuracy", "mmacs", "robust
                       ) -> float:
     """Hypervolume of objective values (rows in the order of ``names``, each metric in its
     own direction) against a reference point in the same units."""
-    from automoe.search.objectives import minimised
+    from automoe.search.metrics import minimised
 
     return hypervolume([minimised(v, names) for v in values], minimised(reference, names))

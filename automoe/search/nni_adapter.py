@@ -37,11 +37,11 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from automoe.errors import ConfigError
-from automoe.search.objectives import minimised
+from automoe.search.metrics import minimised
+from automoe.search.record import TrialRecord, write_nni
 from automoe.search.space import SAMPLERS, SearchSpace
 
 NNI_TUNERS = tuple(name for name in SAMPLERS if name.startswith("nni-"))
-_ATTR = "nni"  # user attr of a trial: what NNI proposed and how its result was scalarised
 _RHO = 0.05  # augmentation of the Chebyshev scalarisation (ParEGO's value)
 
 
@@ -131,8 +131,8 @@ class NNISampler(BaseSampler):
         proposal = {k: _plain(v) for k, v in self._tuner.generate_parameters(trial.number).items()}
         weights = self._rng.dirichlet(np.ones(len(self.objectives))).round(6).tolist()
         self._proposals[trial.number] = proposal
-        study._storage.set_trial_user_attr(trial._trial_id, _ATTR, {
-            "tuner": self.name, "proposal": proposal, "weights": weights})
+        write_nni(study._storage, trial._trial_id,
+                  {"tuner": self.name, "proposal": proposal, "weights": weights})
 
     def sample_independent(self, study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution):
@@ -152,9 +152,9 @@ class NNISampler(BaseSampler):
         ok = state == TrialState.COMPLETE and values is not None and all(
             math.isfinite(v) for v in values)
         if ok:
-            weights = study._storage.get_trial(trial._trial_id).user_attrs[_ATTR]["weights"]
+            weights = TrialRecord(study._storage.get_trial(trial._trial_id)).nni["weights"]
             score = self.scalarise(study, values, weights)
-            study._storage.set_trial_user_attr(trial._trial_id, _ATTR, {
+            write_nni(study._storage, trial._trial_id, {
                 "tuner": self.name, "proposal": proposal, "weights": weights, "score": score})
             self._tuner.receive_trial_result(trial.number, proposal, score)
         self._tuner.trial_end(trial.number, ok)
@@ -180,7 +180,7 @@ class NNISampler(BaseSampler):
         self._imported = True
         data = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            record = t.user_attrs.get(_ATTR)
+            record = TrialRecord(t).nni
             if record and "score" in record and record.get("tuner") == self.name:
                 data.append({"parameter": record["proposal"], "value": record["score"]})
         if data and hasattr(self._tuner, "import_data"):

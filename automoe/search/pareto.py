@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search.objectives import METRICS, minimised
+from automoe.search.metrics import minimised
+from automoe.search.record import TrialRecord
 from automoe.search.study import study_objectives
 
 
@@ -49,40 +50,42 @@ def _dominates(a, b) -> bool:
 def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
     """A machine-readable summary of a complete trial (``names``: the study's objectives;
     ``verified``: its record from :func:`automoe.search.verify.verified_results`)."""
-    attrs = trial.user_attrs
-    config = attrs.get("config", {})
-    model = config.get("model", {})
-    values = dict(zip(names, trial.values, strict=True))
+    record = TrialRecord(trial)
+    arch = record.architecture
     return {
         "trial": trial.number,
-        "values": values,
+        "values": dict(zip(names, trial.values, strict=True)),
         # every measured metric, objective or not
-        "metrics": {k: attrs[k] for k in (*METRICS, "test_accuracy") if k in attrs},
-        "test_accuracy": attrs.get("test_accuracy"),
-        "params": attrs.get("params"),
-        "placement": model.get("placement"),
-        "experts": model.get("num_experts"),
-        "top_k": model.get("top_k"),
-        "config": config,
-        "router_health": attrs.get("router_health"),
+        "metrics": record.metrics,
+        "test_accuracy": record.metric("test_accuracy"),
+        "params": record.params,
+        # the model as built: a dense placement has 1 expert, top-1
+        "moe": record.is_moe,
+        "placement": arch.get("placement"),
+        "granularity": arch.get("granularity"),
+        "experts": arch.get("experts"),
+        "top_k": arch.get("top_k"),
+        "width_multiplier": arch.get("width_multiplier"),
+        "config": record.config,
+        "router_health": record.router_health,
         # the strong worst-case attack's robust accuracy, once the front is verified
         "robust_accuracy_verified": (verified or {}).get("robust_accuracy_verified"),
         # with evaluation.repeats > 1: values are means over seeds; their std and each seed's
-        "std": attrs.get("objective_std"),
-        "repeats": attrs.get("repeats"),
-        "feasible": attrs.get("feasible", True),
-        "has_checkpoint": "checkpoint" in attrs,
+        "std": record.objective_std,
+        "repeats": record.repeats,
+        "feasible": record.feasible,
+        "has_checkpoint": record.checkpoint is not None,
         # "supernet": evaluated with inherited weights, never trained with its own recipe
-        "fidelity": attrs.get("fidelity", "trained"),
+        "fidelity": record.fidelity,
     }
 
 
 def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None = None
                       ) -> tuple[float, tuple[float, ...]]:
     """``(hypervolume of the feasible front, reference point used)``; the default reference
-    is :func:`~automoe.search.objectives.default_reference` over the complete trials."""
+    is :func:`~automoe.search.metrics.default_reference` over the complete trials."""
     from automoe.search.hypervolume import study_hypervolume
-    from automoe.search.objectives import default_reference
+    from automoe.search.metrics import default_reference
 
     names = study_objectives(study)
     if reference is None:

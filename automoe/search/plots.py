@@ -18,8 +18,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automoe.errors import AutomoeError
 from automoe.search.hypervolume import study_hypervolume
-from automoe.search.objectives import METRICS, default_reference, minimised
+from automoe.search.metrics import METRICS, default_reference, minimised
 from automoe.search.pareto import is_feasible, knee_order, pareto_trials
+from automoe.search.record import TrialRecord
 from automoe.search.study import study_objectives
 from automoe.storage import atomic_write
 
@@ -241,7 +242,7 @@ def _importance(study, html: bool):
 
 def _curves(study, html: bool):
     """Training loss per epoch: the front trials in colour and labelled, the rest grey."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("history")
+    trials = [t for t in study.get_trials(deepcopy=False) if TrialRecord(t).history
               and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     front = {t.number for t in pareto_trials(study)}
     title = (f"training loss per epoch, {study.study_name}: Pareto-front trials in colour, "
@@ -252,7 +253,7 @@ def _curves(study, html: bool):
 
         fig = go.Figure()
         for t in ordered:
-            rows = t.user_attrs["history"]
+            rows = TrialRecord(t).history
             on_front = t.number in front
             fig.add_trace(go.Scatter(
                 x=[r["epoch"] for r in rows], y=[r["loss"] for r in rows],
@@ -267,7 +268,7 @@ def _curves(study, html: bool):
     ax = fig.subplots()
     colours = iter(_qualitative(len(front)))
     for t in ordered:
-        rows = t.user_attrs["history"]
+        rows = TrialRecord(t).history
         on_front = t.number in front
         style = "--" if t.state.name == "PRUNED" else "-"
         if on_front:
@@ -296,7 +297,7 @@ def _trial_for_usage(study, number: int | None) -> FrozenTrial:
     """The trial whose routing is drawn: ``number``, or by default the knee of the front
     trials that really choose (MoE layers with k < E; a k = E layer runs every expert)."""
     if number is None:
-        front = [t for t in pareto_trials(study) if t.user_attrs.get("expert_usage")]
+        front = [t for t in pareto_trials(study) if TrialRecord(t).expert_usage]
         if not front:
             raise AutomoeError("no front trial has MoE layers; pass --trial N")
         choosing = [t for t in front if _chooses(t)] or front
@@ -305,24 +306,25 @@ def _trial_for_usage(study, number: int | None) -> FrozenTrial:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise AutomoeError(f"study {study.study_name!r} has no trial {number}")
-    if not trials[number].user_attrs.get("expert_usage"):
+    if not TrialRecord(trials[number]).expert_usage:
         raise AutomoeError(f"trial {number} has no MoE layer (or is not complete)")
     return trials[number]
 
 
 def _chooses(trial: FrozenTrial) -> bool:
-    model = trial.user_attrs.get("config", {}).get("model", {})
-    return model.get("top_k", 1) < model.get("num_experts", 1)
+    arch = TrialRecord(trial).architecture
+    return arch.get("top_k", 1) < arch.get("experts", 1)
 
 
 def _usage(trial: FrozenTrial, html: bool):
-    per_class = trial.user_attrs.get("expert_class_usage") or {
-        layer: [[c] for c in counts] for layer, counts in trial.user_attrs["expert_usage"].items()}
-    model = trial.user_attrs.get("config", {}).get("model", {})
-    what = f"E{model.get('num_experts', '?')} k{model.get('top_k', '?')}"
+    record = TrialRecord(trial)
+    per_class = record.expert_class_usage or {
+        layer: [[c] for c in counts] for layer, counts in record.expert_usage.items()}
+    arch = record.architecture
+    what = f"E{arch.get('experts', '?')} k{arch.get('top_k', '?')}"
     return usage_figure(per_class, f"expert usage on the val split, trial {trial.number} "
                                    f"({what}): val samples per expert and class", html,
-                        health=trial.user_attrs.get("router_health"))
+                        health=record.router_health)
 
 
 def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool = False,

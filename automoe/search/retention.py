@@ -12,6 +12,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from automoe.search.pareto import nondominated, pareto_trials
+from automoe.search.record import TrialRecord
 from automoe.search.study import study_objectives
 
 RETENTION = ("pareto", "all")
@@ -33,7 +34,7 @@ def _remove_off_front(trials, front: set[int], artifact_store) -> list[int]:
     removed now (one already gone, by another worker or an earlier pass, is skipped)."""
     removed = []
     for trial in trials:
-        checkpoint = trial.user_attrs.get("checkpoint")
+        checkpoint = TrialRecord(trial).checkpoint
         if trial.number in front or not checkpoint:
             continue
         try:
@@ -49,7 +50,7 @@ def checkpoint_size(study: optuna.Study, artifact_store) -> tuple[int, int]:
     count = size = 0
     base = getattr(artifact_store, "base_path", None)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        checkpoint = trial.user_attrs.get("checkpoint")
+        checkpoint = TrialRecord(trial).checkpoint
         if checkpoint and base is not None:
             path = base / checkpoint["artifact_id"]
             if path.exists():

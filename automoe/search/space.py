@@ -31,7 +31,7 @@ declared here (so evolutionary samplers can evolve it); when the sampled placeme
 block in MoE form, the MoE parameters are recorded as unused, and a ``top_k`` above the
 sampled ``experts`` builds ``top_k = experts``.
 
-Objectives are any of :data:`automoe.search.objectives.METRICS` (val_accuracy,
+Objectives are any of :data:`automoe.search.metrics.METRICS` (val_accuracy,
 robust_accuracy, mmacs, mparams, latency_ms); each has its one sensible direction.
 """
 
@@ -54,7 +54,7 @@ import yaml
 from automoe.errors import ConfigError
 from automoe.models import MoENetConfig, default_config, list_models, resolve_placement
 from automoe.robustness import AttackConfig
-from automoe.search.objectives import DEFAULT_OBJECTIVES, parse_objectives
+from automoe.search.metrics import DEFAULT_OBJECTIVES, parse_objectives
 from automoe.training import TrainConfig
 
 # name -> (which config it sets, field in that config, value type)
@@ -154,6 +154,15 @@ class Candidate:
     params: dict = field(default_factory=dict)  # the sampled values, by space name
     # sampled parameters the built model does not use (MoE parameters of a dense placement)
     unused: tuple[str, ...] = ()
+
+    def architecture(self) -> dict:
+        """What the built model is, read from its resolved config (so a field the space
+        leaves out shows the config's default): ``{model, moe, placement, granularity,
+        experts, top_k, width_multiplier}``; a dense model has 1 expert, top-1."""
+        config = default_config(self.model_name, **self.model)
+        return {"model": self.model_name, "moe": config.is_moe, "placement": config.placement,
+                "granularity": config.granularity, "experts": config.num_experts,
+                "top_k": config.top_k, "width_multiplier": config.width_multiplier}
 
     def to_dict(self) -> dict:
         return {"model_name": self.model_name, "model": self.model,

@@ -11,7 +11,8 @@ import numpy as np
 import optuna
 
 from automoe.errors import ConfigError, StorageError
-from automoe.search.objectives import DEFAULT_OBJECTIVES, directions
+from automoe.search.metrics import DEFAULT_OBJECTIVES, directions
+from automoe.search.record import StudyRecord
 from automoe.search.space import SAMPLERS, SearchSpace
 
 
@@ -89,7 +90,7 @@ def sampler_seed(base_seed: int, trials_so_far: int) -> int:
 def training_seed(study: optuna.Study) -> int:
     """The study's base training seed: trial n trains with ``base + n`` in every run and
     every worker, whatever seed a later run was started with."""
-    return int(study.user_attrs.get("seed", 0))
+    return StudyRecord(study).seed
 
 
 def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str,
@@ -117,7 +118,7 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
     fingerprint = space.fingerprint()
     if study_name in names:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        stored = study.user_attrs.get("space_fingerprint")
+        stored = StudyRecord(study).space_fingerprint
         if stored != fingerprint:
             raise StorageError(
                 f"study {study_name!r} was created from a different search space or dataset "
@@ -133,10 +134,7 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
     with warnings.catch_warnings():  # "experimental since v3.2" is noise in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(space.objectives))
-    study.set_user_attr("space_fingerprint", fingerprint)
-    study.set_user_attr("space", space.to_dict())
-    study.set_user_attr("space_raw", space.raw)  # what `automoe worker` rebuilds the space from
-    study.set_user_attr("seed", seed)  # base training seed: trial n trains with seed + n
+    StudyRecord(study).write_space(fingerprint, space.to_dict(), space.raw, seed)
     return study, False
 
 
@@ -155,12 +153,12 @@ def study_objectives(study: optuna.Study) -> tuple[str, ...]:
 
 def space_of_study(study: optuna.Study) -> SearchSpace:
     """The search space a study was created with (for workers joining it)."""
-    raw = study.user_attrs.get("space_raw")
+    raw = StudyRecord(study).space_raw
     if not raw:
         raise StorageError(f"study {study.study_name!r} stores no search space; was it created "
                            "by `automoe search`?")
     space = SearchSpace.from_dict(raw, source=f"study {study.study_name}")
-    if space.fingerprint() != study.user_attrs.get("space_fingerprint"):
+    if space.fingerprint() != StudyRecord(study).space_fingerprint:
         raise StorageError(f"the space stored with study {study.study_name!r} does not match "
                            "its fingerprint; the study was written by another automoe version")
     return space

@@ -29,12 +29,12 @@ from automoe.errors import AutomoeError, ConfigError
 from automoe.robustness import AttackConfig, worst_case_accuracy
 from automoe.search.notes import set_note_section
 from automoe.search.pareto import pareto_trials
+from automoe.search.record import StudyRecord, TrialRecord
 from automoe.search.study import space_of_study
 from automoe.storage import load_checkpoint, sha256_file
 
 # the strong worst case: both APGD losses and the attack that also moves the routing
 VERIFY_ATTACKS = ("apgd-ce", "apgd-dlr", "router-pgd")
-_PREFIX = "verified:"
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ class VerifyConfig:
 def verified_results(study: optuna.Study) -> dict[int, dict]:
     """Trial number -> its verification record (``robust_accuracy_verified`` in %, the
     accuracy per attack, the attacks' settings and the number of samples)."""
-    return {int(key[len(_PREFIX):]): value for key, value in study.user_attrs.items()
-            if key.startswith(_PREFIX)}
+    return StudyRecord(study).verified
 
 
 def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | None = None,
@@ -93,7 +92,7 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
     for trial in pareto_trials(study):
         record = done.get(trial.number)
         if record is None or record.get("settings") != settings:
-            data = trial.user_attrs.get("dataset") or {}
+            data = TrialRecord(trial).dataset
             key = (data.get("name"), data.get("image_size"))
             if key not in datasets:
                 dataset = load_dataset(data.get("name", "digits"), "val", data_root,
@@ -105,11 +104,11 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
             report = worst_case_accuracy(model, datasets[key], attacks,
                                          space.eval_batch_size, device, seed=proxy.seed)
             record = {"robust_accuracy_verified": 100 * report.worst,
-                      "robust_accuracy_proxy": trial.user_attrs.get("robust_accuracy"),
+                      "robust_accuracy_proxy": TrialRecord(trial).metric("robust_accuracy"),
                       "clean": 100 * report.clean, "samples": report.samples,
                       "per_attack": {k: 100 * v for k, v in report.per_attack.items()},
                       "settings": settings, "config": asdict(config)}
-            study.set_user_attr(f"{_PREFIX}{trial.number}", record)
+            StudyRecord(study).write_verified(trial.number, record)
         records[trial.number] = record
         set_note_section(study, trial.number, "verified", _trial_note(record))
         if on_trial is not None:
@@ -150,7 +149,7 @@ def _front_note(records: dict[int, dict]) -> str:
 
 def trial_model(trial: optuna.trial.FrozenTrial, artifact_store) -> torch.nn.Module:
     """The trained model of a complete trial, from its checkpoint (hash checked)."""
-    checkpoint = trial.user_attrs.get("checkpoint")
+    checkpoint = TrialRecord(trial).checkpoint
     if not checkpoint:
         raise AutomoeError(f"front trial {trial.number} stored no checkpoint")
     with tempfile.TemporaryDirectory(prefix="automoe-verify-") as tmp:

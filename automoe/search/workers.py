@@ -20,9 +20,10 @@ import optuna
 import torch
 
 from automoe.errors import ConfigError
-from automoe.search.objective import TrialRunner
+from automoe.search.record import TrialWriter
 from automoe.search.retention import checkpoint_retention
 from automoe.search.study import make_sampler, space_of_study, training_seed
+from automoe.search.trial import TrialRunner
 from automoe.storage import AtomicFileSystemArtifactStore, load_study, open_storage
 
 _STATES = optuna.trial.TrialState
@@ -143,7 +144,7 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
         try:
             return runner(trial)
         except KeyboardInterrupt:  # Optuna fails the trial; say why
-            trial.set_user_attr("fail_reason", "interrupted: its worker was stopped")
+            TrialWriter(trial).failed("interrupted: its worker was stopped")
             raise
 
     after = list(callbacks or [])

@@ -24,7 +24,8 @@ from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
-from automoe.search.objectives import minimised
+from automoe.search.metrics import minimised
+from automoe.search.record import TrialRecord, TrialWriter
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.search.study import study_folder_name
 from automoe.storage import atomic_write, save_checkpoint, sha256_file
@@ -112,29 +113,18 @@ class TrialRunner:
         try:
             candidate = self.space.suggest(trial)
         except ConfigError as exc:  # the space check covers the common cases; not all
-            trial.set_user_attr("fail_reason", f"invalid candidate: {exc}")
+            TrialWriter(trial).failed(f"invalid candidate: {exc}")
             return failed
         origin = _origin_trial(trial)
         seeds = repeat_seeds(self.seed + origin, self.space.repeats)
         candidate.train = replace(candidate.train, seed=seeds[0])
-        trial.set_user_attr("config", candidate.to_dict())
-        model_cfg = candidate.model
-        trial.set_user_attr("architecture", {
-            "model": candidate.model_name,
-            "placement": model_cfg.get("placement", "none"),
-            "granularity": model_cfg.get("granularity", "conv"),
-            "experts": model_cfg.get("num_experts", 1),
-            "top_k": model_cfg.get("top_k", 1),
-            "width_multiplier": model_cfg.get("width_multiplier", 1.0),
-        })
-        trial.set_user_attr("dataset", self.data_spec())
+        record = TrialWriter(trial)
         # the thread count too: CPU results repeat exactly only at the same count (it
         # changes the order of float reductions)
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
-                                       "device": str(self.device),
-                                       "threads": torch.get_num_threads(), **self.worker})
-        if self.supernet is not None:
-            trial.set_user_attr("fidelity", "supernet")
+        worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
+                  "threads": torch.get_num_threads(), **self.worker}
+        record.started(candidate.to_dict(), candidate.architecture(), self.data_spec(),
+                       worker, supernet=self.supernet is not None)
 
         # Only a retry of a dead worker's trial resumes, and only from a state saved for
         # the same candidate; the state goes however the trial ends, except by SIGKILL.
@@ -143,9 +133,7 @@ class TrialRunner:
         try:
             resume = _load_resume(resume_path, key) if origin != trial.number else None
             if resume is not None:
-                trial.set_user_attr("resumed_from", {"trial": origin,
-                                                     "epochs_done": resume["epochs_done"],
-                                                     "repeat": resume.get("repeat", 0)})
+                record.resumed_from(origin, resume["epochs_done"], resume.get("repeat", 0))
             return self._train_and_measure(trial, candidate, seeds, resume, resume_path, key)
         finally:
             _remove(resume_path)
@@ -161,6 +149,7 @@ class TrialRunner:
         rungs; the other seeds run only for a trial that passed them all.
         """
         failed = tuple(float("nan") for _ in self.space.objectives)
+        record = TrialWriter(trial)
         finished: list[dict] = list(resume.get("finished", [])) if resume else []
         train_seconds = eval_seconds = 0.0
         epochs_trained = 0  # by this trial: a retry does not count what its origin trained
@@ -171,14 +160,15 @@ class TrialRunner:
             torch.manual_seed(seed)
             model = (self._inherit(trial, run) if self.supernet is not None
                      else build_model(run, self.info))
-            trial.set_user_attr("params", count_params(model))
+            params = count_params(model)
+            record.params(params)
             state = resume if resume is not None and resume.get("repeat", 0) == repeat else None
             try:
                 metrics, usage, result, seconds = self._one_seed(
                     trial, run, model, repeat, finished, state, resume_path, key)
             except TrainingDivergedError as exc:
                 note = f" (seed {seed}, repeat {repeat + 1} of {len(seeds)})" if repeat else ""
-                trial.set_user_attr("fail_reason", f"{exc}{note}")
+                record.failed(f"{exc}{note}")
                 return failed  # Optuna stores a NaN-valued trial as FAIL
             train_seconds += result.seconds
             eval_seconds += seconds
@@ -187,36 +177,21 @@ class TrialRunner:
         own_metrics = metrics  # the last seed's, stored with its checkpoint
         metrics = _mean_metrics(finished)
         if len(seeds) > 1:
-            trial.set_user_attr("repeats", finished)
-            trial.set_user_attr("objective_std", {
-                name: statistics.stdev(r[name] for r in finished)
-                for name in self.space.objectives})
-
-        # The objective values again, under names the dashboard shows beside the config.
-        for name, value in metrics.items():
-            trial.set_user_attr(name, value)
+            record.repeats(finished, {name: statistics.stdev(r[name] for r in finished)
+                                      for name in self.space.objectives})
+        record.metrics(metrics)
         if "robust_accuracy" in metrics:
-            trial.set_user_attr("attack", {**self.space.attack.to_dict(), "split": "val"})
-        health = usage.health()
-        if health:  # router health of the val pass; see automoe.layers.RouterHealth
-            trial.set_user_attr("router_health", {name: h.to_dict()
-                                                  for name, h in health.items()})
-        trial.set_user_attr("expert_usage", usage.counts())
-        if usage.assignments:
-            trial.set_user_attr("expert_class_usage",
-                                usage.per_class(self.val_labels, self.info.num_classes))
-        trial.set_user_attr("history", result.history)
-        trial.set_user_attr("train_seconds", round(train_seconds, 3))
-        trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
-        trial.set_user_attr("epochs_trained", epochs_trained)
-        self._store_checkpoint(trial, model, run, own_metrics)
-        violations = self._violations({**metrics, "params": trial.user_attrs["params"]})
+            record.attack({**self.space.attack.to_dict(), "split": "val"})
+        health = usage.health()  # router health of the val pass; see automoe.layers.RouterHealth
+        class_usage = (usage.per_class(self.val_labels, self.info.num_classes)
+                       if usage.assignments else None)
+        record.routers({name: h.to_dict() for name, h in health.items()}, usage.counts(),
+                       class_usage)
+        record.training(result.history, epochs_trained, train_seconds, eval_seconds)
+        self._store_checkpoint(trial, model, run, own_metrics, class_usage)
+        violations = self._violations({**metrics, "params": params})
         if violations:
-            for name, value in violations.items():
-                trial.set_constraint(name, value)
-            # mirrored in user attrs: optuna-dashboard 0.21 does not show v5 constraints
-            trial.set_user_attr("constraints", violations)
-            trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
+            record.constraints(violations)
         return tuple(metrics[name] for name in self.space.objectives)
 
     def _one_seed(self, trial: optuna.Trial, candidate: Candidate, model, repeat: int,
@@ -242,10 +217,10 @@ class TrialRunner:
             metrics = self._measure(trial, model)
             eval_seconds += time.perf_counter() - start
             if not self._promoted(trial, epoch, metrics):
-                trial.set_user_attr("history", progress.history)
-                trial.set_user_attr("epochs_trained", len(progress.history)
-                                    - (resume["epochs_done"] if resume else 0))
-                trial.set_user_attr("train_seconds", round(progress.seconds, 3))
+                TrialWriter(trial).training(
+                    progress.history,
+                    len(progress.history) - (resume["epochs_done"] if resume else 0),
+                    progress.seconds)
                 raise _Pruned(f"not among the best 1/{self.space.fidelity['reduction_factor']} "
                               f"of the trials at epoch {epoch}")
 
@@ -256,8 +231,8 @@ class TrialRunner:
                 result = train(model, self.train_set, candidate.train, self.device,
                                on_step=on_step, on_epoch=on_epoch, resume=resume)
         except _Pruned as exc:
-            trial.set_user_attr("eval_seconds", round(eval_seconds, 3))
-            trial.set_user_attr("prune_reason", str(exc))
+            TrialWriter(trial).eval_seconds(eval_seconds)
+            TrialWriter(trial).pruned(str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         start = time.perf_counter()
         batch = self.space.eval_batch_size
@@ -276,8 +251,8 @@ class TrialRunner:
         from automoe.search.supernet import recalibrate_batchnorm
 
         spec = self.supernet.spec_for(candidate.model)
-        trial.set_user_attr("subnet", {"placement": spec.placement, "experts": spec.experts,
-                                       "top_k": spec.top_k, "width_multiplier": spec.width})
+        TrialWriter(trial).subnet({"placement": spec.placement, "experts": spec.experts,
+                                   "top_k": spec.top_k, "width_multiplier": spec.width})
         model = self.supernet.extract(spec)
         return recalibrate_batchnorm(model, self.train_set, batches=self.recalibration_batches,
                                      device=self.device, seed=candidate.train.seed)
@@ -287,14 +262,12 @@ class TrialRunner:
         channels of a channel-gated model, and so its cost, change with training."""
         shape = (self.info.in_channels, self.info.image_size, self.info.image_size)
         macs = count_flops(model, shape, inputs=self.flops_probe)
-        trial.set_user_attr("macs", macs)
         costs = {"mmacs": macs["active"] / 1e6, "mparams": count_params(model) / 1e6}
         if "latency_ms" in self.measured:
             lat = self.space.latency
             costs["latency_ms"] = measure_latency(model, shape, self.device, lat["batch_size"],
                                                   lat["warmup"], lat["repeats"])
-        for name, value in costs.items():
-            trial.set_user_attr(name, value)
+        TrialWriter(trial).costs(macs, costs)
         return costs
 
     def _measure(self, trial: optuna.Trial, model, val_accuracy: float | None = None
@@ -324,18 +297,18 @@ class TrialRunner:
 
     def _promoted(self, trial: optuna.Trial, epoch: int, metrics: dict) -> bool:
         """Record this trial's values at a rung and rank it among every trial's there."""
-        rungs = dict(trial.user_attrs.get("rungs", {}))
+        rungs = dict(TrialRecord(trial).rungs)
         rungs[str(epoch)] = {name: metrics[name] for name in self.space.objectives}
-        params = trial.user_attrs["params"]
+        params = TrialRecord(trial).params
         rungs[str(epoch)]["violation"] = sum(
             max(v, 0.0) for v in self._violations({**metrics, "params": params}).values())
-        trial.set_user_attr("rungs", rungs)
+        TrialWriter(trial).rungs(rungs)
         states = optuna.trial.TrialState
         entries = {}
         for other in trial.study.get_trials(deepcopy=False, states=(
                 states.RUNNING, states.COMPLETE, states.PRUNED)):
             record = (rungs if other.number == trial.number
-                      else other.user_attrs.get("rungs", {})).get(str(epoch))
+                      else TrialRecord(other).rungs).get(str(epoch))
             if record is not None:
                 values = [record[name] for name in self.space.objectives]
                 entries[other.number] = (minimised(values, self.space.objectives),
@@ -348,7 +321,7 @@ class TrialRunner:
         return self.resume_dir / study_folder_name(trial.study.study_name) / f"trial-{origin}.pt"
 
     def _store_checkpoint(self, trial: optuna.Trial, model, candidate: Candidate,
-                          metrics: dict) -> None:
+                          metrics: dict, class_usage: dict | None) -> None:
         extra = {"data": self.data_spec(), "metrics": metrics,
                  "attack": {**self.space.attack.to_dict(), "split": "val"},
                  "train": candidate.train.to_dict(), "trial": trial.number,
@@ -360,20 +333,19 @@ class TrialRunner:
             digest = sha256_file(path)
             artifact_id = upload_artifact(artifact_store=self.artifact_store,
                                           file_path=str(path), study_or_trial=trial)
-            trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "sha256": digest})
+            TrialWriter(trial).checkpoint(artifact_id, digest)
             # Beside the checkpoint, what the dashboard can show as a trial's artifacts:
             # its config and metrics as JSON, and (MoE trials) its expert-usage heatmap.
             config = Path(tmp) / f"trial-{trial.number}-config.json"
             config.write_text(json.dumps({**candidate.to_dict(), "metrics": metrics,
-                                          "macs": trial.user_attrs.get("macs")}, indent=2))
+                                          "macs": TrialRecord(trial).macs}, indent=2))
             upload_artifact(artifact_store=self.artifact_store, file_path=str(config),
                             study_or_trial=trial, mimetype="application/json")
-            per_class = trial.user_attrs.get("expert_class_usage")
-            if self.usage_plots and per_class:
+            if self.usage_plots and class_usage:
                 from automoe.search.plots import usage_figure
 
                 figure = Path(tmp) / f"trial-{trial.number}-expert-usage.png"
-                usage_figure(per_class, f"trial {trial.number}: val samples per expert "
+                usage_figure(class_usage, f"trial {trial.number}: val samples per expert "
                                         "(experts x classes)").savefig(figure, dpi=100)
                 upload_artifact(artifact_store=self.artifact_store, file_path=str(figure),
                                 study_or_trial=trial, mimetype="image/png")
