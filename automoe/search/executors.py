@@ -30,10 +30,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import optuna
 
+from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
 from automoe.search.record import TrialRecord, fail_stored_trial
-from automoe.search.study import training_seed
-from automoe.search.workers import WorkerConfig, run_worker
+from automoe.search.space import SearchSpace
+from automoe.search.study import create_or_resume_study, training_seed
+from automoe.search.workers import WorkerConfig, counts, run_worker
 from automoe.storage import load_study, open_storage
 from automoe.storage.study_db import parse_url
 
@@ -166,6 +168,34 @@ def run_workers(worker: WorkerConfig, cluster: ClusterConfig, *,
         fail_running_trials(study, run, reason)
         raise
     progress()
+
+
+def search_with_workers(space: SearchSpace, study_name: str, sampler_name: str, seed: int,
+                        n_trials: int, worker: WorkerConfig, cluster: ClusterConfig, *,
+                        make_folder: bool = False,
+                        on_start: Callable[[optuna.Study, bool, int, int], None] | None = None,
+                        on_progress: Callable[[int, int, int], None] | None = None
+                        ) -> optuna.Study:
+    """Create or resume the study here and run the cluster's workers on it until it has
+    ``n_trials`` more complete trials.
+
+    ``worker`` gives every worker's settings (its ``until`` is replaced). With local
+    processes the dataset is loaded here first, so that missing data fails once, before
+    any worker starts. ``on_start(study, resumed, complete, until)`` is called once the
+    study is open; ``on_progress`` as in :func:`run_workers`.
+    """
+    if cluster.executor == "processes":  # the workers run here: check their data now
+        load_dataset(space.dataset["name"], "train", worker.data_root,
+                     image_size=space.dataset["image_size"], download=worker.download)
+    storage = open_storage(worker.storage_url, create=True,
+                           heartbeat_interval=worker.heartbeat or None, make_folder=make_folder)
+    study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, seed)
+    complete = counts(study)[0]
+    worker = replace(worker, study_name=study.study_name, until=complete + n_trials)
+    if on_start is not None:
+        on_start(study, resumed, complete, worker.until)
+    run_workers(worker, cluster, on_progress=on_progress)
+    return study
 
 
 def fail_running_trials(study: optuna.Study, run: str, reason: str) -> list[int]:
