@@ -67,9 +67,8 @@ from automoe.search.supernet import (
     WIDTH_SCHEDULES,
     SubnetSpec,
     Supernet,
-    recalibrate_batchnorm,
 )
-from automoe.training import evaluate_accuracy, train
+from automoe.training import evaluate_accuracy, recalibrate_batchnorm, train
 
 
 def distinct_subnets(net: Supernet, count: int, seed: int) -> list[SubnetSpec]:

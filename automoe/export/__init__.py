@@ -1,4 +1,4 @@
-"""Exporting chosen trials, loading them back, evaluating them."""
+"""Exporting chosen trials, loading them back, evaluating and attacking them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from automoe.export._export import (
     load,
     read_export_config,
 )
+from automoe.export._report import attack_export
+from automoe.export.pick import PICKS, pick_trial
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "evaluate_export", "export_trial", "load",
-           "read_export_config"]
+__all__ = ["CONFIG_FILE", "PICKS", "WEIGHTS_FILE", "attack_export", "evaluate_export",
+           "export_trial", "load", "pick_trial", "read_export_config"]

@@ -16,6 +16,7 @@ from automoe.layers.balancing import (
 from automoe.layers.base import EXPERT_INITS, MoEModule, TopKMoEModule
 from automoe.layers.channel import ChannelGatedConv2d, GatingEmbedding
 from automoe.layers.condconv import CondConv2d
+from automoe.layers.layout import to_channels_last
 from automoe.layers.moe_block import MoEBlock
 from automoe.layers.moe_conv import MoEConv2d
 from automoe.layers.router import (
@@ -65,5 +66,6 @@ __all__ = [
     "router_z_loss",
     "supervised_router_loss",
     "switch_loss",
+    "to_channels_last",
     "track_expert_usage",
 ]

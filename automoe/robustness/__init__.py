@@ -12,6 +12,7 @@ from automoe.robustness.attacks import (
     dlr_loss,
     pgd_step,
     robust_accuracy,
+    strong_attacks,
     worst_case_accuracy,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "dlr_loss",
     "pgd_step",
     "robust_accuracy",
+    "strong_attacks",
     "worst_case_accuracy",
 ]

@@ -292,6 +292,23 @@ def attack_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return _pgd(loss, x, labels, config, generator, config.steps, config.step_size).detach()
 
 
+def strong_attacks(norm: str = "linf", eps: float = 8 / 255, step_size: float | None = None,
+                   steps: int = 50, restarts: int = 1,
+                   attacks: list[str] | None = None) -> list[AttackConfig]:
+    """The attacks of a robustness report, every one in ``norm`` so that their worst case
+    is over one threat model: ``attacks`` or by default :data:`STRONG_ATTACKS` of the
+    norm, with PGD steps of ``step_size`` (default ``eps / 4``; APGD adapts its own).
+
+    Raises:
+        ConfigError: an unknown norm, or an attack not implemented in it.
+    """
+    if norm not in STRONG_ATTACKS:
+        raise ConfigError(f"norm must be one of {', '.join(STRONG_ATTACKS)}, got {norm!r}")
+    step_size = eps / 4 if step_size is None else step_size
+    return [AttackConfig(attack=a, norm=norm, eps=eps, step_size=step_size, steps=steps,
+                         restarts=restarts) for a in attacks or STRONG_ATTACKS[norm]]
+
+
 def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
                     batch_size: int = 256, device: torch.device | str = "cpu") -> float:
     """Accuracy in ``[0, 1]`` under the attack: a sample counts only if every restart fails.

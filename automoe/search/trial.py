@@ -29,7 +29,7 @@ from automoe.search.record import TrialRecord, TrialWriter
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.search.study import study_folder_name
 from automoe.storage import atomic_write, save_checkpoint, sha256_file
-from automoe.training import TrainResult, evaluate_accuracy, train
+from automoe.training import TrainResult, evaluate_accuracy, recalibrate_batchnorm, train
 
 
 def build_model(candidate: Candidate, info) -> torch.nn.Module:
@@ -248,8 +248,6 @@ class TrialRunner:
 
     def _inherit(self, trial: optuna.Trial, candidate: Candidate):
         """The candidate's sub-network of the supernet, BatchNorm recalibrated."""
-        from automoe.search.supernet import recalibrate_batchnorm
-
         spec = self.supernet.spec_for(candidate.model)
         TrialWriter(trial).subnet({"placement": spec.placement, "experts": spec.experts,
                                    "top_k": spec.top_k, "width_multiplier": spec.width})

@@ -118,15 +118,24 @@ def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | Non
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+        except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as exc:
+            if not _schema_race(exc):
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StorageError(f"cannot open storage {describe_url(url)}: {reason}") from None
             if attempt == _SCHEMA_RACE_RETRIES - 1:
                 raise StorageError(f"cannot create the schema of {describe_url(url)}: another "
                                    "process keeps creating it") from None
             time.sleep(0.5 * (attempt + 1))  # another worker is creating the schema
-        except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(f"cannot open storage {describe_url(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether ``exc`` is another process creating the same fresh schema at the same time:
+    PostgreSQL's duplicate ``CREATE TYPE``, or SQLite's "table ... already exists" when
+    both checked for the table before either created it."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError):
+        return True
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" in str(exc)
 
 
 def load_study(storage: optuna.storages.BaseStorage, study_name: str | None, *,

@@ -15,7 +15,14 @@ from torch.utils.data import Dataset
 
 from automoe.data import make_loader
 from automoe.errors import ConfigError, TrainingDivergedError
-from automoe.layers import expert_use, track_expert_usage
+from automoe.layers import expert_use, to_channels_last, track_expert_usage
+from automoe.training.robust import (
+    SCHEMES,
+    AdvMoEStep,
+    pgd_at_loss,
+    router_parameters,
+    trades_loss,
+)
 
 # Numerics of a training run. fp32: IEEE fp32 matmuls and convs everywhere (cuDNN and the
 # Triton kernels alike); tf32: fp32 tensors on TF32 tensor cores (CUDA); bf16 / fp16:
@@ -65,8 +72,6 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        from automoe.training.robust import SCHEMES
-
         if self.scheme not in SCHEMES:
             raise ConfigError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.precision not in PRECISIONS:
@@ -120,14 +125,17 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
                           enabled=precision in _AUTOCAST)
 
 
-def to_channels_last(model: nn.Module) -> None:
-    """NHWC conv weights: 4-D ``(O, C, KH, KW)`` ones, and each expert of a 5-D
-    ``(E, O, C, KH, KW)`` expert weight (``Module.to`` would take those for 3-D convs)."""
-    for param in model.parameters():
-        if param.dim() == 4:
-            param.data = param.data.contiguous(memory_format=torch.channels_last)
-        elif param.dim() == 5:  # stored as (E, O, KH, KW, C)
-            param.data = param.data.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+def make_optimizer(params, config: TrainConfig) -> torch.optim.SGD:
+    """Every training loop's optimizer: SGD with ``config``'s learning rate, Nesterov
+    momentum and weight decay."""
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate cosine-annealed to 0 over ``total_steps`` steps."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
 
 
 def to_layout(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -179,13 +187,10 @@ def train(
     set_progress = getattr(model, "set_training_progress", None)
 
     def sgd(params):
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+        return make_optimizer(params, config)
 
     advmoe = None
     if config.scheme == "advmoe":
-        from automoe.training.robust import AdvMoEStep, router_parameters
-
         routers = {id(p) for p in router_parameters(model)}
         optimizers = [sgd([p for p in model.parameters() if id(p) not in routers]),
                       sgd([p for p in model.parameters() if id(p) in routers] or
@@ -194,8 +199,7 @@ def train(
                             beta=config.trades_beta, grad_clip=config.clip_norm)
     else:
         optimizers = [sgd(model.parameters())]
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(1, total_steps))
-                  for o in optimizers]
+    schedulers = [cosine_schedule(o, total_steps) for o in optimizers]
     result = TrainResult()
     start = time.perf_counter()
     step = first_epoch = 0
@@ -333,13 +337,9 @@ def _task_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The scheme's loss (without balancing terms) and the logits it was computed on."""
     if config.scheme == "pgd_at":
-        from automoe.training.robust import pgd_at_loss
-
         return pgd_at_loss(model, images, labels, config.adv_eps, config.adv_step_size,
                            config.adv_steps)
     if config.scheme == "trades":
-        from automoe.training.robust import trades_loss
-
         return trades_loss(model, images, labels, config.adv_eps, config.adv_step_size,
                            config.adv_steps, config.trades_beta)
     logits = model(images)

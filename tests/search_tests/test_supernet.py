@@ -10,8 +10,8 @@ from automoe.data import load_dataset
 from automoe.errors import ConfigError
 from automoe.models import list_models
 from automoe.search import SearchSpace
-from automoe.search.supernet import SubnetSpec, Supernet, recalibrate_batchnorm
-from automoe.training import TrainConfig
+from automoe.search.supernet import SubnetSpec, Supernet
+from automoe.training import TrainConfig, recalibrate_batchnorm
 
 SPACE = {
     "name": "super",

@@ -110,3 +110,27 @@ def test_atomic_write_replaces_whole_or_keeps_the_old_file(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+
+
+def test_two_processes_creating_one_sqlite_schema_is_retried(tmp_path, monkeypatch):
+    # Both checked for the tables before either created them: the loser's CREATE TABLE
+    # fails with "already exists"; opening again finds the schema whole.
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    open_storage(url).engine.dispose()  # the other process won: the schema exists
+    real = sqlalchemy.MetaData.create_all
+    calls = []
+
+    def lose_the_race_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError(
+                "CREATE TABLE study_directions", {}, Exception("table study_directions "
+                                                               "already exists"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(sqlalchemy.MetaData, "create_all", lose_the_race_once)
+    storage = open_storage(url, create=False)
+    assert len(calls) == 2 and storage.get_all_studies() == []
+    storage.engine.dispose()

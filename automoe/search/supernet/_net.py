@@ -1,94 +1,31 @@
-"""A weight-sharing MoE supernet: train once, evaluate many sub-networks with inherited
-weights.
-
-The supernet is the space's backbone at its largest: every placement unit in MoE form
-(granularity ``conv``), the most experts, the widest width multiplier. A sub-network
-(:class:`SubnetSpec`) picks the MoE units (placement), the experts E, the top-k and the
-width multiplier, and is the stand-alone model ``create_model`` builds for those values,
-its tensors taken from the supernet's:
-
-* every tensor is the leading slice of the supernet's tensor of the same name (the first
-  channels of each conv, BN and linear; an MoE conv's first E experts; a router's first E
-  scorer rows), so sub-networks of every width share the leading channels (as in
-  once-for-all networks);
-* a unit the sub-network keeps dense runs the supernet's expert 0 of each conv as a plain
-  conv (no router);
-* training may instead run a step's sub-networks on a random subset of the experts
-  (``expert_sampling="subset"``), so that expert 0 is not the only one trained as a dense
-  conv; evaluation always takes the first E.
-
-A sub-network runs as its stand-alone model's code (built once on the ``meta`` device)
-called on those slices (:func:`torch.func.functional_call`), so gradients flow into the
-supernet, and :meth:`Supernet.extract` (the slices copied into a real model) computes
-exactly what the supernet computes, and is measured (accuracy, FLOPs, robustness) like any
-trial's model. Training samples several sub-networks per step (the sandwich rule: the
-largest, the smallest and random ones, or the largest and random ones; their gradients
-summed), by default with progressive shrinking of the width (the widest alone for the
-first half of the steps, then each narrower width added in turn), optionally distilling
-the largest one's predictions into the others (in-place distillation), optionally on PGD
-examples (the space's ``scheme: pgd_at``). BatchNorm statistics are shared by all
-sub-networks while training, so they are recomputed for each sub-network
-(:func:`recalibrate_batchnorm`) before it is evaluated.
-"""
+"""The supernet: one model at the space's largest, and its sub-networks as views on it."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict
 from itertools import chain
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call
 
+from automoe.data import DatasetInfo
 from automoe.errors import AutomoeError, ConfigError
 from automoe.layers import MoEConv2d
-from automoe.models import create_model, resolve_placement
-from automoe.robustness import AttackConfig, attack_batch
+from automoe.models import create_model
 from automoe.search.space import PARAMS, SearchSpace
-from automoe.training import TrainConfig, check_finite, make_loader
-
-SUPERNET_FORMAT = "automoe.supernet.v2"
-# the model parameters a supernet's sub-networks differ in; every other one is shared
-SUBNET_PARAMS = ("placement", "experts", "top_k", "width_multiplier")
-# training schemes the supernet runs: clean, or Madry's PGD-AT through the largest
-SUPERNET_SCHEMES = ("standard", "pgd_at")
-# which of the supernet's experts a training step's sub-network runs: the first E (what
-# every sub-network is evaluated on), or the first E of a random order of all of them
-EXPERT_SAMPLING = ("first", "subset")
-# the sub-networks of a training step: the sandwich rule (the largest, the smallest and
-# random ones; BigNAS), or the largest and random ones, drawn as a search draws them. A
-# narrow sub-network's tensors are the leading slices of every wider one's, so every step
-# trains them even without the smallest; which rule ranks sub-networks better is measured
-# in bench/RESULTS.md
-STEP_RULES = ("sandwich", "largest_random")
-# which widths a training step draws from: all of them from the start, or progressive
-# shrinking (once-for-all networks): the widest alone for the first half of the steps,
-# then each narrower width added in turn. Trained on every width from the start, narrow
-# sub-networks inherit more than they train to stand-alone, which crowds the widths
-# together and blurs the ranking across them; bench/RESULTS.md measures both
-WIDTH_SCHEDULES = ("all", "progressive")
-# a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
-# sub-networks on shared weights, so it gets longer than one of them would
-RECIPE_EPOCHS_FACTOR = 4
-
-
-@dataclass(frozen=True)
-class SubnetSpec:
-    """One sub-network of the supernet."""
-
-    placement: str  # one 0/1 bit per placement unit
-    experts: int  # E of every MoE unit
-    top_k: int  # k of every MoE unit
-    width: float  # the backbone's width multiplier
-
-    @property
-    def is_dense(self) -> bool:
-        return "1" not in self.placement
-
-    def describe(self) -> str:
-        return f"{self.placement} E{self.experts} k{self.top_k} w{self.width:g}"
+from automoe.search.supernet._spec import (
+    SUBNET_PARAMS,
+    SUPERNET_FORMAT,
+    SubnetSpec,
+    placement_bits,
+    space_values,
+)
+from automoe.search.supernet._train import train_supernet
+from automoe.storage import read_checkpoint_metadata, save_checkpoint
+from automoe.training import TrainConfig
 
 
 class _WithAux(nn.Module):
@@ -151,10 +88,10 @@ class Supernet:
         self.info = info
         self.units = sum(space.units_per_stage())
         self.placements = self._placements()
-        self.expert_choices = _values(space, "experts", 2, int)
+        self.expert_choices = space_values(space, "experts", 2, int)
         self.max_experts = max(self.expert_choices)
-        self.k_choices = _values(space, "top_k", 1, int)
-        self.width_choices = _values(space, "width_multiplier", 1.0, float)
+        self.k_choices = space_values(space, "top_k", 1, int)
+        self.width_choices = space_values(space, "width_multiplier", 1.0, float)
         self.fixed_model = self._fixed_model_fields()
         self.model = self.build(SubnetSpec("1" * self.units, self.max_experts,
                                            min(max(self.k_choices), self.max_experts),
@@ -324,8 +261,6 @@ class Supernet:
                              for name in sub.state_dict()})
         return sub
 
-    # ------------------------------------------------------------ training
-
     def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
               distill: bool = False, expert_sampling: str = "first",
               step_rule: str = "sandwich", width_schedule: str = "progressive",
@@ -347,82 +282,16 @@ class Supernet:
         a dense unit on that order's first expert, instead of always the first E and
         expert 0: every expert is trained as the dense conv and in every position.
         Sub-networks are still evaluated on the first E."""
-        for name, value, choices in (("step_rule", step_rule, STEP_RULES),
-                                     ("width_schedule", width_schedule, WIDTH_SCHEDULES),
-                                     ("expert_sampling", expert_sampling, EXPERT_SAMPLING)):
-            if value not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-        if subnets_per_step < 2:
-            raise ConfigError("subnets_per_step must be >= 2 (the largest and one more)")
-        if config.scheme not in SUPERNET_SCHEMES:
-            raise ConfigError(f"the supernet trains with scheme {' or '.join(SUPERNET_SCHEMES)}"
-                              f", not {config.scheme!r}")
-        attack = None
-        if config.scheme == "pgd_at":
-            attack = AttackConfig(eps=config.adv_eps, step_size=config.adv_step_size,
-                                  steps=config.adv_steps)
-        model = self.model.to(device).train()
-        torch.manual_seed(config.seed)
-        rng = random.Random(config.seed)
-        order_rng = random.Random(config.seed + 1)  # expert orders, apart from the specs
-        loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
-                             device=device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    nesterov=config.momentum > 0,
-                                    weight_decay=config.weight_decay)
-        total = config.epochs * len(loader)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))
-        history, step = [], 0
-        for epoch in range(config.epochs):
-            sums = torch.zeros(2, dtype=torch.float64)  # largest's CE, others' loss
-            seen = 0
-            for images, labels in loader:
-                images, labels = images.to(device), labels.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                specs = self.step_subnets(rng, subnets_per_step, step_rule,
-                                          self.step_widths(step, total, width_schedule))
-                if attack is not None:  # examples against the largest, in eval mode
-                    images = attack_batch(self.subnet(specs[0]).eval(), images, labels, attack)
-                teacher = None
-                for i, spec in enumerate(specs):
-                    experts = None
-                    if expert_sampling == "subset":
-                        experts = tuple(order_rng.sample(range(self.max_experts),
-                                                         self.max_experts))
-                    logits, aux = self.subnet(spec, experts)(images, labels)
-                    if i == 0 or not distill:
-                        loss = F.cross_entropy(logits, labels)
-                    else:  # in-place distillation from the largest sub-network
-                        loss = F.kl_div(logits.log_softmax(1), teacher, reduction="batchmean")
-                    if i == 0:
-                        teacher = logits.detach().softmax(1)
-                    loss = loss + aux
-                    check_finite(loss, epoch, step, config)
-                    loss.backward()
-                    share = 1.0 if i == 0 else 1.0 / (len(specs) - 1)
-                    sums[0 if i == 0 else 1] += loss.item() * labels.shape[0] * share
-                optimizer.step()
-                scheduler.step()
-                seen += labels.shape[0]
-                step += 1
-                if on_step is not None:
-                    on_step(step, total)
-            largest, others = (sums / max(seen, 1)).tolist()
-            # the largest sub-network's cross-entropy, and the others' (distillation) loss
-            history.append({"epoch": epoch + 1, "loss": largest, "subnet_loss": others})
-        self.history = history
-        self.trained_with = {"recipe": config.to_dict(), "subnets_per_step": subnets_per_step,
-                             "distill": distill, "expert_sampling": expert_sampling,
-                             "step_rule": step_rule, "width_schedule": width_schedule}
-        return history
+        return train_supernet(self, train_set, config, subnets_per_step=subnets_per_step,
+                              distill=distill, expert_sampling=expert_sampling,
+                              step_rule=step_rule, width_schedule=width_schedule,
+                              device=device, on_step=on_step)
 
     # ------------------------------------------------------------ files
 
     def save(self, path, history: list[dict] | None = None) -> None:
         """Write the supernet's weights with its space and dataset (atomic)."""
-        from dataclasses import asdict
 
-        from automoe.storage import save_checkpoint
 
         save_checkpoint(self.model, path, {"supernet": {
             "format": SUPERNET_FORMAT, "space": self.space.raw, "info": asdict(self.info),
@@ -432,10 +301,7 @@ class Supernet:
     @classmethod
     def load(cls, path) -> Supernet:
         """A supernet written by :meth:`save`."""
-        from safetensors.torch import load_file
 
-        from automoe.data import DatasetInfo
-        from automoe.storage import read_checkpoint_metadata
 
         try:
             meta = read_checkpoint_metadata(path)["extra"].get("supernet")
@@ -454,31 +320,6 @@ class Supernet:
         net.history = meta.get("history", [])
         net.trained_with = meta.get("trained_with", {})
         return net
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, dataset, batches: int = 10, batch_size: int = 128,
-                          device: str = "cpu", seed: int = 0) -> nn.Module:
-    """Recompute every BatchNorm's running statistics from ``batches`` training batches
-    (cumulative averages), as weight-sharing NAS does before evaluating a sub-network.
-    Only the norms run in training mode: routers route as they will when evaluated."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the batches
-    # a noisy router adds noise in training mode: the statistics would be of other routes
-    model.to(device).eval()
-    for m in norms:
-        m.train()
-    for i, (images, _) in enumerate(make_loader(dataset, batch_size, shuffle=True, seed=seed,
-                                                       device=device)):
-        if i >= batches:
-            break
-        model(images.to(device))
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
-    return model.eval()
 
 
 def _expert_tensor_names(model: nn.Module) -> set[str]:
@@ -504,15 +345,3 @@ def _expert_tensor_names(model: nn.Module) -> set[str]:
     if head is not None:
         names.update(f"global_router.head.{p}" for p, _ in head.named_parameters())
     return names
-
-
-def _values(space: SearchSpace, name: str, default, cast) -> list:
-    """The values a searched dimension takes (its grid), or its fixed value."""
-    if name not in space.dimensions:
-        return [cast(space.fixed.get(name, default))]
-    return sorted(cast(v) for v in space.grid()[name])
-
-
-def placement_bits(placement: str, units_per_stage: tuple[int, ...]) -> str:
-    """A placement preset or mask as one 0/1 character per unit."""
-    return "".join("1" if b else "0" for b in resolve_placement(placement, units_per_stage))
