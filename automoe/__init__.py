@@ -19,7 +19,9 @@ from automoe.models import count_flops, create_model, list_models
 
 def load(path):
     """Rebuild an exported model (directory from ``automoe export``, or a checkpoint file)."""
-    from automoe.export import load as _load  # imports optuna; keep `import automoe` light
+    # deferred: automoe.export imports the search package and optuna, which
+    # `import automoe` (data and models) does not need
+    from automoe.export import load as _load
 
     return _load(path)
 

@@ -8,6 +8,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from automoe.search import COLLAPSED_BELOW, METRICS
+
 # Tables and JSON go to stdout; progress, logs and errors to stderr.
 # Piped output has no terminal width; give tables room rather than rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -40,8 +42,6 @@ def architecture(row: dict) -> str:
 def expert_use(row: dict) -> str:
     """Router health of a trial for tables: the fewest effective experts of any MoE layer
     as a fraction of E, flagged when collapsed; ``-`` for a dense trial."""
-    from automoe.search.metrics import COLLAPSED_BELOW
-
     use = row.get("metrics", {}).get("expert_use")
     if use is None:
         return "-"
@@ -59,8 +59,6 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
     Test accuracy is left out unless ``with_test``: the front is chosen on validation, and
     a test column next to it invites picking on the test split.
     """
-    from automoe.search.metrics import METRICS
-
     table = Table(title=title, title_justify="left")
     columns = [("trial", "right"), *((METRICS[n].label, "right") for n in names)]
     extra = [m for m in ("val_accuracy", "robust_accuracy", "mmacs") if m not in names]
@@ -96,8 +94,6 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
 
 def trial_line(row: dict, names) -> str:
     """One finished trial in a line: its objective values and architecture."""
-    from automoe.search.metrics import METRICS
-
     values = " ".join(f"{METRICS[n].label.split()[0]} {METRICS[n].format(row['values'][n])}"
                       for n in names)
     return f"trial {row['trial']:>3} {values} {architecture(row)}"

@@ -162,6 +162,7 @@ def dataset_info(
 @functools.lru_cache(maxsize=4)
 def _digits_arrays(image_size: int | None):
     """Split, resize and describe the embedded digits once per image size."""
+    # deferred: scikit-learn takes a second to import; only the digits need it
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -225,6 +226,7 @@ def _native_size(name: str, image_size: int | None) -> int | None:
 
 def _transform(info: DatasetInfo, native_size: int | None, augment: bool) -> Callable:
     """Per-image transform of the uncached path (PIL image -> float tensor)."""
+    # deferred: torchvision takes over a second to import; only files on disk need it
     from torchvision import transforms as T
 
     steps: list = _resize_steps(info, native_size)
@@ -238,6 +240,7 @@ def _transform(info: DatasetInfo, native_size: int | None, augment: bool) -> Cal
 
 
 def _resize_steps(info: DatasetInfo, native_size: int | None) -> list:
+    # deferred: torchvision takes over a second to import; only files on disk need it
     from torchvision import transforms as T
 
     if info.name == "imagefolder":
@@ -251,6 +254,7 @@ def _decode(name: str, base, indices: np.ndarray, info: DatasetInfo,
             native_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The split's images as one uint8 ``(N, C, H, W)`` tensor and its labels."""
     if name == "imagefolder":  # files: decode each image once
+        # deferred: torchvision takes over a second to import; only files on disk need it
         from torchvision import transforms as T
 
         decode = T.Compose([*_resize_steps(info, native_size), T.PILToTensor()])
@@ -272,6 +276,7 @@ def _decode(name: str, base, indices: np.ndarray, info: DatasetInfo,
     index = torch.from_numpy(indices)
     images = data.index_select(0, index).contiguous()
     if native_size is not None:
+        # deferred: torchvision takes over a second to import; only files on disk need it
         from torchvision.transforms.v2 import functional as TF
 
         images = TF.resize(images, [native_size, native_size], antialias=True)
@@ -279,6 +284,7 @@ def _decode(name: str, base, indices: np.ndarray, info: DatasetInfo,
 
 
 def _open_torchvision(name: str, root: Path, train: bool, download: bool):
+    # deferred: torchvision takes over a second to import; only files on disk need it
     from torchvision import datasets
 
     try:
@@ -317,6 +323,7 @@ def _imagefolder_classes(folder: Path) -> list[str]:
 
 
 def _open_imagefolder(root: Path, split: str):
+    # deferred: torchvision takes over a second to import; only files on disk need it
     from torchvision import datasets
 
     if split == "test":

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import optuna
@@ -18,9 +19,10 @@ from torch import nn
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError
 from automoe.export.card import CARD_FILE, model_card
-from automoe.layers import expert_use, track_expert_usage
+from automoe.layers import MoEModule, expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
+from automoe.search.pareto import is_feasible, pareto_trials
 from automoe.search.record import TrialRecord
 from automoe.search.verify import verified_results
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
@@ -72,8 +74,6 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             download_artifact(artifact_store=artifact_store, file_path=str(weights),
                               artifact_id=checkpoint["artifact_id"])
         except Exception as exc:  # the store raises its own not-found error types
-            from automoe.search.pareto import is_feasible, pareto_trials
-
             if not is_feasible(trial):
                 broken = ", ".join(f"{name} (by {value:g})" for name, value
                                    in trial.constraints.items() if value > 0)
@@ -132,10 +132,6 @@ _TRACE_TOLERANCE = 1e-4  # max |traced - eager| relative to max(1, |eager|)
 
 def _traced_files(folder: Path, meta: dict, torchscript: bool, onnx: bool) -> dict[str, str]:
     """Write the traced graphs into ``folder``; returns ``{file: description}``."""
-    import warnings
-
-    from automoe.layers import MoEModule
-
     eager = create_model(meta["model_name"], **meta["model_config"])
     eager.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
     eager.eval()
@@ -171,7 +167,7 @@ def _traced_files(folder: Path, meta: dict, torchscript: bool, onnx: bool) -> di
             files[TORCHSCRIPT_FILE] = ("TorchScript graph (torch.jit.load); MoE layers compute "
                                        "every expert and mask: same outputs, dense cost")
         if onnx:
-            try:
+            try:  # optional extra: automoe[onnx]
                 import onnxruntime
             except ImportError:
                 raise AutomoeError("--onnx needs onnx and onnxruntime: pip install "

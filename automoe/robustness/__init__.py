@@ -5,6 +5,7 @@ from __future__ import annotations
 from automoe.robustness.attacks import (
     ATTACKS,
     NORMS,
+    STRONG_ATTACKS,
     AttackConfig,
     Normalized,
     WorstCase,
@@ -19,6 +20,7 @@ from automoe.robustness.attacks import (
 __all__ = [
     "ATTACKS",
     "NORMS",
+    "STRONG_ATTACKS",
     "AttackConfig",
     "Normalized",
     "WorstCase",

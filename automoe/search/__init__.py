@@ -1,16 +1,32 @@
-"""Search: declarative spaces, the trial objective, studies and Pareto selection."""
+"""Search: declarative spaces, trials and their record, studies, workers, Pareto
+selection, verification, plots and the weight-sharing supernet (``automoe.search.supernet``).
+"""
 
 from __future__ import annotations
 
-from automoe.search.metrics import DEFAULT_OBJECTIVES, METRICS
-from automoe.search.pareto import pareto_trials, trial_row
-from automoe.search.record import StudyRecord, TrialRecord, TrialWriter
+from automoe.search.executors import EXECUTORS, ClusterConfig, run_workers, search_with_workers
+from automoe.search.metrics import (
+    COLLAPSED_BELOW,
+    DEFAULT_OBJECTIVES,
+    METRICS,
+    parse_reference,
+)
+from automoe.search.pareto import front_hypervolume, is_feasible, pareto_trials, trial_row
+from automoe.search.plots import MIN_TRIALS_FOR_IMPORTANCE, PLOTS, write_plot
+from automoe.search.record import MEASURED, StudyRecord, TrialRecord, TrialWriter
+from automoe.search.retention import (
+    checkpoint_retention,
+    checkpoint_size,
+    remove_dominated_checkpoints,
+)
 from automoe.search.space import (
     PARAMS,
     SAMPLERS,
     Candidate,
     Dimension,
     SearchSpace,
+    list_spaces,
+    parse_number,
     resolve_space_path,
 )
 from automoe.search.study import (
@@ -23,30 +39,60 @@ from automoe.search.study import (
     study_objectives,
     training_seed,
 )
+from automoe.search.summary import StudySummary, summarize_study
 from automoe.search.trial import TrialRunner, build_model
+from automoe.search.verify import VerifyConfig, verified_results, verify_front
+from automoe.search.workers import KEEP, WorkerConfig, count_trials, resolve_device, run_worker
 
 __all__ = [
+    "COLLAPSED_BELOW",
     "DEFAULT_OBJECTIVES",
+    "EXECUTORS",
+    "KEEP",
+    "MEASURED",
     "METRICS",
+    "MIN_TRIALS_FOR_IMPORTANCE",
     "PARAMS",
+    "PLOTS",
     "SAMPLERS",
     "Candidate",
+    "ClusterConfig",
     "Dimension",
     "SearchSpace",
     "StudyRecord",
+    "StudySummary",
     "TrialRecord",
     "TrialRunner",
     "TrialWriter",
+    "VerifyConfig",
+    "WorkerConfig",
     "build_model",
     "check_study_name",
+    "checkpoint_retention",
+    "checkpoint_size",
+    "count_trials",
     "create_or_resume_study",
+    "front_hypervolume",
+    "is_feasible",
+    "list_spaces",
     "make_sampler",
     "pareto_trials",
+    "parse_number",
+    "parse_reference",
+    "remove_dominated_checkpoints",
+    "resolve_device",
     "resolve_space_path",
     "run_trials",
+    "run_worker",
+    "run_workers",
     "sampler_seed",
+    "search_with_workers",
     "space_of_study",
     "study_objectives",
+    "summarize_study",
     "training_seed",
     "trial_row",
+    "verified_results",
+    "verify_front",
+    "write_plot",
 ]

@@ -29,13 +29,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import optuna
+import torch
 
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
 from automoe.search.record import TrialRecord, fail_stored_trial
 from automoe.search.space import SearchSpace
 from automoe.search.study import create_or_resume_study, training_seed
-from automoe.search.workers import WorkerConfig, counts, run_worker
+from automoe.search.workers import WorkerConfig, count_trials, run_worker
 from automoe.storage import load_study, open_storage
 from automoe.storage.study_db import parse_url
 
@@ -190,7 +191,7 @@ def search_with_workers(space: SearchSpace, study_name: str, sampler_name: str, 
     storage = open_storage(worker.storage_url, create=True,
                            heartbeat_interval=worker.heartbeat or None, make_folder=make_folder)
     study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, seed)
-    complete = counts(study)[0]
+    complete = count_trials(study)[0]
     worker = replace(worker, study_name=study.study_name, until=complete + n_trials)
     if on_start is not None:
         on_start(study, resumed, complete, worker.until)
@@ -295,14 +296,13 @@ def _visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g for g in visible.split(",") if g.strip()]
-    import torch
-
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
 # ---------------------------------------------------------------------------- Ray
 
 def _ray_main(config: WorkerConfig) -> int:
+    # optional extra: automoe[ray]
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -311,6 +311,7 @@ def _ray_main(config: WorkerConfig) -> int:
 
 
 def _connect_ray(cluster: ClusterConfig) -> None:
+    # optional extra: automoe[ray]
     import ray
 
     cluster.check_reachable()
@@ -329,6 +330,7 @@ def _connect_ray(cluster: ClusterConfig) -> None:
 
 def _run_ray(configs: list[WorkerConfig], cluster: ClusterConfig, progress,
              poll_seconds: float) -> None:
+    # optional extra: automoe[ray]
     import ray
 
     _connect_ray(cluster)
@@ -362,6 +364,7 @@ def _run_ray(configs: list[WorkerConfig], cluster: ClusterConfig, progress,
 
 
 def _ray_result(ref, cluster: ClusterConfig) -> None:
+    # optional extra: automoe[ray]
     import ray
     from ray.exceptions import RayError, RayTaskError
 

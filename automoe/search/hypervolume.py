@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from automoe.search.metrics import minimised
+
 
 def hypervolume(points, reference) -> float:
     """Volume dominated by ``points`` (n, d) and bounded by ``reference`` (d,), minimising.
@@ -52,6 +54,4 @@ def study_hypervolume(values, reference, names=("val_accuracy", "mmacs", "robust
                       ) -> float:
     """Hypervolume of objective values (rows in the order of ``names``, each metric in its
     own direction) against a reference point in the same units."""
-    from automoe.search.metrics import minimised
-
     return hypervolume([minimised(v, names) for v in values], minimised(reference, names))

@@ -66,16 +66,19 @@ def _make_tuner(name: str, seed: int, population_size: int):
         with warnings.catch_warnings():  # NNI warns about torch's Buffer class at import
             warnings.simplefilter("ignore")
             if name == "nni-tpe":
+                # optional extra: automoe[nni]
                 from nni.algorithms.hpo.tpe_tuner import TpeTuner
 
                 tuner = TpeTuner(optimize_mode="minimize", seed=seed)
             elif name == "nni-evolution":
+                # optional extra: automoe[nni]
                 from nni.algorithms.hpo.evolution_tuner import EvolutionTuner
 
                 np.random.seed(seed)  # the evolution tuner draws from numpy's global RNG
                 tuner = EvolutionTuner(optimize_mode="minimize",
                                        population_size=population_size)
             elif name == "nni-random":
+                # optional extra: automoe[nni]
                 from nni.algorithms.hpo.random_tuner import RandomTuner
 
                 tuner = RandomTuner(seed=seed, optimize_mode="minimize")

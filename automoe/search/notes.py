@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 
 import optuna
-from optuna_dashboard import get_note, save_note
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,24 @@ def _markers(section: str) -> tuple[str, str]:
     return f"<!-- automoe:{section} -->", f"<!-- /automoe:{section} -->"
 
 
+def _note_api():
+    """optuna-dashboard's ``(get_note, save_note)``.
+
+    Imported here, not with the module: optuna-dashboard imports its web app and
+    scikit-learn (about a second), which every CLI command would pay at start; only
+    writing or reading a note needs it."""
+    # deferred: see the docstring
+    from optuna_dashboard import get_note, save_note
+
+    return get_note, save_note
+
+
 def set_note_section(study: optuna.Study, trial_number: int | None, section: str,
                      body: str) -> None:
     """Put ``body`` (Markdown) in the named section of the study's note (``trial_number``
     None) or of a trial's note, replacing that section's earlier text and keeping the
     rest of the note."""
+    get_note, save_note = _note_api()
     target = _target(study, trial_number)
     begin, end = _markers(section)
     block = f"{begin}\n{body.strip()}\n{end}"
@@ -64,6 +76,7 @@ def set_note_section(study: optuna.Study, trial_number: int | None, section: str
 
 def note_section(study: optuna.Study, trial_number: int | None, section: str) -> str | None:
     """The text of a section written by :func:`set_note_section`, or None."""
+    get_note, _ = _note_api()
     target = _target(study, trial_number)
     begin, end = _markers(section)
     match = re.search(re.escape(begin) + r"\n(.*?)\n" + re.escape(end), get_note(target) or "",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search.metrics import minimised
+from automoe.search.hypervolume import study_hypervolume
+from automoe.search.metrics import default_reference, minimised
 from automoe.search.record import TrialRecord
 from automoe.search.study import study_objectives
 
@@ -84,9 +86,6 @@ def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None =
                       ) -> tuple[float, tuple[float, ...]]:
     """``(hypervolume of the feasible front, reference point used)``; the default reference
     is :func:`~automoe.search.metrics.default_reference` over the complete trials."""
-    from automoe.search.hypervolume import study_hypervolume
-    from automoe.search.metrics import default_reference
-
     names = study_objectives(study)
     if reference is None:
         complete = [tuple(t.values) for t in study.get_trials(
@@ -100,8 +99,6 @@ def knee_order(points) -> list[int]:
     """Indices of ``points`` (minimised objective vectors) from the knee outwards: by
     distance to the ideal point once each objective is scaled to [0, 1] over the points.
     Ties keep the points' order."""
-    import numpy as np
-
     points = np.asarray(points, dtype=float)
     low, high = points.min(axis=0), points.max(axis=0)
     scaled = (points - low) / np.where(high > low, high - low, 1.0)

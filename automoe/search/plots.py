@@ -12,9 +12,15 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
+import plotly.graph_objects as go
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from optuna.trial import FrozenTrial, TrialState
+from plotly.subplots import make_subplots
 
 from automoe.errors import AutomoeError
 from automoe.search.hypervolume import study_hypervolume
@@ -130,9 +136,6 @@ def place_labels(fig: Figure, ax, points, labels, fontsize: float = 8) -> None:
     """Annotate ``points`` (data coordinates) with ``labels`` so that no two labels, and no
     label and marker, overlap where a free spot exists nearby (greedy, nearest spot
     first); a label moved away from its point gets a thin leader line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.font_manager import FontProperties
-
     renderer = FigureCanvasAgg(fig).get_renderer()  # transforms and text sizes need one
     ax.autoscale_view()
     scale = fig.dpi / 72  # points -> pixels
@@ -188,8 +191,6 @@ def _history(study, html: bool, reference):
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     title = f"hypervolume of the Pareto front, {study.study_name}"
     if html:
-        import plotly.graph_objects as go
-
         fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers"))
         fig.update_layout(title=title, xaxis_title="trial", yaxis_title="hypervolume")
         return fig
@@ -219,14 +220,10 @@ def _importance(study, html: bool):
     if complete < MIN_TRIALS_FOR_IMPORTANCE:
         title += f"\nonly {complete} complete trials: unreliable below {MIN_TRIALS_FOR_IMPORTANCE}"
     if html:
-        import plotly.graph_objects as go
-
         fig = go.Figure([go.Bar(name=n, y=params, x=[importances[n].get(p, 0) for p in params],
                                 orientation="h") for n in names])
         fig.update_layout(title=title, barmode="group", xaxis_title="importance")
         return fig
-    import numpy as np
-
     fig = Figure(figsize=(7, 0.5 + 0.45 * len(params) * len(names) ** 0.5))
     ax = fig.subplots()
     height = 0.8 / len(names)
@@ -249,8 +246,6 @@ def _curves(study, html: bool):
              "others grey (dashed: pruned)")
     ordered = sorted(trials, key=lambda t: t.number in front)  # the front drawn on top
     if html:
-        import plotly.graph_objects as go
-
         fig = go.Figure()
         for t in ordered:
             rows = TrialRecord(t).history
@@ -287,8 +282,6 @@ def _curves(study, html: bool):
 
 def _qualitative(n: int) -> list:
     """``n`` distinct colours (tab10, then tab20's lighter ones)."""
-    from matplotlib import colormaps
-
     palette = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2])
     return [palette[i % len(palette)] for i in range(max(n, 1))]
 
@@ -345,9 +338,6 @@ def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool =
 
     top = max((max(map(max, per_class[layer]), default=0) for layer in layers), default=1)
     if html:
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
         fig = make_subplots(rows=1, cols=len(layers),
                             subplot_titles=[heading(layer).replace("\n", "<br>")
                                             for layer in layers])

@@ -12,6 +12,7 @@ import optuna
 
 from automoe.errors import ConfigError, StorageError
 from automoe.search.metrics import DEFAULT_OBJECTIVES, directions
+from automoe.search.nni_adapter import NNISampler
 from automoe.search.record import StudyRecord
 from automoe.search.space import SAMPLERS, SearchSpace
 
@@ -43,8 +44,6 @@ def _make_sampler(name: str, seed: int, population_size: int,
     if name.startswith("nni-"):
         if space is None:
             raise ConfigError(f"the {name} sampler needs the search space")
-        from automoe.search.nni_adapter import NNISampler
-
         return NNISampler(name, space, space.objectives, seed, population_size)
     if name == "grid":
         if space is None:

@@ -25,6 +25,7 @@ from automoe.models import count_flops, count_params, create_model, measure_late
 from automoe.robustness import robust_accuracy
 from automoe.search.fidelity import is_promoted
 from automoe.search.metrics import minimised
+from automoe.search.plots import usage_figure
 from automoe.search.record import TrialRecord, TrialWriter
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
 from automoe.search.study import study_folder_name
@@ -340,8 +341,6 @@ class TrialRunner:
             upload_artifact(artifact_store=self.artifact_store, file_path=str(config),
                             study_or_trial=trial, mimetype="application/json")
             if self.usage_plots and class_usage:
-                from automoe.search.plots import usage_figure
-
                 figure = Path(tmp) / f"trial-{trial.number}-expert-usage.png"
                 usage_figure(class_usage, f"trial {trial.number}: val samples per expert "
                                         "(experts x classes)").savefig(figure, dpi=100)

@@ -32,8 +32,6 @@ KEEP = ("pareto", "all")
 
 def resolve_device(name: str) -> str:
     """``auto`` (CUDA when there is one, else CPU) or a torch device name, checked."""
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -75,7 +73,7 @@ class WorkerConfig:
             raise ConfigError(f"--heartbeat must be >= 0, got {self.heartbeat}")
 
 
-def counts(study: optuna.Study) -> tuple[int, list[int]]:
+def count_trials(study: optuna.Study) -> tuple[int, list[int]]:
     """``(complete trials, numbers of the running ones, ascending)``."""
     trials = study.get_trials(deepcopy=False, states=(_STATES.COMPLETE, _STATES.RUNNING))
     complete = sum(t.state == _STATES.COMPLETE for t in trials)
@@ -86,7 +84,7 @@ def fits_target(study: optuna.Study, number: int, until: int) -> bool:
     """Whether running trial ``number`` is among those that may finish: workers that start
     together can overshoot the target, so only the lowest-numbered running trials that fit
     under it go on (the same rule in every worker)."""
-    complete, running = counts(study)
+    complete, running = count_trials(study)
     return number in running[:max(until - complete, 0)]
 
 
@@ -102,7 +100,7 @@ def should_start(study: optuna.Study, until: int, poll_seconds: float = 1.0) -> 
     ones; waits while other workers' running trials would reach it (any may still fail)."""
     while True:
         fail_stale_trials(study)  # a dead worker's trial is not running
-        complete, running = counts(study)
+        complete, running = count_trials(study)
         if complete >= until:
             return False
         if complete + len(running) < until:
@@ -136,7 +134,7 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
                          resume_dir=os.path.join(config.artifact_dir, "resume"),
                          worker=config.identity)
     if on_start is not None:
-        on_start(study, counts(study)[0])
+        on_start(study, count_trials(study)[0])
 
     def within_target(trial: optuna.Trial):
         if not fits_target(study, trial.number, config.until):

@@ -16,6 +16,8 @@ from automoe.storage.study_db import (
     describe_url,
     load_study,
     open_storage,
+    parse_url,
+    sqlite_path,
 )
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "load_checkpoint",
     "load_study",
     "open_storage",
+    "parse_url",
     "read_checkpoint_metadata",
     "save_checkpoint",
     "sha256_file",
+    "sqlite_path",
 ]

@@ -97,8 +97,8 @@ def test_supernet_refuses_spaces_it_cannot_share(workdir):
 
 
 def test_the_parser_offers_the_supernets_own_choices_and_defaults():
-    # the parser spells the choices out (it does not import the torch-side module), so
-    # they must stay what Supernet.train accepts, with the same defaults
+    # the parser takes the choices from the supernet package; its defaults must stay
+    # those of Supernet.train
     import inspect
 
     from automoe.cli import build_parser

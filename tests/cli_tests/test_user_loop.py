@@ -205,7 +205,7 @@ def test_status_piped_prints_snapshots_and_fits_80_columns(study_dir):
         proc.wait(timeout=30)
     from rich.console import Console
 
-    from automoe.cli._commands import _status_view
+    from automoe.cli.study import _status_view
 
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(_status_view(_study(study_dir)))
