@@ -1,10 +1,11 @@
 """Command-line interface: ``automoe <command> ...`` (also ``python cli.py ...``).
 
 One module per command group, each with its commands and their parsers: ``search``
-(search, worker, verify, supernet), ``study`` (pareto, studies, status, plot, dashboard),
-``model`` (export, eval, robustness) and ``info`` (kernels, spaces). Shared flags are
-declared once in ``_parser``; ``_context`` holds what several commands share and
-``_output`` the consoles and tables. No library logic lives here.
+(search, worker, verify), ``supernet`` (train, search, finalize), ``study`` (pareto,
+studies, status, plot, dashboard), ``model`` (export, eval, robustness) and ``info``
+(kernels, spaces). Shared flags are declared once in ``_parser``; ``_context`` holds what
+several commands share and ``_output`` the consoles and tables. No library logic lives
+here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 
 from automoe import __version__
-from automoe.cli import info, model, search, study
+from automoe.cli import info, model, search, study, supernet
 from automoe.cli._config import apply_config
 from automoe.cli._output import print_error, print_note
 from automoe.cli._parser import Commands, HelpFormatter, Parser, shared_flags
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"automoe {__version__}")
     commands = Commands(parser.add_subparsers(dest="command", metavar="COMMAND",
                                               parser_class=Parser), shared_flags())
-    for group in (search, study, info, model):
+    for group in (search, supernet, study, info, model):
         group.register(commands)
     return parser
 

@@ -109,3 +109,11 @@ class Commands:
                                       description=fn.__doc__, formatter_class=HelpFormatter)
         parser.set_defaults(func=fn)
         return parser
+
+
+def verify_budget(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The strong attacks' budget: ``--steps``/``--restarts`` (or ``--verify-...``)."""
+    parser.add_argument(f"--{prefix}steps", type=int, default=50, metavar="N",
+                        help="steps of each verifying attack")
+    parser.add_argument(f"--{prefix}restarts", type=int, default=2, metavar="N",
+                        help="random restarts of each verifying attack")

@@ -22,9 +22,7 @@ from automoe.export.card import CARD_FILE, model_card
 from automoe.layers import MoEModule, expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
-from automoe.search.pareto import is_feasible, pareto_trials
-from automoe.search.record import TrialRecord
-from automoe.search.verify import verified_results
+from automoe.search import TrialRecord, is_feasible, pareto_trials, verified_results
 from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
 from automoe.training import evaluate_accuracy
 

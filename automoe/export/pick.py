@@ -8,11 +8,14 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from automoe.errors import AutomoeError
-from automoe.search.metrics import minimised
-from automoe.search.pareto import knee_order, pareto_trials
-from automoe.search.record import TrialRecord
-from automoe.search.study import study_objectives
-from automoe.search.verify import verified_results
+from automoe.search import (
+    TrialRecord,
+    knee_order,
+    minimised,
+    pareto_trials,
+    study_objectives,
+    verified_results,
+)
 
 PICKS = ("accuracy", "flops", "robust", "knee")
 

@@ -9,9 +9,16 @@ from automoe.search.metrics import (
     COLLAPSED_BELOW,
     DEFAULT_OBJECTIVES,
     METRICS,
+    minimised,
     parse_reference,
 )
-from automoe.search.pareto import front_hypervolume, is_feasible, pareto_trials, trial_row
+from automoe.search.pareto import (
+    front_hypervolume,
+    is_feasible,
+    knee_order,
+    pareto_trials,
+    trial_row,
+)
 from automoe.search.plots import MIN_TRIALS_FOR_IMPORTANCE, PLOTS, write_plot
 from automoe.search.record import MEASURED, StudyRecord, TrialRecord, TrialWriter
 from automoe.search.retention import (
@@ -74,8 +81,10 @@ __all__ = [
     "create_or_resume_study",
     "front_hypervolume",
     "is_feasible",
+    "knee_order",
     "list_spaces",
     "make_sampler",
+    "minimised",
     "pareto_trials",
     "parse_number",
     "parse_reference",

@@ -37,8 +37,7 @@ from automoe.search.record import TrialRecord, fail_stored_trial
 from automoe.search.space import SearchSpace
 from automoe.search.study import create_or_resume_study, training_seed
 from automoe.search.workers import WorkerConfig, count_trials, run_worker
-from automoe.storage import load_study, open_storage
-from automoe.storage.study_db import parse_url
+from automoe.storage import load_study, open_storage, parse_url
 
 EXECUTORS = ("local", "processes", "ray")
 _STATES = optuna.trial.TrialState
