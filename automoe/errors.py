@@ -20,8 +20,9 @@ class AutomoeError(Exception):
     """Base class of errors that are reported to the user as one line."""
 
 
-class ConfigError(AutomoeError):
-    """An invalid search space, model config or command-line value."""
+class ConfigError(AutomoeError, ValueError):
+    """An invalid search space, model config, layer argument or command-line value (a
+    ``ValueError`` too, as an invalid argument is)."""
 
 
 class DataError(AutomoeError):

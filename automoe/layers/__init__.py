@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from automoe.layers.balancing import (
-    BALANCE_LOSSES,
     cv_squared,
     entropy_loss,
     importance_loss,
@@ -13,24 +12,31 @@ from automoe.layers.balancing import (
     supervised_router_loss,
     switch_loss,
 )
-from automoe.layers.base import EXPERT_INITS, MoEModule, TopKMoEModule
+from automoe.layers.base import MoEModule, TopKMoEModule
 from automoe.layers.channel import ChannelGatedConv2d, GatingEmbedding
 from automoe.layers.condconv import CondConv2d
 from automoe.layers.layout import to_channels_last
 from automoe.layers.moe_block import MoEBlock
 from automoe.layers.moe_conv import MoEConv2d
 from automoe.layers.router import (
-    GATE_SOFTMAX_MODES,
-    GATE_TYPES,
-    OVERFLOW_MODES,
-    ROUTER_NORMS,
-    SCORER_TYPES,
     CosineLinear,
     RouterNorm,
     Routing,
     TopKRouter,
     balancing_loss,
     make_scorer,
+)
+from automoe.layers.rules import (
+    BALANCE_LOSSES,
+    EXPERT_INITS,
+    GATE_SOFTMAX_MODES,
+    GATE_TYPES,
+    NEEDS_NOISE,
+    OVERFLOW_MODES,
+    ROUTER_NORMS,
+    ROUTING_RULES,
+    SCORER_TYPES,
+    check_routing,
 )
 from automoe.layers.usage import ExpertUsage, RouterHealth, expert_use, track_expert_usage
 
@@ -39,8 +45,10 @@ __all__ = [
     "EXPERT_INITS",
     "GATE_SOFTMAX_MODES",
     "GATE_TYPES",
+    "NEEDS_NOISE",
     "OVERFLOW_MODES",
     "ROUTER_NORMS",
+    "ROUTING_RULES",
     "SCORER_TYPES",
     "ChannelGatedConv2d",
     "CondConv2d",
@@ -56,6 +64,7 @@ __all__ = [
     "TopKMoEModule",
     "TopKRouter",
     "balancing_loss",
+    "check_routing",
     "cv_squared",
     "entropy_loss",
     "expert_use",

@@ -92,7 +92,3 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=1).pow(2).mean()
 
 
-BALANCE_LOSSES = ("none", "importance", "load", "importance_load", "switch", "entropy",
-                  "supervised")
-# Losses that need the learned noise of noisy top-k gating.
-NEEDS_NOISE = ("load",)

@@ -5,16 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from automoe.layers.balancing import BALANCE_LOSSES, NEEDS_NOISE, router_z_loss
+from automoe.layers.balancing import router_z_loss
 from automoe.layers.router import Routing, TopKRouter, balancing_loss
-from automoe.ops import DISPATCH_MODES
-
-# How a layer's experts start: "shared" copies one initialisation into every expert (as
-# sparse upcycling starts every expert from the same dense layer), so each output channel
-# means the same thing whichever expert computed it and the next layer sees one input
-# distribution; routing different samples to each expert then makes them diverge.
-# "independent" draws each expert on its own.
-EXPERT_INITS = ("shared", "independent")
+from automoe.layers.rules import check_routing
 
 
 class MoEModule(nn.Module):
@@ -27,7 +20,7 @@ class MoEModule(nn.Module):
 
     Args:
         num_experts, top_k: E and k.
-        balance_loss: one of :data:`~automoe.layers.balancing.BALANCE_LOSSES`.
+        balance_loss: one of :data:`~automoe.layers.rules.BALANCE_LOSSES`.
         balance_weight: its weight w.
         gate: the router's gate, to check the loss can be computed.
         z_loss_weight: weight of the router z-loss (ST-MoE) on the router's clean logits.
@@ -37,15 +30,8 @@ class MoEModule(nn.Module):
                  balance_weight: float = 0.0, gate: str = "noisy_topk",
                  dispatch: str = "sparse", z_loss_weight: float = 0.0):
         super().__init__()
-        if dispatch not in DISPATCH_MODES:
-            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
-        if balance_loss not in BALANCE_LOSSES:
-            raise ValueError(f"balance_loss must be one of {BALANCE_LOSSES}, got {balance_loss!r}")
-        if balance_loss in NEEDS_NOISE and gate != "noisy_topk":
-            raise ValueError(f"balance_loss {balance_loss!r} needs gate 'noisy_topk', got {gate!r}")
-        if balance_weight < 0 or z_loss_weight < 0:
-            raise ValueError(f"balance_weight and z_loss_weight must be >= 0, got "
-                             f"{balance_weight} and {z_loss_weight}")
+        check_routing(dispatch=dispatch, balance_loss=balance_loss, gate=gate,
+                      balance_weight=balance_weight, router_z_loss=z_loss_weight)
         self.num_experts = num_experts
         self.top_k = top_k
         self.dispatch = dispatch
@@ -118,7 +104,7 @@ class TopKMoEModule(MoEModule):
             :class:`MoEModule`.
         global_routing: routed by a model-level router: the model sets :attr:`context`
             before each forward instead of this layer scoring its input.
-        expert_init: one of :data:`EXPERT_INITS`.
+        expert_init: one of :data:`~automoe.layers.rules.EXPERT_INITS`.
         router_kwargs: passed to the router (scorer, gate, gate_softmax, noise_init,
             capacity_factor, overflow, batch_priority, ...).
     """
@@ -129,8 +115,7 @@ class TopKMoEModule(MoEModule):
                  z_loss_weight: float = 0.0, expert_init: str = "shared", **router_kwargs):
         super().__init__(num_experts, top_k, balance_loss, balance_weight,
                          router_kwargs.get("gate", "noisy_topk"), dispatch, z_loss_weight)
-        if expert_init not in EXPERT_INITS:
-            raise ValueError(f"expert_init must be one of {EXPERT_INITS}, got {expert_init!r}")
+        check_routing(expert_init=expert_init)
         self.expert_init = expert_init
         self.router = TopKRouter(None if global_routing else router_in_channels, num_experts,
                                  top_k, **router_kwargs)

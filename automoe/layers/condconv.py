@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from automoe.layers.base import MoEModule
-from automoe.layers.router import ROUTER_NORMS, RouterNorm
+from automoe.layers.router import RouterNorm
+from automoe.layers.rules import check_routing
 
 
 class CondConv2d(MoEModule):
@@ -48,8 +49,7 @@ class CondConv2d(MoEModule):
             raise ValueError(f"temperature must be >= 1, got {temperature}")
         if not 0 <= anneal <= 1:
             raise ValueError(f"anneal must be in [0, 1], got {anneal}")
-        if router_norm not in ROUTER_NORMS:
-            raise ValueError(f"router_norm must be one of {ROUTER_NORMS}, got {router_norm!r}")
+        check_routing(router_norm=router_norm)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size

@@ -10,24 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from automoe.layers.balancing import (
-    BALANCE_LOSSES,
     entropy_loss,
     importance_loss,
     load_loss,
     supervised_router_loss,
     switch_loss,
 )
+from automoe.layers.rules import MIN_NOISE_STD, SCORER_TYPES, check_routing
 from automoe.ops import dense_gate_matrix
 
-SCORER_TYPES = ("linear", "conv", "mlp", "cosine")
-ROUTER_NORMS = ("batch", "none")
 # Dimension of the cosine scorer's hypersphere (X-MoE routes on a low-dimensional one).
 COSINE_DIM = 16
-GATE_TYPES = ("noisy_topk", "topk", "vmoe", "st_top1")
-GATE_SOFTMAX_MODES = ("topk", "topk_st", "all")
-OVERFLOW_MODES = ("reassign", "drop")
-# Lower bound on the noise std, so the load loss never divides by zero.
-_MIN_NOISE_STD = 1e-3
 
 
 @dataclass
@@ -103,8 +96,7 @@ def make_scorer(kind: str, in_channels: int, num_experts: int, *, norm: str = "b
             weights are ``N(0, init_std^2 / fan_in)``. 0 starts every expert at the same
             score, which ``topk`` resolves towards expert 0 for every sample.
     """
-    if norm not in ROUTER_NORMS:
-        raise ValueError(f"router norm must be one of {ROUTER_NORMS}, got {norm!r}")
+    check_routing(router_norm=norm)
     if init_std < 0:
         raise ValueError(f"router init std must be >= 0, got {init_std}")
     pooled: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -182,21 +174,10 @@ class TopKRouter(nn.Module):
                  overflow: str = "reassign", batch_priority: bool = False,
                  capacity_at_eval: bool = False):
         super().__init__()
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
-        if gate not in GATE_TYPES:
-            raise ValueError(f"gate must be one of {GATE_TYPES}, got {gate!r}")
-        if gate == "st_top1" and top_k != 1:
-            raise ValueError(f"the straight-through gate routes to one expert, got top_k={top_k}")
-        if gate_softmax not in GATE_SOFTMAX_MODES:
-            raise ValueError(f"gate_softmax must be one of {GATE_SOFTMAX_MODES}, got {gate_softmax!r}")
-        if overflow not in OVERFLOW_MODES:
-            raise ValueError(f"overflow must be one of {OVERFLOW_MODES}, got {overflow!r}")
-        if capacity_factor is not None and not capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-        if gate == "noisy_topk" and in_channels is None:
-            raise ValueError("noisy_topk learns its noise from the features; a global router "
-                             "takes gate 'topk', 'vmoe' or 'st_top1'")
+        check_routing(num_experts=num_experts, top_k=top_k, gate=gate,
+                      global_routing=in_channels is None, gate_noise_init=noise_init,
+                      gate_softmax=gate_softmax, overflow=overflow,
+                      capacity_factor=capacity_factor)
         self.num_experts = num_experts
         self.top_k = top_k
         self.gate = gate
@@ -209,12 +190,10 @@ class TopKRouter(nn.Module):
             scorer, in_channels, num_experts, norm=norm, init_std=init_std)
         self.w_noise = None
         if gate == "noisy_topk":
-            if not noise_init > _MIN_NOISE_STD:
-                raise ValueError(f"noise_init must be > {_MIN_NOISE_STD}, got {noise_init}")
             self.w_noise = nn.Linear(in_channels, num_experts, bias=True)
             nn.init.zeros_(self.w_noise.weight)
             # softplus(b) + floor == noise_init
-            nn.init.constant_(self.w_noise.bias, math.log(math.expm1(noise_init - _MIN_NOISE_STD)))
+            nn.init.constant_(self.w_noise.bias, math.log(math.expm1(noise_init - MIN_NOISE_STD)))
 
     def forward(self, x: torch.Tensor | None, logits: torch.Tensor | None = None) -> Routing:
         """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
@@ -224,7 +203,7 @@ class TopKRouter(nn.Module):
         noisy = clean
         if self.training and self.gate == "noisy_topk":
             pooled = x.mean(dim=(2, 3))  # (B, C)
-            noise_std = F.softplus(self.w_noise(pooled)) + _MIN_NOISE_STD  # (B, E)
+            noise_std = F.softplus(self.w_noise(pooled)) + MIN_NOISE_STD  # (B, E)
             noisy = clean + torch.randn_like(clean) * noise_std
         elif self.training and self.gate == "vmoe":
             noisy = clean + torch.randn_like(clean) / self.num_experts
@@ -296,8 +275,7 @@ def balancing_loss(kind: str, routing: Routing, num_experts: int, top_k: int,
                    targets: torch.Tensor | None = None) -> torch.Tensor | None:
     """The unweighted balancing loss ``kind`` of one routing decision (None if it does not
     apply: ``"none"``, a load term without noise or with k = E, no targets)."""
-    if kind not in BALANCE_LOSSES:
-        raise ValueError(f"balance loss must be one of {BALANCE_LOSSES}, got {kind!r}")
+    check_routing(balance_loss=kind)
     has_load = routing.noise_std is not None and top_k < num_experts
     if kind == "none":
         return None

@@ -5,16 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from automoe.errors import ConfigError
-from automoe.layers import (
-    BALANCE_LOSSES,
-    EXPERT_INITS,
-    GATE_SOFTMAX_MODES,
-    GATE_TYPES,
-    OVERFLOW_MODES,
-    ROUTER_NORMS,
-    SCORER_TYPES,
-)
-from automoe.ops import DISPATCH_MODES
+from automoe.layers import SCORER_TYPES, check_routing
 
 PLACEMENT_PRESETS = ("none", "all", "last_stage", "last_two", "every_other", "all_but_first")
 GRANULARITIES = ("conv", "pathway", "block", "channel", "condconv")
@@ -86,44 +77,22 @@ class MoENetConfig:
             raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if not 0 < self.expert_ratio <= 1:
             raise ConfigError(f"expert_ratio must be in (0, 1], got {self.expert_ratio}")
-        if self.expert_init not in EXPERT_INITS:
-            raise ConfigError(f"expert_init must be one of {EXPERT_INITS}, got {self.expert_init!r}")
-        if self.num_experts < 1:
-            raise ConfigError(f"num_experts must be >= 1, got {self.num_experts}")
-        if not 1 <= self.top_k <= self.num_experts:
-            raise ConfigError(f"top_k must be between 1 and num_experts={self.num_experts}, "
-                              f"got {self.top_k}")
         if self.router not in ROUTERS:
             raise ConfigError(f"router must be one of {ROUTERS}, got {self.router!r}")
-        if self.router_norm not in ROUTER_NORMS:
-            raise ConfigError(f"router_norm must be one of {ROUTER_NORMS}, got {self.router_norm!r}")
-        if self.gate not in GATE_TYPES:
-            raise ConfigError(f"gate must be one of {GATE_TYPES}, got {self.gate!r}")
-        if self.gate == "st_top1" and self.top_k != 1:
-            raise ConfigError(f"gate 'st_top1' routes to one expert; got top_k={self.top_k}")
-        if self.router == "global" and self.gate == "noisy_topk":
-            raise ConfigError("a global router takes gate 'topk', 'vmoe' or 'st_top1'")
-        if self.gate == "noisy_topk" and not self.gate_noise_init > 1e-3:
-            raise ConfigError(f"gate_noise_init must be > 1e-3, got {self.gate_noise_init}")
-        if self.gate_softmax not in GATE_SOFTMAX_MODES:
-            raise ConfigError(f"gate_softmax must be one of {GATE_SOFTMAX_MODES}")
-        if self.balance_loss not in BALANCE_LOSSES:
-            raise ConfigError(f"balance_loss must be one of {BALANCE_LOSSES}, got {self.balance_loss!r}")
-        if self.balance_loss == "load" and self.gate != "noisy_topk":
-            raise ConfigError("balance_loss 'load' needs gate 'noisy_topk'")
-        for name in ("balance_weight", "gate_l1", "embedding_ce", "router_init", "router_z_loss"):
+        check_routing(num_experts=self.num_experts, top_k=self.top_k, gate=self.gate,
+                      global_routing=self.router == "global",
+                      gate_noise_init=self.gate_noise_init, gate_softmax=self.gate_softmax,
+                      overflow=self.overflow, capacity_factor=self.capacity_factor,
+                      balance_loss=self.balance_loss, balance_weight=self.balance_weight,
+                      router_z_loss=self.router_z_loss, router_norm=self.router_norm,
+                      expert_init=self.expert_init, dispatch=self.dispatch)
+        for name in ("gate_l1", "embedding_ce", "router_init"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ConfigError(f"capacity_factor must be > 0 or null, got {self.capacity_factor}")
-        if self.overflow not in OVERFLOW_MODES:
-            raise ConfigError(f"overflow must be one of {OVERFLOW_MODES}, got {self.overflow!r}")
         if not self.condconv_temperature >= 1 or not 0 <= self.condconv_anneal <= 1:
             raise ConfigError("condconv_temperature must be >= 1 and condconv_anneal in [0, 1]")
         if min(self.global_router_blocks, self.embedding_width, self.channel_group) < 1:
             raise ConfigError("global_router_blocks, embedding_width and channel_group must be >= 1")
-        if self.dispatch not in DISPATCH_MODES:
-            raise ConfigError(f"dispatch must be one of {DISPATCH_MODES}")
         self.units = resolve_placement(self.placement, self.units_per_stage())
 
     @property

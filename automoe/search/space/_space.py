@@ -16,6 +16,7 @@ import optuna
 import yaml
 
 from automoe.errors import ConfigError
+from automoe.layers import check_routing
 from automoe.models import MoENetConfig, default_config, resolve_placement
 from automoe.robustness import AttackConfig
 from automoe.search.fidelity import rung_epochs
@@ -133,15 +134,17 @@ class SearchSpace:
             value = self.fixed.get(name, default)
             return value, value
 
-        e_min, e_max = bounds("experts", MoENetConfig.num_experts)
+        # k <= E at the ends of the ranges: the fewest experts must admit the lowest top-k
+        # (a top-k drawn above the drawn experts builds k = E)
+        e_min, _ = bounds("experts", MoENetConfig.num_experts)
         k_min, _ = bounds("top_k", MoENetConfig.top_k)
-        if e_min < 1:
-            fail("params.experts", f"must be >= 1, got {e_min}")
-        if k_min < 1:
-            fail("params.top_k", f"must be >= 1, got {k_min}")
-        if k_min > e_min:
-            fail("params.top_k", f"top-k {k_min} exceeds {e_min} experts: every experts value "
-                 f"must admit at least top_k={k_min} (k <= experts)")
+        try:
+            check_routing(num_experts=e_min, top_k=k_min)
+        except ConfigError as exc:
+            if k_min > e_min >= 1:
+                fail("params.top_k", f"top-k {k_min} exceeds {e_min} experts: every experts "
+                     f"value must admit at least top_k={k_min} (k <= experts)")
+            fail("params.experts" if e_min < 1 else "params.top_k", str(exc))
         # Every placement must be valid for the backbone.
         blocks = self.units_per_stage()
         placements = (self.dimensions["placement"].choices if "placement" in self.dimensions
@@ -161,9 +164,6 @@ class SearchSpace:
                 values = {**self.fixed, **{d.name: v for d, v in zip(categorical, combo,
                                                                      strict=True)}}
                 values.update({d.name: getattr(d, end) for d in ranges})
-                if "top_k" in values:
-                    values["top_k"] = min(values["top_k"],
-                                          values.get("experts", MoENetConfig.num_experts))
                 try:
                     self._candidate(values)
                 except ConfigError as exc:
