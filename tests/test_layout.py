@@ -1,0 +1,130 @@
+"""The package's structure, measured from its source: layers, cycles, fronts, sizes."""
+
+import ast
+import re
+from pathlib import Path
+
+import automoe
+
+PACKAGE = Path(automoe.__file__).parent
+REPO = PACKAGE.parent
+# bottom to top: a package may import only those at or below its own floor
+FLOORS = {"errors": 0, "kernels": 1, "ops": 2, "data": 2, "layers": 3, "models": 4,
+          "robustness": 4, "training": 5, "storage": 5, "search": 6, "export": 7, "cli": 8}
+MAX_LINES = 450
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path, top_level: bool):
+    """``(line, imported automoe module)`` of the file's imports: those at module level, or
+    those inside functions."""
+    tree = ast.parse(path.read_text())
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+             for n in ast.walk(f) if isinstance(n, ast.Import | ast.ImportFrom)}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom) or (id(node) in inner) == top_level:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:  # `from package import submodule` depends on the submodule, not the front
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            names = [n for n in subs if n in MODULES]
+            if len(names) < len(subs):
+                names.append(node.module or "")
+        for name in names:
+            if name in MODULES:
+                yield node.lineno, name
+
+
+def test_no_import_cycles():
+    graph = {m: {name for _, name in _imports(p, top_level=True) if name != m}
+             for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(module, stack):
+        state[module] = 1
+        for other in graph[module]:
+            if state.get(other) == 1:
+                cycle = stack[stack.index(other):] + [other]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if other not in state:
+                visit(other, stack + [other])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_lower_floors_never_import_upper_ones():
+    wrong = []
+    for module, path in MODULES.items():
+        parts = module.split(".")
+        if len(parts) < 2:
+            continue
+        floor = FLOORS[parts[1]]
+        for line, name in _imports(path, top_level=True):
+            if name != "automoe" and FLOORS[name.split(".")[1]] > floor:
+                wrong.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert wrong == []
+
+
+def test_imports_inside_functions_say_why():
+    # only optional extras and deferred heavy modules, each with a comment above it
+    silent = []
+    for path in MODULES.values():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue
+                i = node.lineno - 2
+                while i >= 0 and lines[i].strip().startswith(("import ", "from ")):
+                    i -= 1  # a block of imports shares one comment
+                above = lines[i].strip() if i >= 0 else ""
+                if not (above.startswith("#") or above.startswith("try:") and "#" in above):
+                    silent.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert sorted(set(silent)) == []
+
+
+def test_modules_stay_readable_in_length():
+    long = {str(p.relative_to(REPO)): n for p in MODULES.values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+def test_cli_and_export_use_package_fronts_only():
+    # a front: automoe.<package>, or a subpackage's own front (automoe.search.supernet)
+    fronts = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    behind = []
+    for module, path in MODULES.items():
+        own = ".".join(module.split(".")[:2])
+        if own not in ("automoe.cli", "automoe.export"):
+            continue
+        for line, name in _imports(path, top_level=True):
+            if not name.startswith(own) and name not in fronts and name != "automoe.errors":
+                behind.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert behind == []
+
+
+def test_readme_layout_names_every_package():
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^(automoe/[\w/]+/)", layout, re.M))
+    packages = {f"{p.parent.relative_to(REPO)}/" for p in PACKAGE.rglob("*/__init__.py")}
+    assert listed == packages
