@@ -1,5 +1,5 @@
 """What every MoE op shares: the dispatch modes and how "auto" resolves, argument checks,
-the dense gate matrix and the conv output size."""
+the dense gate matrix, the conv output size, and the autocast of custom ops' inputs."""
 
 from __future__ import annotations
 
@@ -52,3 +52,13 @@ def conv_out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int,
     kh, kw = weight.shape[-2:]
     return ((x.shape[2] + 2 * padding - kh) // stride + 1,
             (x.shape[3] + 2 * padding - kw) // stride + 1)
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in the autocast dtype when autocast is on for their device (as cuDNN
+    convs would see them), else unchanged. Custom ops get no autocast rule of their own."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)

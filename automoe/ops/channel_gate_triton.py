@@ -21,8 +21,7 @@ from automoe.kernels import (
     expert_conv_forward,
     sort_assignments,
 )
-from automoe.ops._common import conv_out_hw
-from automoe.ops.moe_conv_triton import autocast_inputs
+from automoe.ops._common import autocast_inputs, conv_out_hw
 
 
 def _plan(gates: torch.Tensor, group_size: int) -> SortedAssignments:

@@ -24,7 +24,12 @@ from automoe.kernels import (
     expert_conv_forward,
     sort_assignments,
 )
-from automoe.ops._common import check_moe_conv_args, conv_out_hw, dense_gate_matrix
+from automoe.ops._common import (
+    autocast_inputs,
+    check_moe_conv_args,
+    conv_out_hw,
+    dense_gate_matrix,
+)
 
 
 def forward_launch(x: torch.Tensor, weight: torch.Tensor, expert_index: torch.Tensor,
@@ -102,16 +107,6 @@ def _autograd_backward(ctx, grad_out, grad_y, grad_positions, grad_offsets):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The tensors in the autocast dtype when autocast is on for their device (as cuDNN
-    convs would see them), else unchanged. Custom ops get no autocast rule of their own."""
-    device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
 
 
 def moe_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

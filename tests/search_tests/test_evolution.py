@@ -1,12 +1,19 @@
 """NSGA-II evolves the MoE dimensions of a space (synthetic objectives, no training)."""
 
+import importlib.util
 import statistics
+from pathlib import Path
 
 import optuna
 import pytest
 
 from automoe.search import SearchSpace, resolve_space_path
-from automoe.search.study import make_sampler
+
+# the rewarded-design objective is the benchmark's own: one definition
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_evolution", Path(__file__).resolve().parents[2] / "bench" / "evolution.py")
+_BENCH = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_BENCH)
 
 POPULATION = 12
 TRIALS = 120  # ten generations
@@ -15,18 +22,8 @@ TRIALS = 120  # ten generations
 def _rewarded_share(sampler_name: str, seed: int) -> float:
     """Share of the second half of a study that built E = 8, k = 1, on the default space,
     when the first objective rewards exactly that design (the second one is lr, so the
-    front is not a single point)."""
-    space = SearchSpace.from_file(resolve_space_path("default"))
-    study = optuna.create_study(directions=["maximize", "maximize"],
-                                sampler=make_sampler(sampler_name, seed, POPULATION, space))
-
-    def objective(trial):
-        model = space.suggest(trial).model
-        return -abs(model["num_experts"] - 8) / 2 - 3 * (model["top_k"] - 1), trial.params["lr"]
-
-    study.optimize(objective, n_trials=TRIALS)
-    late = [t for t in study.trials if t.number >= TRIALS // 2]
-    return sum(t.values[0] == 0 for t in late) / len(late)
+    front is not a single point): the objective of ``bench/evolution.py``, at this size."""
+    return _BENCH.rewarded_share(sampler_name, seed, TRIALS, POPULATION)
 
 
 def test_nsga2_concentrates_on_the_rewarded_experts_and_top_k():
