@@ -28,13 +28,13 @@ from rich.table import Table
 
 from automoe.search import (
     SearchSpace,
+    checkpoint_retention,
     create_or_resume_study,
     resolve_space_path,
     run_trials,
     study_objectives,
     trial_row,
 )
-from automoe.search.retention import checkpoint_retention
 from automoe.storage import AtomicFileSystemArtifactStore, open_storage
 
 

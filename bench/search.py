@@ -37,10 +37,10 @@ from automoe.search import (
     TrialRunner,
     create_or_resume_study,
     make_sampler,
+    pareto_trials,
     resolve_space_path,
+    study_hypervolume,
 )
-from automoe.search.hypervolume import study_hypervolume
-from automoe.search.pareto import pareto_trials
 from automoe.storage import AtomicFileSystemArtifactStore
 
 EPOCHS = 6

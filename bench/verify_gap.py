@@ -21,8 +21,7 @@ from rich.table import Table
 
 from automoe.data import load_dataset
 from automoe.robustness import worst_case_accuracy
-from automoe.search import space_of_study
-from automoe.search.verify import VerifyConfig, trial_model
+from automoe.search import VerifyConfig, space_of_study, trial_model
 from automoe.storage import AtomicFileSystemArtifactStore, default_artifact_dir, load_study, open_storage
 
 

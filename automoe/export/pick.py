@@ -30,7 +30,7 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
             once each objective is scaled to [0, 1] over the front, a balanced choice.
         max_mmacs, min_robust: only front trials within these bounds are considered.
 
-    Robust accuracy is the verified worst case (:mod:`automoe.search.verify`) where the
+    Robust accuracy is the verified worst case (:mod:`automoe.search._verify`) where the
     front was verified, else the search-time proxy. Ties go to the better val accuracy,
     then the lower trial number.
 

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from automoe.search import SearchSpace, TrialRunner, create_or_resume_study, make_sampler
-from automoe.search.fidelity import (
+from automoe.search._fidelity import (
     crowding_distances,
     is_promoted,
     nondominated_ranks,

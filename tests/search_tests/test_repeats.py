@@ -7,7 +7,7 @@ import pytest
 
 from automoe.errors import ConfigError
 from automoe.search import SearchSpace, TrialRunner, trial_row
-from automoe.search.trial import repeat_seeds
+from automoe.search._trial import repeat_seeds
 from automoe.storage import AtomicFileSystemArtifactStore
 
 SPACE = {

@@ -54,7 +54,7 @@ def test_a_resumed_study_keeps_its_training_seed():
 def test_study_names_that_would_leave_their_folder_are_refused(name):
     from automoe.errors import ConfigError
     from automoe.search import check_study_name
-    from automoe.search.study import study_folder_name
+    from automoe.search._study import study_folder_name
 
     with pytest.raises(ConfigError, match="study name"):
         check_study_name(name)

@@ -101,7 +101,7 @@ def test_a_stale_training_state_is_never_resumed(tmp_path):
 
 
 def test_resume_state_written_atomically_and_swept(tmp_path):
-    from automoe.search.trial import _load_resume, _remove, _save_resume
+    from automoe.search._trial import _load_resume, _remove, _save_resume
 
     path = tmp_path / "resume" / "trial-3.pt"
     _save_resume(path, {"candidate": "k", "epochs_done": 2})

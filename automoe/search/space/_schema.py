@@ -62,7 +62,7 @@ MOE_PARAMS = tuple(name for name, (target, _, _) in PARAMS.items()
                    if target == "model" and name not in _DENSE_PARAMS)
 # evaluation.attack keys -> value type
 ATTACK_FIELDS = field_types(AttackConfig)
-# Optuna samplers, then NNI tuners (through automoe.search.nni_adapter)
+# Optuna samplers, then NNI tuners (through automoe.search._nni_adapter)
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "gp", "grid", "nni-tpe", "nni-evolution",
             "nni-random")
 # Constraint name -> (measured value it bounds, "max" or "min")

@@ -19,8 +19,8 @@ from automoe.errors import ConfigError
 from automoe.layers import check_routing
 from automoe.models import MoENetConfig, default_config, resolve_placement
 from automoe.robustness import AttackConfig
-from automoe.search.fidelity import rung_epochs
-from automoe.search.metrics import DEFAULT_OBJECTIVES, parse_objectives
+from automoe.search._fidelity import rung_epochs
+from automoe.search._metrics import DEFAULT_OBJECTIVES, parse_objectives
 from automoe.search.space._sampling import Candidate, grid, make_candidate, suggest
 from automoe.search.space._schema import (
     CONSTRAINTS,

@@ -8,17 +8,17 @@ from dataclasses import dataclass, replace
 import optuna
 
 from automoe.errors import AutomoeError, ConfigError
-from automoe.search.pareto import pareto_trials
-from automoe.search.record import StudyRecord, TrialRecord, enqueue_finalist
-from automoe.search.study import (
+from automoe.search._pareto import pareto_trials
+from automoe.search._record import StudyRecord, TrialRecord, enqueue_finalist
+from automoe.search._study import (
     create_or_resume_study,
     run_trials,
     space_of_study,
     study_objectives,
     training_seed,
 )
+from automoe.search._trial import TrialRunner
 from automoe.search.supernet._net import Supernet
-from automoe.search.trial import TrialRunner
 
 
 def screen_subnets(net: Supernet, storage: optuna.storages.BaseStorage, study_name: str,

@@ -4,7 +4,7 @@ Optuna's model of scale-out: any number of processes, on any number of machines,
 study DB; each asks the study for a trial, trains it, tells the result. A worker that dies
 leaves a RUNNING trial whose heartbeat stops; the others fail it and retry its candidate
 (resuming from its last saved epoch). `automoe worker` runs one :func:`run_worker`; the
-executors in :mod:`automoe.search.executors` run many of them, as local processes or as
+executors in :mod:`automoe.search._executors` run many of them, as local processes or as
 tasks on a Ray cluster.
 """
 
@@ -20,10 +20,10 @@ import optuna
 import torch
 
 from automoe.errors import ConfigError
-from automoe.search.record import TrialWriter
-from automoe.search.retention import checkpoint_retention
-from automoe.search.study import make_sampler, space_of_study, training_seed
-from automoe.search.trial import TrialRunner
+from automoe.search._record import TrialWriter
+from automoe.search._retention import checkpoint_retention
+from automoe.search._study import make_sampler, space_of_study, training_seed
+from automoe.search._trial import TrialRunner
 from automoe.storage import AtomicFileSystemArtifactStore, load_study, open_storage
 
 _STATES = optuna.trial.TrialState

@@ -11,10 +11,10 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search.metrics import COLLAPSED_BELOW, METRICS
-from automoe.search.pareto import front_hypervolume, is_feasible, pareto_trials
-from automoe.search.record import StudyRecord, TrialRecord
-from automoe.search.study import study_objectives
+from automoe.search._metrics import COLLAPSED_BELOW, METRICS
+from automoe.search._pareto import front_hypervolume, is_feasible, pareto_trials
+from automoe.search._record import StudyRecord, TrialRecord
+from automoe.search._study import study_objectives
 
 STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")
 

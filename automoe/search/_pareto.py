@@ -6,10 +6,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search.hypervolume import study_hypervolume
-from automoe.search.metrics import default_reference, minimised
-from automoe.search.record import TrialRecord
-from automoe.search.study import study_objectives
+from automoe.search._hypervolume import study_hypervolume
+from automoe.search._metrics import default_reference, minimised
+from automoe.search._record import TrialRecord
+from automoe.search._study import study_objectives
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -51,7 +51,7 @@ def _dominates(a, b) -> bool:
 
 def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
     """A machine-readable summary of a complete trial (``names``: the study's objectives;
-    ``verified``: its record from :func:`automoe.search.verify.verified_results`)."""
+    ``verified``: its record from :func:`automoe.search._verify.verified_results`)."""
     record = TrialRecord(trial)
     arch = record.architecture
     return {
@@ -85,7 +85,7 @@ def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
 def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None = None
                       ) -> tuple[float, tuple[float, ...]]:
     """``(hypervolume of the feasible front, reference point used)``; the default reference
-    is :func:`~automoe.search.metrics.default_reference` over the complete trials."""
+    is :func:`~automoe.search._metrics.default_reference` over the complete trials."""
     names = study_objectives(study)
     if reference is None:
         complete = [tuple(t.values) for t in study.get_trials(

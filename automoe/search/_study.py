@@ -11,9 +11,9 @@ import numpy as np
 import optuna
 
 from automoe.errors import ConfigError, StorageError
-from automoe.search.metrics import DEFAULT_OBJECTIVES, directions
-from automoe.search.nni_adapter import NNISampler
-from automoe.search.record import StudyRecord
+from automoe.search._metrics import DEFAULT_OBJECTIVES, directions
+from automoe.search._nni_adapter import NNISampler
+from automoe.search._record import StudyRecord
 from automoe.search.space import SAMPLERS, SearchSpace
 
 
@@ -22,7 +22,7 @@ def make_sampler(name: str, seed: int, population_size: int = 8,
     """An Optuna sampler by name, always seeded (Optuna 5's multi-objective default is TPE).
 
     ``grid`` enumerates the space's grid (every dimension must be categorical or stepped);
-    ``nni-*`` asks an NNI tuner (see :mod:`automoe.search.nni_adapter`).
+    ``nni-*`` asks an NNI tuner (see :mod:`automoe.search._nni_adapter`).
     """
     with warnings.catch_warnings():  # "experimental since v3.2" (NSGA-III, GP): noise here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -27,10 +27,10 @@ from torch.utils.data import Subset
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
 from automoe.robustness import AttackConfig, worst_case_accuracy
-from automoe.search.notes import set_note_section
-from automoe.search.pareto import pareto_trials
-from automoe.search.record import StudyRecord, TrialRecord
-from automoe.search.study import space_of_study
+from automoe.search._notes import set_note_section
+from automoe.search._pareto import pareto_trials
+from automoe.search._record import StudyRecord, TrialRecord
+from automoe.search._study import space_of_study
 from automoe.storage import load_checkpoint, sha256_file
 
 # the strong worst case: both APGD losses and the attack that also moves the routing

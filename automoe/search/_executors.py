@@ -1,7 +1,7 @@
 """Running a study's workers: local processes, or tasks on a Ray cluster.
 
 The study DB stays the single source of truth (Optuna's model): every worker is exactly
-the :func:`~automoe.search.workers.run_worker` loop of `automoe worker`, and the workers
+the :func:`~automoe.search._workers.run_worker` loop of `automoe worker`, and the workers
 coordinate through the DB alone. An executor only places the workers, gives each its
 resources, device and seed stream, restarts one that died (a bounded number of times; the
 heartbeat fails and retries its trial), and stops them all on Ctrl-C.
@@ -33,10 +33,10 @@ import torch
 
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
-from automoe.search.record import TrialRecord, fail_stored_trial
+from automoe.search._record import TrialRecord, fail_stored_trial
+from automoe.search._study import create_or_resume_study, training_seed
+from automoe.search._workers import WorkerConfig, count_trials, run_worker
 from automoe.search.space import SearchSpace
-from automoe.search.study import create_or_resume_study, training_seed
-from automoe.search.workers import WorkerConfig, count_trials, run_worker
 from automoe.storage import load_study, open_storage, parse_url
 
 EXECUTORS = ("local", "processes", "ray")

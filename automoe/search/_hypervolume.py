@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from automoe.search.metrics import minimised
+from automoe.search._metrics import minimised
 
 
 def hypervolume(points, reference) -> float:

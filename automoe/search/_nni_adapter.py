@@ -37,8 +37,8 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from automoe.errors import ConfigError
-from automoe.search.metrics import minimised
-from automoe.search.record import TrialRecord, write_nni
+from automoe.search._metrics import minimised
+from automoe.search._record import TrialRecord, write_nni
 from automoe.search.space import SAMPLERS, SearchSpace
 
 NNI_TUNERS = tuple(name for name in SAMPLERS if name.startswith("nni-"))

@@ -23,12 +23,12 @@ from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
-from automoe.search.fidelity import is_promoted
-from automoe.search.metrics import minimised
-from automoe.search.plots import usage_figure
-from automoe.search.record import TrialRecord, TrialWriter
+from automoe.search._fidelity import is_promoted
+from automoe.search._metrics import minimised
+from automoe.search._plots import usage_figure
+from automoe.search._record import TrialRecord, TrialWriter
+from automoe.search._study import study_folder_name
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
-from automoe.search.study import study_folder_name
 from automoe.storage import atomic_write, save_checkpoint, sha256_file
 from automoe.training import TrainResult, evaluate_accuracy, recalibrate_batchnorm, train
 
@@ -52,7 +52,7 @@ class TrialRunner:
     learning curve and timings as user attrs, and its checkpoint as an artifact. A trial
     whose loss diverges is stored as failed with its reason in ``fail_reason``. With a
     ``fidelity`` section in the space, trials are compared at rung epochs and the weaker
-    ones stored as PRUNED (see :mod:`automoe.search.fidelity`).
+    ones stored as PRUNED (see :mod:`automoe.search._fidelity`).
 
     With ``resume_dir``, the training state is saved there after every epoch; a trial
     retried after its worker died (heartbeats) continues from the last saved epoch of the
