@@ -32,12 +32,14 @@ class Candidate:
     params: dict = field(default_factory=dict)  # the sampled values, by space name
     # sampled parameters the built model does not use (MoE parameters of a dense placement)
     unused: tuple[str, ...] = ()
+    # the resolved model config (every field, defaults included; dataset fields not yet)
+    config: MoENetConfig | None = field(default=None, repr=False, compare=False)
 
     def architecture(self) -> dict:
         """What the built model is, read from its resolved config (so a field the space
         leaves out shows the config's default): ``{model, moe, placement, granularity,
         experts, top_k, width_multiplier}``; a dense model has 1 expert, top-1."""
-        config = default_config(self.model_name, **self.model)
+        config = self.config or default_config(self.model_name, **self.model)
         return {"model": self.model_name, "moe": config.is_moe, "placement": config.placement,
                 "granularity": config.granularity, "experts": config.num_experts,
                 "top_k": config.top_k, "width_multiplier": config.width_multiplier}
@@ -115,4 +117,4 @@ def make_candidate(model_name: str, model_fixed: dict, units_per_stage: tuple[in
                           "units and granularity conv, pathway or block")
     sampled = dict(sampled if sampled is not None else values)
     return Candidate(model_name, model, train, sampled,
-                     unused=tuple(n for n in unused if n in sampled))
+                     unused=tuple(n for n in unused if n in sampled), config=config)
