@@ -1,7 +1,7 @@
 """Running a study's workers: local processes, or tasks on a Ray cluster.
 
 The study DB stays the single source of truth (Optuna's model): every worker is exactly
-the :func:`~automoe.search._workers.run_worker` loop of `automoe worker`, and the workers
+the :func:`~automoe.search.run_worker` loop of `automoe worker`, and the workers
 coordinate through the DB alone. An executor only places the workers, gives each its
 resources, device and seed stream, restarts one that died (a bounded number of times; the
 heartbeat fails and retries its trial), and stops them all on Ctrl-C.

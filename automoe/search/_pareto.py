@@ -51,7 +51,7 @@ def _dominates(a, b) -> bool:
 
 def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
     """A machine-readable summary of a complete trial (``names``: the study's objectives;
-    ``verified``: its record from :func:`automoe.search._verify.verified_results`)."""
+    ``verified``: its record from :func:`automoe.search.verified_results`)."""
     record = TrialRecord(trial)
     arch = record.architecture
     return {

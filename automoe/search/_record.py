@@ -10,7 +10,7 @@ A complete trial stores (key: what):
 * ``config``: the candidate as sampled (:meth:`Candidate.to_dict`); ``architecture``: the
   built model's placement, granularity, experts, top-k and width; ``dataset``: the data
   spec to rebuild its splits; ``worker``: host, pid, device, threads, executor, Ray node;
-* each measured metric under its name (:data:`~automoe.search._metrics.METRICS`, plus
+* each measured metric under its name (:data:`~automoe.search.METRICS`, plus
   ``test_accuracy``), ``objective_std`` and ``repeats`` when trained with several seeds;
 * ``router_health``, ``expert_usage``, ``expert_class_usage`` (MoE trials);
 * ``params``, ``macs``, ``history``, ``train_seconds``, ``eval_seconds``,

@@ -31,7 +31,7 @@ declared here (so evolutionary samplers can evolve it); when the sampled placeme
 block in MoE form, the MoE parameters are recorded as unused, and a ``top_k`` above the
 sampled ``experts`` builds ``top_k = experts``.
 
-Objectives are any of :data:`automoe.search._metrics.METRICS` (val_accuracy,
+Objectives are any of :data:`automoe.search.METRICS` (val_accuracy,
 robust_accuracy, mmacs, mparams, latency_ms); each has its one sensible direction.
 
 The package's parts: ``_schema`` (what a file may say: parameters derived from the config
