@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from automoe.errors import ConfigError, StorageError
 from automoe.search._metrics import DEFAULT_OBJECTIVES, directions
 from automoe.search._nni_adapter import NNISampler
 from automoe.search._record import StudyRecord
 from automoe.search.space import SAMPLERS, SearchSpace
+
+_logger = logging.getLogger(__name__)
 
 
 def make_sampler(name: str, seed: int, population_size: int = 8,
@@ -165,6 +169,44 @@ def space_of_study(study: optuna.Study) -> SearchSpace:
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int,
                callbacks: list[Callable] | None = None) -> None:
-    """Run ``n_trials`` trials; a Ctrl-C marks the running trial failed and re-raises."""
-    study.optimize(objective, n_trials=n_trials, callbacks=callbacks or [],
-                   gc_after_trial=False, show_progress_bar=False)
+    """Run ``n_trials`` trials, one after another (see :func:`run_one_trial`); a Ctrl-C
+    marks the running trial failed and re-raises."""
+    for _ in range(n_trials):
+        run_one_trial(study, objective, callbacks)
+
+
+class _FailedElsewhere(Exception):
+    """A trial's result came back after another worker had finished the trial."""
+
+
+def run_one_trial(study: optuna.Study, objective: Callable,
+                  callbacks: list[Callable] | None = None) -> bool:
+    """One trial through Optuna's loop (heartbeats, retries of dead workers' trials,
+    callbacks); returns False when its result was dropped.
+
+    A worker whose heartbeats lapsed (a long pause, a starved CPU) can find that another
+    worker has meanwhile judged it dead, failed its trial and queued a retry of it; Optuna
+    then refuses the result ("Cannot tell a FAIL trial"). The retry trains the candidate
+    again, so this worker drops its result and goes on rather than ending the search.
+    """
+    started: list[int] = []
+
+    def tracked(trial: optuna.Trial):
+        started.append(trial._trial_id)
+        result = objective(trial)
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            # Optuna's tell would refuse the result in a way its loop does not expect
+            raise _FailedElsewhere(f"trial {trial.number} was finished by another worker")
+        return result
+
+    try:
+        study.optimize(tracked, n_trials=1, callbacks=callbacks or [], gc_after_trial=False,
+                       show_progress_bar=False)
+    except ValueError:
+        if not started or study._storage.get_trial(started[-1]).state != TrialState.FAIL:
+            raise
+        _logger.warning("trial %d was failed by another worker (no heartbeat from here for "
+                        "3 intervals) and is retried there; its result here is dropped",
+                        study._storage.get_trial(started[-1]).number)
+        return False
+    return True

@@ -22,7 +22,7 @@ import torch
 from automoe.errors import ConfigError
 from automoe.search._record import TrialWriter
 from automoe.search._retention import checkpoint_retention
-from automoe.search._study import make_sampler, space_of_study, training_seed
+from automoe.search._study import make_sampler, run_one_trial, space_of_study, training_seed
 from automoe.search._trial import TrialRunner
 from automoe.storage import AtomicFileSystemArtifactStore, load_study, open_storage
 
@@ -150,8 +150,8 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
         after.append(checkpoint_retention(store))
     finished = 0
     while should_start(study, config.until):
-        # one trial per optimize call, so heartbeats (and the failing and retrying of
-        # dead workers' trials) run while the count is checked between trials
-        study.optimize(within_target, n_trials=1, callbacks=after, gc_after_trial=False)
+        # one trial at a time, so heartbeats (and the failing and retrying of dead
+        # workers' trials) run while the count is checked between trials
+        run_one_trial(study, within_target, after)
         finished += 1
     return finished

@@ -65,3 +65,23 @@ def test_study_names_that_would_leave_their_folder_are_refused(name):
     folder = study_folder_name(name)
     assert folder.startswith("study-") and "/" not in folder and ".." not in folder
     assert study_folder_name("cifar10_resnet18-v2.1") == "cifar10_resnet18-v2.1"
+
+
+def test_a_trial_failed_by_another_worker_is_dropped_not_fatal(tmp_path):
+    # A worker whose heartbeats lapsed finds its trial failed (and retried) by another
+    # worker: Optuna refuses its result; the worker drops it and runs the next trial.
+    from automoe.search._study import run_one_trial
+    from automoe.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat_interval=1)
+    study = optuna.create_study(storage=storage, directions=["maximize"])
+
+    def judged_dead_meanwhile(trial):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        return 1.0
+
+    assert run_one_trial(study, judged_dead_meanwhile) is False
+    assert run_one_trial(study, lambda trial: 2.0) is True
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    with pytest.raises(ZeroDivisionError):  # the objective's own errors still fail the trial
+        run_one_trial(study, lambda trial: 1 / 0)
