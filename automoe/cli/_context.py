@@ -22,7 +22,6 @@ from automoe.search import (
     front_hypervolume,
     pareto_trials,
     parse_reference,
-    resolve_device,
     study_objectives,
     trial_row,
     verified_results,
@@ -45,10 +44,6 @@ def set_threads(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-
-
-def device(name: str) -> str:
-    return resolve_device(name)
 
 
 def quiet_optuna(args: argparse.Namespace | None = None) -> None:

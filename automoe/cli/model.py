@@ -12,7 +12,7 @@ from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
 from automoe.export import PICKS, attack_export, evaluate_export, export_trial, pick_trial
 from automoe.robustness import ATTACKS, NORMS, STRONG_ATTACKS, strong_attacks
-from automoe.search import parse_number
+from automoe.search import parse_number, resolve_device
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -37,7 +37,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate an exported model: accuracy, PGD robust accuracy and FLOPs."""
     result = evaluate_export(args.path, data_root=args.data_root, dataset=args.dataset,
-                             device=ctx.device(args.device), download=args.download)
+                             device=resolve_device(args.device), download=args.download)
     if args.json:
         print_json(result)
         return 0
@@ -83,7 +83,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         report, dataset = attack_export(
             args.path, attacks, split=args.split, data_root=args.data_root,
             download=args.download, max_samples=args.max_samples,
-            device=ctx.device(args.device), on_progress=on_progress)
+            device=resolve_device(args.device), on_progress=on_progress)
     rows = {"clean": 100 * report.clean,
             **{name: 100 * value for name, value in report.per_attack.items()},
             "worst case over the attacks": 100 * report.worst}

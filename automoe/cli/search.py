@@ -22,6 +22,7 @@ from automoe.search import (
     create_or_resume_study,
     make_sampler,
     pareto_trials,
+    resolve_device,
     resolve_space_path,
     run_trials,
     run_worker,
@@ -61,9 +62,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if cluster.executor != "local":
         study = _search_with_workers(args, space, study_name, sampler_name, url, cluster,
                                      n_trials)
-        on_device = ctx.device("auto" if cluster.executor == "ray" else args.device)
+        on_device = resolve_device("auto" if cluster.executor == "ray" else args.device)
     else:
-        on_device = ctx.device(args.device)
+        on_device = resolve_device(args.device)
         study = _search_here(args, space, study_name, sampler_name, url, n_trials, on_device)
     if not args.no_verify and "robust_accuracy" in space.measured_metrics():
         ctx.verify(study, args, args.verify_steps, args.verify_restarts, None, on_device)
@@ -139,7 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ctx.quiet_optuna(args)
     study = ctx.existing_study(args)
     records = ctx.verify(study, args, args.steps, args.restarts, args.max_samples,
-                         ctx.device(args.device))
+                         resolve_device(args.device))
     if args.json:
         print_json({str(k): v for k, v in records.items()})
         return 0
@@ -176,7 +177,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def on_start(study, complete: int) -> None:  # the bar shows once the study is open
         if not args.quiet:
             err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {complete} "
-                      f"complete, until {args.until}; device {ctx.device(args.device)}")
+                      f"complete, until {args.until}; device {resolve_device(args.device)}")
         progress.progress.update(progress.trials, total=max(args.until - complete, 0))
         progress.progress.start()
 

@@ -14,7 +14,7 @@ from automoe.cli._output import err, out
 from automoe.cli._parser import Commands, HelpFormatter, Parser, verify_budget
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
-from automoe.search import KEEP, METRICS, SearchSpace, resolve_space_path
+from automoe.search import KEEP, METRICS, SearchSpace, resolve_device, resolve_space_path
 from automoe.search.supernet import (
     EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
@@ -36,7 +36,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     sub-networks of that front stand-alone, as normal trials that record their supernet
     values beside their own."""
     ctx.quiet_optuna(args)
-    on_device = ctx.device(args.device)
+    on_device = resolve_device(args.device)
     ctx.set_threads(args)
     if args.action == "train":
         return _supernet_train(args, on_device)

@@ -232,8 +232,9 @@ class TrialRunner:
                 result = train(model, self.train_set, candidate.train, self.device,
                                on_step=on_step, on_epoch=on_epoch, resume=resume)
         except _Pruned as exc:
-            TrialWriter(trial).eval_seconds(eval_seconds)
-            TrialWriter(trial).pruned(str(exc))
+            record = TrialWriter(trial)
+            record.eval_seconds(eval_seconds)
+            record.pruned(str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         start = time.perf_counter()
         batch = self.space.eval_batch_size
