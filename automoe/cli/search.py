@@ -59,15 +59,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     cluster.check_storage(url)
     cluster.check_reachable()
     started = time.perf_counter()
+    # the driver of a Ray search may have no GPU of its own: it verifies on what it has
+    here = "auto" if cluster.executor == "ray" else args.device
     if cluster.executor != "local":
         study = _search_with_workers(args, space, study_name, sampler_name, url, cluster,
                                      n_trials)
-        on_device = resolve_device("auto" if cluster.executor == "ray" else args.device)
     else:
-        on_device = resolve_device(args.device)
-        study = _search_here(args, space, study_name, sampler_name, url, n_trials, on_device)
+        study = _search_here(args, space, study_name, sampler_name, url, n_trials,
+                             resolve_device(here))
     if not args.no_verify and "robust_accuracy" in space.measured_metrics():
-        ctx.verify(study, args, args.verify_steps, args.verify_restarts, None, on_device)
+        ctx.verify(study, args, args.verify_steps, args.verify_restarts, None,
+                   resolve_device(here))
     ctx.print_front(study, f", this run {time.perf_counter() - started:.0f}s")
     return 0
 
