@@ -42,10 +42,6 @@ class TrialRecord:
         self.trial = trial
         self._attrs = trial.user_attrs
 
-    @property
-    def number(self) -> int:
-        return self.trial.number
-
     # -------------------------------------------------------------- what was run
 
     @property
@@ -53,11 +49,6 @@ class TrialRecord:
         """The candidate as sampled (``model_name``, ``model``, ``train``, ``params``,
         ``unused``); ``{}`` before it was sampled."""
         return self._attrs.get("config") or {}
-
-    @property
-    def model_config(self) -> dict:
-        """The candidate's model-config fields (as sampled, before the dataset's)."""
-        return self.config.get("model", {})
 
     @property
     def architecture(self) -> dict:

@@ -203,10 +203,11 @@ def run_one_trial(study: optuna.Study, objective: Callable,
         study.optimize(tracked, n_trials=1, callbacks=callbacks or [], gc_after_trial=False,
                        show_progress_bar=False)
     except ValueError:
-        if not started or study._storage.get_trial(started[-1]).state != TrialState.FAIL:
+        trial = study._storage.get_trial(started[-1]) if started else None
+        if trial is None or trial.state != TrialState.FAIL:
             raise
         _logger.warning("trial %d was failed by another worker (no heartbeat from here for "
                         "3 intervals) and is retried there; its result here is dropped",
-                        study._storage.get_trial(started[-1]).number)
+                        trial.number)
         return False
     return True
