@@ -21,13 +21,23 @@ def _trials(url):
     return trials
 
 
-def _saved_repeat(path):
-    """The repeat (0-based seed index) a saved training state is in; -1 if it is gone or
-    being replaced right now."""
+def _saved_progress(path):
+    """(repeat, epochs done) of a saved training state; None if it is gone or being replaced
+    right now."""
     try:
-        return torch.load(path, weights_only=False)["repeat"]
+        state = torch.load(path, weights_only=False)
     except Exception:
-        return -1
+        return None
+    return state.get("repeat", 0), state["epochs_done"]
+
+
+def _still_running(url, number):
+    """Whether a trial is running; False also when the DB cannot be read now (a worker frozen
+    while it holds SQLite's write lock)."""
+    try:
+        return next(t for t in _trials(url) if t.number == number).state.name == "RUNNING"
+    except Exception:
+        return False
 
 
 def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
@@ -46,21 +56,28 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
                               stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     pids = {p.pid: p for p in procs}
     try:
-        # kill the worker of a trial that has saved an epoch's training state (of its last
-        # seed, with repeats: the retry must keep the seeds measured before)
+        # kill the worker of a trial that has saved an early epoch's training state (of its
+        # last seed, with repeats: the retry must keep the seeds measured before)
         deadline = time.monotonic() + 300
         victim = None
         while victim is None:
             assert time.monotonic() < deadline, "no trial got past its first epoch"
-            saved = {int(p.stem.split("-")[1]) for p in (artifacts / "resume").rglob("trial-*.pt")
-                     if repeats == 1 or _saved_repeat(p) == repeats - 1}
+            progress = {int(p.stem.split("-")[1]): _saved_progress(p)
+                        for p in (artifacts / "resume").rglob("trial-*.pt")}
+            saved = {n for n, done in progress.items()
+                     if done is not None and done[0] == repeats - 1 and done[1] <= 3}
             for t in _trials(url):
                 pid = t.user_attrs.get("worker", {}).get("pid")
                 if t.state.name == "RUNNING" and t.number in saved and pid in pids:
-                    victim = t
-                    break
+                    # freeze the worker, then make sure its trial did not end in between:
+                    # only a trial that is still running when its worker dies is one to check
+                    pids[pid].send_signal(signal.SIGSTOP)
+                    if _still_running(url, t.number):
+                        victim = t
+                        pids[pid].send_signal(signal.SIGKILL)
+                        break
+                    pids[pid].send_signal(signal.SIGCONT)
             time.sleep(0.1)
-        pids[victim.user_attrs["worker"]["pid"]].send_signal(signal.SIGKILL)
         for proc in procs:
             _, stderr = proc.communicate(timeout=600)
             assert proc.returncode in (0, -signal.SIGKILL), stderr
