@@ -1,13 +1,16 @@
 """One training step of a top-1 MoE model against the dense model of the same active MACs.
 
     python bench/step.py [--device cpu|cuda] [--steps 12] [--rounds 3] [--only digits|cifar]
+                         [--dispatch sparse auto ...]
 
 A step is forward, loss (cross-entropy + balancing), backward and an SGD update, on random
 inputs of the task's shape. Every configuration's step is timed in the same process, in
-interleaved rounds (dense, MoE, dense, MoE, ...) so that the machine's load changes hit
-both alike; the table gives the median step of each and the ratio MoE / dense with its
-min-max over the rounds. With top-1 routing an MoE model has the dense model's MACs plus
-its routers', so the ratio is what the sparse dispatch costs.
+interleaved rounds (dense, MoE with each dispatch, dense, ...) so that the machine's load
+changes hit all alike; the table gives the median step of each and the ratio MoE / dense
+with its min-max over the rounds. With top-1 routing an MoE model has the dense model's
+MACs plus its routers', so the ratio is what routing and the sparse dispatch cost. On the
+CPU ``auto`` picks the grouped, padded or per-expert path per layer; ``sparse`` is a conv
+call per expert in every layer.
 
 * digits: ResNet-8 at width 0.5, batch 64, 16x16 x 1 channel, E = 8 conv experts;
 * cifar: ResNet-18, batch 128, 32x32 x 3 channels, E = 4 conv experts;
@@ -36,10 +39,10 @@ TASKS = {
 }
 
 
-def build(task: dict, placement: str, device: torch.device):
+def build(task: dict, placement: str, device: torch.device, dispatch: str = "auto"):
     torch.manual_seed(0)
     moe = {} if placement == "none" else dict(num_experts=task["experts"], top_k=1,
-                                               granularity="conv")
+                                               granularity="conv", dispatch=dispatch)
     model = create_model(task["model"], in_channels=task["channels"], num_classes=10,
                          image_size=task["size"], placement=placement, **moe,
                          **task["extra"]).to(device).train()
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=sorted(TASKS))
+    parser.add_argument("--dispatch", nargs="+", default=["sparse", "auto"],
+                        help="MoE dispatch paths to time (default: sparse auto)")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = (torch.cuda.get_device_name() if device.type == "cuda"
@@ -88,8 +93,8 @@ def main() -> None:
                   f"{torch.get_num_threads()} threads")
     table = Table(title=f"training step, top-1 MoE vs dense, median of {args.steps} steps x "
                         f"{args.rounds} rounds ({where}, torch {torch.__version__})")
-    for col in ("task", "placement", "E", "MMACs dense / MoE", "dense ms", "MoE ms",
-                "MoE / dense (min-max)"):
+    for col in ("task", "placement", "E", "dispatch", "MMACs dense / MoE", "dense ms",
+                "MoE ms", "MoE / dense (min-max)"):
         table.add_column(col, justify="right")
     for name, task in TASKS.items():
         if args.only and name != args.only:
@@ -99,23 +104,27 @@ def main() -> None:
         dense_macs = count_flops(dense_model.eval(), shape)["active"] / 1e6
         dense_model.train()
         for placement in ("all", "last_stage"):
-            moe_model, moe_step = build(task, placement, device)
-            moe_macs = count_flops(moe_model.eval(), shape)["active"] / 1e6
-            moe_model.train()
-            for warm in (dense_step, moe_step):
+            steps = {"dense": dense_step}
+            moe_macs = 0.0
+            for dispatch in args.dispatch:
+                moe_model, steps[dispatch] = build(task, placement, device, dispatch)
+                moe_macs = count_flops(moe_model.eval(), shape)["active"] / 1e6
+                moe_model.train()
+            for warm in steps.values():
                 warm()
                 warm()
-            dense_times, moe_times = [], []
+            times = {key: [] for key in steps}
             for _ in range(args.rounds):
-                dense_times.append(timed(dense_step, args.steps, device))
-                moe_times.append(timed(moe_step, args.steps, device))
-            ratios = [m / d for m, d in zip(moe_times, dense_times, strict=True)]
-            table.add_row(name, placement, str(task["experts"]),
-                          f"{dense_macs:.1f} / {moe_macs:.1f}",
-                          f"{1e3 * statistics.median(dense_times):.1f}",
-                          f"{1e3 * statistics.median(moe_times):.1f}",
-                          f"{statistics.median(ratios):.2f}x "
-                          f"({min(ratios):.2f}-{max(ratios):.2f})")
+                for key, step in steps.items():
+                    times[key].append(timed(step, args.steps, device))
+            for dispatch in args.dispatch:
+                ratios = [m / d for m, d in zip(times[dispatch], times["dense"], strict=True)]
+                table.add_row(name, placement, str(task["experts"]), dispatch,
+                              f"{dense_macs:.1f} / {moe_macs:.1f}",
+                              f"{1e3 * statistics.median(times['dense']):.1f}",
+                              f"{1e3 * statistics.median(times[dispatch]):.1f}",
+                              f"{statistics.median(ratios):.2f}x "
+                              f"({min(ratios):.2f}-{max(ratios):.2f})")
     Console(width=120).print(table)
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from automoe.cli._output import out
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
+from automoe.ops import GROUPED_MAX_CHANNELS
 from automoe.search import METRICS, SearchSpace, list_spaces, resolve_space_path
 
 
@@ -27,7 +28,9 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     for col in ("op", "on CPU tensors", "on CUDA tensors"):
         table.add_column(col)
     gpu = ("Triton kernel" if triton_version else "PyTorch sparse (no Triton)")
-    table.add_row("conv experts (conv, pathway)", "PyTorch sparse (a conv per expert)",
+    table.add_row("conv experts (conv, pathway)",
+                  "PyTorch grouped (one conv, a group per sample) while batch x channels <= "
+                  f"{GROUPED_MAX_CHANNELS}, else PyTorch sparse (a conv per expert)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
     table.add_row("channel gating (channel)", "PyTorch sparse (batch union of channels)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")

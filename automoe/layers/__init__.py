@@ -5,6 +5,7 @@ from __future__ import annotations
 from automoe.layers.balancing import (
     cv_squared,
     entropy_loss,
+    importance_load_loss,
     importance_loss,
     load_loss,
     load_probabilities,
@@ -12,7 +13,7 @@ from automoe.layers.balancing import (
     supervised_router_loss,
     switch_loss,
 )
-from automoe.layers.base import MoEModule, TopKMoEModule
+from automoe.layers.base import MoEModule, TopKMoEModule, routing_losses
 from automoe.layers.channel import ChannelGatedConv2d, GatingEmbedding
 from automoe.layers.condconv import CondConv2d
 from automoe.layers.layout import to_channels_last
@@ -25,6 +26,7 @@ from automoe.layers.router import (
     TopKRouter,
     balancing_loss,
     make_scorer,
+    stack_routings,
 )
 from automoe.layers.rules import (
     BALANCE_LOSSES,
@@ -68,12 +70,15 @@ __all__ = [
     "cv_squared",
     "entropy_loss",
     "expert_use",
+    "importance_load_loss",
     "importance_loss",
     "load_loss",
     "load_probabilities",
     "make_scorer",
     "router_z_loss",
+    "routing_losses",
     "supervised_router_loss",
+    "stack_routings",
     "switch_loss",
     "to_channels_last",
     "track_expert_usage",

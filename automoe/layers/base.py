@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from automoe.layers.balancing import router_z_loss
-from automoe.layers.router import Routing, TopKRouter, balancing_loss
+from automoe.layers.router import Routing, TopKRouter, balancing_loss, stack_routings
 from automoe.layers.rules import check_routing
 
 
@@ -52,7 +52,7 @@ class MoEModule(nn.Module):
 
     # Per-forward state: graph tensors that must not travel with copies or pickles.
     _TRANSIENT = ("last_routing", "usage_log", "context", "last_gates", "_last_open",
-                  "_last_assignments")
+                  "_last_index")
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -83,15 +83,52 @@ class MoEModule(nn.Module):
         or None."""
         if self.last_routing is None or not self.training:
             return None
+        return self.routing_loss(self.last_routing, targets)
+
+    def routing_loss(self, routing: Routing,
+                     targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """This layer's weighted balancing and z-losses of ``routing``: one routing, or
+        several layers' stacked (summed over the layers); None if there are none."""
         terms = []
         if self.balance_weight > 0:
-            loss = balancing_loss(self.balance_loss, self.last_routing, self.num_experts,
-                                  self.top_k, targets)
+            loss = balancing_loss(self.balance_loss, routing, self.num_experts, self.top_k,
+                                  targets)
             if loss is not None:
-                terms.append(self.balance_weight * loss)
+                terms.append(self.balance_weight * loss.sum())
         if self.z_loss_weight > 0:
-            terms.append(self.z_loss_weight * router_z_loss(self.last_routing.clean_logits))
+            terms.append(self.z_loss_weight * router_z_loss(routing.clean_logits).sum())
         return sum(terms) if terms else None
+
+
+def routing_losses(layers: list[MoEModule],
+                   targets: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The aux losses of ``layers``' last training forward (as each one's ``aux_loss``).
+
+    Layers whose routing losses have the same settings get their routings stacked and
+    their losses computed at once: a router's losses are some fifty small ops with their
+    gradients, which the layers of a model would otherwise each pay.
+    """
+    losses, groups = [], {}
+    for layer in layers:
+        routing = layer.last_routing
+        if type(layer).aux_loss is not MoEModule.aux_loss:  # a loss of its own
+            loss = layer.aux_loss(targets)
+        elif routing is None or not layer.training:
+            continue
+        else:
+            key = (layer.balance_loss, layer.balance_weight, layer.z_loss_weight,
+                   layer.num_experts, layer.top_k, routing.noise_std is None,
+                   routing.expert_index.shape, routing.clean_logits.dtype)
+            groups.setdefault(key, []).append(layer)
+            continue
+        if loss is not None:
+            losses.append(loss)
+    for group in groups.values():
+        routing = (group[0].last_routing if len(group) == 1
+                   else stack_routings([layer.last_routing for layer in group]))
+        if (loss := group[0].routing_loss(routing, targets)) is not None:
+            losses.append(loss)
+    return losses
 
 
 class TopKMoEModule(MoEModule):

@@ -19,6 +19,7 @@ from torch import nn
 from automoe.layers.base import MoEModule
 from automoe.layers.router import RouterNorm
 from automoe.layers.rules import check_routing
+from automoe.ops import per_sample_conv2d
 
 
 class CondConv2d(MoEModule):
@@ -89,12 +90,8 @@ class CondConv2d(MoEModule):
             outs = torch.stack([F.conv2d(x, w, None, self.stride, self.padding)
                                 for w in self.weight], dim=1)  # (B, E, O, H', W')
             return (mix[:, :, None, None, None] * outs).sum(1)
-        batch = x.shape[0]
         kernels = torch.einsum("be,eocij->bocij", mix, self.weight)  # (B, O, C, kh, kw)
-        out = F.conv2d(x.reshape(1, batch * self.in_channels, *x.shape[2:]),
-                       kernels.reshape(batch * self.out_channels, *kernels.shape[2:]),
-                       None, self.stride, self.padding, groups=batch)  # (1, B*O, H', W')
-        return out.view(batch, self.out_channels, *out.shape[2:])
+        return per_sample_conv2d(x, kernels, None, self.stride, self.padding)
 
     def conv_macs(self, out_h: int, out_w: int) -> int:
         """MACs of the one mixed conv on one sample."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from torch import nn
 
 from automoe.layers.balancing import (
     entropy_loss,
+    importance_load_loss,
     importance_loss,
     load_loss,
     supervised_router_loss,
@@ -27,6 +28,7 @@ COSINE_DIM = 16
 class Routing:
     """What a router decided for a batch."""
 
+    # A model's layers' routings stacked (see stack_routings) carry a leading (L,) dim.
     expert_index: torch.Tensor  # (B, k) int64, best first; -1 = dropped by the capacity limit
     gates: torch.Tensor  # (B, k) weight of each selected expert (0 where dropped)
     clean_logits: torch.Tensor  # (B, E) scores before noise
@@ -36,11 +38,21 @@ class Routing:
     @property
     def probs(self) -> torch.Tensor:
         """(B, E) router softmax."""
-        return self.noisy_logits.softmax(dim=1)
+        return self.noisy_logits.softmax(dim=-1)
 
     def dense_gates(self, num_experts: int) -> torch.Tensor:
         """``(B, E)`` gate matrix with zeros for unselected or dropped experts."""
         return dense_gate_matrix(self.expert_index, self.gates, num_experts)
+
+
+def stack_routings(routings: list[Routing]) -> Routing:
+    """The routings of one batch by several layers of equal E and k as one ``(L, B, ...)``
+    routing (all with noise std or all without)."""
+    def stack(name: str) -> torch.Tensor | None:
+        parts = [getattr(r, name) for r in routings]
+        return None if parts[0] is None else torch.stack(parts)
+
+    return Routing(*(stack(f.name) for f in fields(Routing)))
 
 
 class RouterNorm(nn.BatchNorm1d):
@@ -198,11 +210,20 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor | None, logits: torch.Tensor | None = None) -> Routing:
         """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
         computed by a global router."""
-        clean = self.scorer(x) if logits is None else logits  # (B, E)
+        pooled = None  # (B, C) the pooled features, computed once for scorer and noise
+        if logits is not None:
+            clean = logits
+        elif isinstance(self.scorer[0], nn.AdaptiveAvgPool2d):  # GAP, Flatten, head...
+            pooled = clean = x.mean(dim=(2, 3))
+            for layer in list(self.scorer)[2:]:
+                clean = layer(clean)
+        else:
+            clean = self.scorer(x)  # (B, E)
         noise_std = None
         noisy = clean
         if self.training and self.gate == "noisy_topk":
-            pooled = x.mean(dim=(2, 3))  # (B, C)
+            if pooled is None:
+                pooled = x.mean(dim=(2, 3))
             noise_std = F.softplus(self.w_noise(pooled)) + MIN_NOISE_STD  # (B, E)
             noisy = clean + torch.randn_like(clean) * noise_std
         elif self.training and self.gate == "vmoe":
@@ -216,6 +237,9 @@ class TopKRouter(nn.Module):
 
     def _gate_values(self, noisy: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
         valid = expert_index >= 0
+        if self.top_k == 1 and self.gate_softmax == "topk" and self.gate != "st_top1":
+            # the softmax of one logit: 1, with a gradient of exactly 0; no graph to build
+            return valid.to(noisy.dtype)
         safe_index = expert_index.clamp(min=0)
         selected = noisy.gather(1, safe_index)  # (B, k)
         if self.gate == "st_top1":
@@ -273,8 +297,9 @@ class TopKRouter(nn.Module):
 
 def balancing_loss(kind: str, routing: Routing, num_experts: int, top_k: int,
                    targets: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The unweighted balancing loss ``kind`` of one routing decision (None if it does not
-    apply: ``"none"``, a load term without noise or with k = E, no targets)."""
+    """The unweighted balancing loss ``kind`` of one routing decision, or one per layer of
+    stacked routings (None if it does not apply: ``"none"``, a load term without noise or
+    with k = E, no targets)."""
     check_routing(balance_loss=kind)
     has_load = routing.noise_std is not None and top_k < num_experts
     if kind == "none":
@@ -285,11 +310,10 @@ def balancing_loss(kind: str, routing: Routing, num_experts: int, top_k: int,
         return load_loss(routing.clean_logits, routing.noisy_logits, routing.noise_std,
                          top_k) if has_load else None
     if kind == "importance_load":
-        loss = importance_loss(routing.dense_gates(num_experts))
-        if has_load:
-            loss = loss + load_loss(routing.clean_logits, routing.noisy_logits,
-                                    routing.noise_std, top_k)
-        return loss
+        if not has_load:
+            return importance_loss(routing.dense_gates(num_experts))
+        return importance_load_loss(routing.dense_gates(num_experts), routing.clean_logits,
+                                    routing.noisy_logits, routing.noise_std, top_k)
     if kind == "switch":
         return switch_loss(routing.probs)
     if kind == "entropy":

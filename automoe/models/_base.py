@@ -17,6 +17,7 @@ from automoe.layers import (
     MoEModule,
     RouterNorm,
     TopKRouter,
+    routing_losses,
 )
 from automoe.models._blocks import BasicBlock
 from automoe.models.config import MoENetConfig
@@ -174,7 +175,7 @@ class MoENet(nn.Module):
     def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Balancing (or gate-L1) losses of the last training forward, plus DeepMoE's
         embedding cross-entropy; 0 if none. ``targets`` are the batch labels."""
-        losses = [loss for m in self.moe_layers() if (loss := m.aux_loss(targets)) is not None]
+        losses = routing_losses(self.moe_layers(), targets)
         if self._embedding_logits is not None and targets is not None:
             losses.append(self.config.embedding_ce * F.cross_entropy(self._embedding_logits,
                                                                      targets))

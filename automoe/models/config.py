@@ -57,7 +57,9 @@ class MoENetConfig:
     condconv_temperature: float = 30.0  # mixture softmax temperature at the start (DynamicConv)
     condconv_anneal: float = 0.3  # fraction of training steps over which it falls to 1
     # --- execution
-    dispatch: str = "auto"  # "auto" (Triton on CUDA, else sparse), "sparse", "triton", "reference"
+    # "auto" (Triton on CUDA; on the CPU grouped, padded or sparse by the layer's shape, see
+    # ops.resolve_dispatch), "sparse", "grouped", "padded", "triton" or "reference"
+    dispatch: str = "auto"
     units: tuple[bool, ...] = field(init=False, repr=False)  # resolved placement per unit
 
     def __post_init__(self):

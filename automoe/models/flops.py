@@ -47,10 +47,14 @@ def _count(model: nn.Module, x: torch.Tensor, per_sample_channels: bool) -> floa
     def moe_conv_hook(module: MoEConv2d, inputs, output):
         nonlocal total
         per_expert = module.expert_macs(output.shape[-2], output.shape[-1])
-        if module.dispatch == "reference":
+        if module._last_mode == "reference":
             total += output.shape[0] * module.num_experts * per_expert
+        elif module._last_mode == "grouped":  # mix the selected filters, one conv per sample
+            total += output.shape[0] * (per_expert + module.mixing_macs())
+        elif module._last_mode == "padded":  # every expert's run padded to the longest
+            total += module.num_experts * module.longest_run() * per_expert
         else:  # sparse: only the valid assignments run
-            total += int(module._last_assignments) * per_expert
+            total += module.last_assignments() * per_expert
 
     def channel_hook(module: ChannelGatedConv2d, inputs, output):
         nonlocal total

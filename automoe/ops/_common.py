@@ -5,17 +5,55 @@ from __future__ import annotations
 
 import torch
 
-# "sparse": gather/conv/scatter in PyTorch; "reference": compute all, mask; "triton": the
-# Triton kernels (CUDA); "auto": "triton" for CUDA tensors, else "sparse".
-DISPATCH_MODES = ("sparse", "reference", "triton", "auto")
+# "sparse": gather/conv/scatter in PyTorch, a conv call per expert; "grouped": each sample's
+# selected filters mixed into one, then one conv with a group per sample; "padded": one
+# conv with a group per expert over its samples padded to the busiest expert's count
+# (grouped and padded are conv-expert paths; other layers run "sparse" for them);
+# "reference": compute all, mask; "triton": the Triton kernels (CUDA); "auto": see
+# resolve_dispatch.
+DISPATCH_MODES = ("sparse", "grouped", "padded", "reference", "triton", "auto")
+
+# How "auto" picks a conv-expert path on the CPU. A conv call has a fixed cost that E calls
+# on a few samples each pay E times; grouped and padded pay it once. Measured forward +
+# backward on 2 cores (bench/layers.py --cpu-paths; B 64 and 128, C 8-128, maps 4x4-32x32,
+# E 4 and 8): one grouped conv slows down as its groups widen and multiply, and was faster
+# than a call per expert up to B x max(C, O) = 2048 (2.6x at B 64, C 16, 8x8, E 8), mixed
+# just above and up to 17x slower at C 128. Within that limit, per-sample filters larger
+# than twice a sample's input and output maps (late, narrow-map layers) cost more to gather
+# than the maps cost to move: padded was 1.5-3x faster there, grouped elsewhere.
+GROUPED_MAX_CHANNELS = 2048
+PADDED_FILTER_TO_MAPS = 2
 
 
-def resolve_dispatch(dispatch: str, x: torch.Tensor) -> str:
-    """The concrete path for ``dispatch``: ``"auto"`` means Triton on CUDA, else sparse."""
+def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None = None,
+                     stride: int = 1) -> str:
+    """The concrete path for ``dispatch``.
+
+    ``"auto"`` means Triton on CUDA. On the CPU, for conv experts ``weight``
+    (E, O, C, kh, kw) on ``x`` (B, C, H, W): ``"sparse"`` if ``B * max(O, C) >``
+    :data:`GROUPED_MAX_CHANNELS`, else ``"padded"`` if a sample's filter ``O*C*kh*kw`` is
+    more than :data:`PADDED_FILTER_TO_MAPS` times its maps ``C*H*W + O*OH*OW`` (``OH =
+    ceil(H / stride)``), else
+    ``"grouped"``; ``"sparse"`` while ``torch.compile`` traces. Without ``weight`` (other
+    layers) ``"auto"``, ``"grouped"`` and ``"padded"`` mean ``"sparse"`` on the CPU.
+    """
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"unknown dispatch {dispatch!r}; expected one of {DISPATCH_MODES}")
     if dispatch == "auto":
-        return "triton" if x.is_cuda else "sparse"
+        if x.is_cuda:
+            return "triton"
+        # under torch.compile the CPU keeps the eager per-expert path: Inductor failed to
+        # lower the grouped conv once batch and map sizes turned symbolic (a second model or
+        # batch size in one process), and compiled MoE steps were slower than eager ones
+        if (weight is None or torch.compiler.is_compiling()
+                or x.shape[0] * max(weight.shape[1:3]) > GROUPED_MAX_CHANNELS):
+            return "sparse"
+        out_channels, channels = weight.shape[1:3]
+        out_hw = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)  # a "same" conv's
+        maps = channels * x.shape[2] * x.shape[3] + out_channels * out_hw
+        return "padded" if weight[0].numel() > PADDED_FILTER_TO_MAPS * maps else "grouped"
+    if dispatch in ("grouped", "padded") and weight is None:
+        return "sparse"
     return dispatch
 
 
@@ -40,10 +78,11 @@ def check_moe_conv_args(x, weight, bias, expert_index, gates) -> None:
 
 def dense_gate_matrix(expert_index: torch.Tensor, gates: torch.Tensor,
                       num_experts: int) -> torch.Tensor:
-    """``(B, E)`` gates with zeros for unselected experts; ``-1`` (dropped) ids add nothing."""
+    """``(..., B, E)`` gates of ``(..., B, k)`` ones, with zeros for unselected experts;
+    ``-1`` (dropped) ids add nothing."""
     valid = expert_index >= 0
-    return gates.new_zeros(gates.shape[0], num_experts).scatter_add(
-        1, expert_index.clamp(min=0), gates * valid)
+    return gates.new_zeros(*gates.shape[:-1], num_experts).scatter_add(
+        -1, expert_index.clamp(min=0), gates * valid)
 
 
 def conv_out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int,

@@ -2,10 +2,18 @@
 
 ``y[b] = sum_j gates[b, j] * conv(x[b], weight[expert_index[b, j]])``
 
-Two implementations with identical results:
+Four implementations with identical results (up to float rounding):
 
 * :func:`moe_conv2d_sparse` groups the samples by expert and runs each expert's conv
   only on the samples routed to it, so the work is ``k/E`` of computing every expert.
+* :func:`moe_conv2d_grouped` mixes each sample's k selected filters into one (a conv is
+  linear in its filter: ``sum_j g_j conv(x, W_j) = conv(x, sum_j g_j W_j)``) and runs one
+  conv with a group per sample: no expert is touched for a sample that did not select it,
+  and there is one conv call per layer instead of one per expert (the CPU's small-layer
+  path; CondConv's kernel mixing, restricted to the selected experts).
+* :func:`moe_conv2d_padded` runs all experts in one conv with a group per expert, each
+  expert's samples padded to the busiest expert's count (the CPU's path for layers whose
+  filters are larger than their maps).
 * :func:`moe_conv2d_reference` computes every expert on every sample and masks: the
   AdvMoE way, kept as the ground truth for tests.
 """
@@ -52,11 +60,124 @@ def moe_conv2d_sparse(
     num_experts, out_channels = weight.shape[:2]
     out_h, out_w = conv_out_hw(x, weight, stride, padding)
 
+    # one unbind: its backward stacks the experts' gradients once, where indexing weight[e]
+    # per expert would add E weight-sized zero-padded gradients
+    filters = weight.unbind(0)
+    biases = [None] * num_experts if bias is None else bias.unbind(0)
+
     def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:  # (n, C, H, W) -> (n, O, ..)
-        return F.conv2d(rows, weight[e], None if bias is None else bias[e], stride, padding)
+        return F.conv2d(rows, filters[e], biases[e], stride, padding)
 
     return dispatch_by_expert(x, expert_index, gates, num_experts, run_expert,
                               (out_channels, out_h, out_w))
+
+
+def per_sample_conv2d(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None,
+                      stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """Convolve each sample with its own kernel: one conv with ``groups = B``.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        kernels: ``(B, O, C, kh, kw)``; sample b uses ``kernels[b]``.
+        bias: ``(B, O)`` or ``None``.
+
+    Returns:
+        ``(B, O, OH, OW)``.
+    """
+    batch, channels = x.shape[:2]
+    out_channels = kernels.shape[1]
+    if batch == 0:  # groups must be >= 1
+        return x.new_zeros(0, out_channels, *conv_out_hw(x, kernels, stride, padding))
+    y = F.conv2d(x.reshape(1, batch * channels, *x.shape[2:]),
+                 kernels.reshape(batch * out_channels, *kernels.shape[2:]),
+                 None if bias is None else bias.reshape(-1), stride, padding,
+                 groups=batch)  # (1, B*O, OH, OW)
+    return y.view(batch, out_channels, *y.shape[2:])
+
+
+def moe_conv2d_grouped(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    expert_index: torch.Tensor,
+    gates: torch.Tensor,
+    stride: int = 1,
+    padding: int = 0,
+) -> torch.Tensor:
+    """Mix each sample's selected filters, ``sum_j gates[b, j] * weight[expert_index[b, j]]``,
+    then one per-sample conv. Arguments and result as :func:`moe_conv2d_sparse`.
+
+    At k = 1 the sample's expert filter is used as it is and the gate scales the output
+    (``(B, O, OH, OW)`` values, fewer than the filters' ``(B, O, C, kh, kw)`` on small maps);
+    at k > 1 mixing costs ``k * O * C * kh * kw`` multiply-adds per sample, one ``bmm``. No
+    shape depends on the routing, so nothing reads the device and ``torch.compile`` traces
+    it whole.
+    """
+    check_moe_conv_args(x, weight, bias, expert_index, gates)
+    batch, k = expert_index.shape
+    kept = gates * (expert_index >= 0)  # (B, k): a dropped assignment weighs 0
+    rows = expert_index.clamp(min=0).reshape(-1)  # (B*k,)
+    selected = weight.index_select(0, rows)  # (B*k, O, C, kh, kw)
+    selected_bias = None if bias is None else bias.index_select(0, rows)  # (B*k, O)
+    if k == 1:
+        y = per_sample_conv2d(x, selected, selected_bias, stride, padding)
+        return y * kept.to(y.dtype).view(batch, 1, 1, 1)
+    mix = kept.to(weight.dtype).unsqueeze(1)  # (B, 1, k)
+    kernels = torch.bmm(mix, selected.view(batch, k, -1))  # (B, 1, O*C*kh*kw)
+    mixed_bias = None if bias is None else torch.bmm(
+        mix.to(bias.dtype), selected_bias.view(batch, k, -1)).view(batch, -1)  # (B, O)
+    return per_sample_conv2d(x, kernels.view(batch, *weight.shape[1:]), mixed_bias, stride,
+                             padding)
+
+
+@eager_under_compile
+def moe_conv2d_padded(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    expert_index: torch.Tensor,
+    gates: torch.Tensor,
+    stride: int = 1,
+    padding: int = 0,
+) -> torch.Tensor:
+    """Run every expert in one conv with a group per expert: each expert's samples go to its
+    slice of a buffer padded to the busiest expert's count. Arguments and result as
+    :func:`moe_conv2d_sparse`.
+
+    Where a sample's filter is larger than its maps (many channels, small maps) this moves
+    the maps instead of per-sample filters (:func:`moe_conv2d_grouped`). The padding rows
+    are zeros and are computed too: ``E * max_e n_e`` rows, ``B * k`` when the routing is
+    even. Reads the expert counts on the host, as the sparse path does.
+    """
+    check_moe_conv_args(x, weight, bias, expert_index, gates)
+    batch, k = expert_index.shape
+    num_experts, out_channels = weight.shape[:2]
+    out_h, out_w = conv_out_hw(x, weight, stride, padding)
+    flat = expert_index.reshape(-1)  # (B*k,)
+    order = torch.argsort(flat, stable=True)  # (B*k,), dropped (-1) first
+    counts = torch.bincount(flat + 1, minlength=num_experts + 1)  # (E+1,)
+    sizes = counts.tolist()  # reads the host
+    longest = max(sizes[1:])
+    if longest == 0:  # every assignment dropped
+        return x.new_zeros(batch, out_channels, out_h, out_w)
+    order = order[sizes[0]:]  # (A,) the kept (sample, slot) positions, by expert
+    samples = order // k if k > 1 else order
+    experts = flat.index_select(0, order)  # (A,) ascending
+    starts = torch.cumsum(counts[1:], 0) - counts[1:]  # (E,) first position of each run
+    slot = torch.arange(order.shape[0], device=x.device) - starts.index_select(0, experts)
+    rows = experts * longest + slot  # (A,) row in the (E * n_max) buffer
+    channels, height, width = x.shape[1:]
+    padded = x.new_zeros(num_experts * longest, channels, height, width).index_copy(
+        0, rows, x.index_select(0, samples))
+    padded = padded.view(num_experts, longest, channels, height, width).transpose(0, 1)
+    y = F.conv2d(padded.reshape(longest, num_experts * channels, height, width),
+                 weight.reshape(num_experts * out_channels, *weight.shape[2:]),
+                 None if bias is None else bias.reshape(-1), stride, padding,
+                 groups=num_experts)  # (n_max, E*O, OH, OW)
+    y = y.view(longest, num_experts, out_channels, out_h, out_w).transpose(0, 1)
+    y = y.reshape(num_experts * longest, out_channels, out_h, out_w).index_select(0, rows)
+    y = y * gates.reshape(-1).index_select(0, order).to(y.dtype).view(-1, 1, 1, 1)  # (A, ..)
+    return y.new_zeros(batch, out_channels, out_h, out_w).index_add(0, samples, y)
 
 
 def moe_conv2d_reference(
@@ -91,7 +212,7 @@ def moe_conv2d(
     dispatch: str = "sparse",
 ) -> torch.Tensor:
     """Mixture of conv experts; ``dispatch`` is one of :data:`DISPATCH_MODES`."""
-    dispatch = resolve_dispatch(dispatch, x)
+    dispatch = resolve_dispatch(dispatch, x, weight, stride)
     if dispatch == "triton":
         # optional extra: importing the Triton op imports triton (CUDA runs only)
         from automoe.ops.moe_conv_triton import moe_conv2d_triton
@@ -100,4 +221,8 @@ def moe_conv2d(
                                  allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     if dispatch == "sparse":
         return moe_conv2d_sparse(x, weight, bias, expert_index, gates, stride, padding)
+    if dispatch == "grouped":
+        return moe_conv2d_grouped(x, weight, bias, expert_index, gates, stride, padding)
+    if dispatch == "padded":
+        return moe_conv2d_padded(x, weight, bias, expert_index, gates, stride, padding)
     return moe_conv2d_reference(x, weight, bias, expert_index, gates, stride, padding)

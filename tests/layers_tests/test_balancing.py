@@ -3,7 +3,18 @@ import math
 import pytest
 import torch
 
-from automoe.layers import cv_squared, importance_loss, load_loss, load_probabilities
+from automoe.layers import (
+    BALANCE_LOSSES,
+    NEEDS_NOISE,
+    MoEConv2d,
+    Routing,
+    cv_squared,
+    importance_loss,
+    load_loss,
+    load_probabilities,
+    routing_losses,
+    stack_routings,
+)
 
 
 def test_cv_squared_matches_definition():
@@ -69,3 +80,55 @@ def test_supervised_router_loss_targets_y_mod_e():
     targets = torch.tensor([3, 5])  # -> experts 0 and 2
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]))
     torch.testing.assert_close(supervised_router_loss(logits, targets), expected)
+
+
+@pytest.mark.parametrize("balance_loss", BALANCE_LOSSES)
+@pytest.mark.parametrize("gate", ["noisy_topk", "topk"])
+def test_stacked_layers_give_the_sum_of_their_own_losses(balance_loss, gate):
+    # routing_losses stacks layers of equal settings: the same losses and gradients as
+    # each layer's aux_loss, summed; a layer of other settings is computed on its own
+    if balance_loss in NEEDS_NOISE and gate != "noisy_topk":
+        pytest.skip("that loss needs the noisy gate")
+    torch.manual_seed(0)
+    common = dict(top_k=2, balance_loss=balance_loss, balance_weight=0.3, gate=gate,
+                  z_loss_weight=0.01, init_std=1.0)
+    layers = [MoEConv2d(3, 3, 3, num_experts=4, **common) for _ in range(3)]
+    layers.append(MoEConv2d(3, 3, 3, num_experts=3, **common))  # a group of its own
+    x = torch.randn(6, 3, 5, 5)
+    targets = torch.randint(0, 10, (6,))
+
+    def run(total_loss):
+        for layer in layers:
+            layer.zero_grad()
+        torch.manual_seed(1)  # the same gate noise in both runs
+        h = x
+        for layer in layers:
+            h = layer(h)
+        loss = total_loss(targets)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for layer in layers for p in layer.parameters()
+                               if p.grad is not None]
+
+    def each(targets):
+        return sum(loss for layer in layers if (loss := layer.aux_loss(targets)) is not None)
+
+    def stacked(targets):
+        return sum(routing_losses(layers, targets))
+
+    loss_each, grads_each = run(each)
+    loss_stacked, grads_stacked = run(stacked)
+    assert loss_each != 0
+    torch.testing.assert_close(loss_stacked, loss_each)
+    assert len(grads_stacked) == len(grads_each) > 0
+    for a, b in zip(grads_stacked, grads_each, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_stack_routings_adds_a_leading_layer_dim():
+    def make(std):
+        return Routing(torch.zeros(5, 2, dtype=torch.long), torch.ones(5, 2),
+                       torch.randn(5, 4), torch.randn(5, 4), std)
+
+    stacked = stack_routings([make(torch.ones(5, 4)), make(torch.ones(5, 4))])
+    assert stacked.expert_index.shape == (2, 5, 2) and stacked.noise_std.shape == (2, 5, 4)
+    assert stack_routings([make(None), make(None)]).noise_std is None

@@ -114,3 +114,19 @@ def test_compiled_moe_resnet8_trains_like_eager(digits):
     for eager, compiled in zip(*histories, strict=True):
         assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
         assert compiled["expert_use"] == pytest.approx(eager["expert_use"], abs=1e-6)
+
+
+def test_compile_runs_auto_dispatch_across_models_and_batch_sizes():
+    # one process compiling several MoE models and batch sizes (a worker running trials)
+    # turns batch and map sizes symbolic; "auto" must still give a model Inductor lowers
+    # (grouped convs over a symbolic batch did not)
+    torch._dynamo.reset()
+    for width, batch in ((0.5, 64), (0.5, 48), (1.0, 64)):
+        torch.manual_seed(0)
+        model = create_model("resnet8", in_channels=1, num_classes=10, image_size=16,
+                             width_multiplier=width, num_experts=8, top_k=1,
+                             placement="all", dispatch="auto").train()
+        x, y = torch.randn(batch, 1, 16, 16), torch.randint(0, 10, (batch,))
+        loss = torch.nn.functional.cross_entropy(torch.compile(model)(x), y)
+        (loss + model.aux_loss(y)).backward()
+        assert torch.isfinite(loss)
