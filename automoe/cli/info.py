@@ -10,7 +10,7 @@ from rich.table import Table
 from automoe.cli._output import out
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
-from automoe.ops import GROUPED_MAX_CHANNELS
+from automoe.ops import GROUPED_MAX_CHANNELS, PADDED_FILTER_TO_MAPS
 from automoe.search import METRICS, SearchSpace, list_spaces, resolve_space_path
 
 
@@ -29,8 +29,10 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         table.add_column(col)
     gpu = ("Triton kernel" if triton_version else "PyTorch sparse (no Triton)")
     table.add_row("conv experts (conv, pathway)",
-                  "PyTorch grouped (one conv, a group per sample) while batch x channels <= "
-                  f"{GROUPED_MAX_CHANNELS}, else PyTorch sparse (a conv per expert)",
+                  f"PyTorch, per layer: sparse (a conv per expert) if batch x channels > "
+                  f"{GROUPED_MAX_CHANNELS}, else padded (a conv over experts) if a sample's "
+                  f"filter > {PADDED_FILTER_TO_MAPS}x its maps, else grouped (a conv over "
+                  "samples)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
     table.add_row("channel gating (channel)", "PyTorch sparse (batch union of channels)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")

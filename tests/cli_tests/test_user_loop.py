@@ -115,6 +115,7 @@ def test_export_each_pick_with_a_model_card(study_dir):
 def test_kernels_command(study_dir):
     table = run_cli("kernels", cwd=study_dir, check=0).stdout
     assert "conv experts" in table and "channel gating" in table
+    assert "padded" in table and "grouped" in table  # the CPU's per-layer choice
 
 
 def _free_port() -> int:
