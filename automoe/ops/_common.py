@@ -15,12 +15,13 @@ DISPATCH_MODES = ("sparse", "grouped", "padded", "reference", "triton", "auto")
 
 # How "auto" picks a conv-expert path on the CPU. A conv call has a fixed cost that E calls
 # on a few samples each pay E times; grouped and padded pay it once. Measured forward +
-# backward on 2 cores (bench/layers.py --cpu-paths; B 64 and 128, C 8-128, maps 4x4-32x32,
-# E 4 and 8): one grouped conv slows down as its groups widen and multiply, and was faster
-# than a call per expert up to B x max(C, O) = 2048 (2.6x at B 64, C 16, 8x8, E 8), mixed
-# just above and up to 17x slower at C 128. Within that limit, per-sample filters larger
-# than twice a sample's input and output maps (late, narrow-map layers) cost more to gather
-# than the maps cost to move: padded was 1.5-3x faster there, grouped elsewhere.
+# backward, k = 1, on 2 cores (bench/layers.py --cpu-paths: B 64 and 128, E 4 and 8, C
+# 8-128, maps 4x4-32x32): up to B x max(C, O) = 2048 grouped was 2.1x faster than a conv
+# per expert (median of 40 shapes; 0.85x-7.0x), above it 0.73x (down to 0.08x at C 128:
+# wide groups are slow). Per-sample filters much larger than the maps (late, small-map
+# layers) make B large filter buffers that can cost more than the conv (1.5-4x, depending
+# on the allocator's state); padded moves the maps instead and was 1.6-4x faster than
+# grouped on the two such layers of a digits ResNet-8.
 GROUPED_MAX_CHANNELS = 2048
 PADDED_FILTER_TO_MAPS = 2
 
@@ -33,9 +34,9 @@ def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None
     (E, O, C, kh, kw) on ``x`` (B, C, H, W): ``"sparse"`` if ``B * max(O, C) >``
     :data:`GROUPED_MAX_CHANNELS`, else ``"padded"`` if a sample's filter ``O*C*kh*kw`` is
     more than :data:`PADDED_FILTER_TO_MAPS` times its maps ``C*H*W + O*OH*OW`` (``OH =
-    ceil(H / stride)``), else
-    ``"grouped"``; ``"sparse"`` while ``torch.compile`` traces. Without ``weight`` (other
-    layers) ``"auto"``, ``"grouped"`` and ``"padded"`` mean ``"sparse"`` on the CPU.
+    ceil(H / stride)``), else ``"grouped"``; ``"sparse"`` while ``torch.compile`` traces.
+    Without ``weight`` (other layers) ``"auto"``, ``"grouped"`` and ``"padded"`` mean
+    ``"sparse"`` on the CPU.
     """
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"unknown dispatch {dispatch!r}; expected one of {DISPATCH_MODES}")
@@ -49,7 +50,7 @@ def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None
                 or x.shape[0] * max(weight.shape[1:3]) > GROUPED_MAX_CHANNELS):
             return "sparse"
         out_channels, channels = weight.shape[1:3]
-        out_hw = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)  # a "same" conv's
+        out_hw = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)  # of a "same" conv
         maps = channels * x.shape[2] * x.shape[3] + out_channels * out_hw
         return "padded" if weight[0].numel() > PADDED_FILTER_TO_MAPS * maps else "grouped"
     if dispatch in ("grouped", "padded") and weight is None:

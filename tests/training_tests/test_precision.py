@@ -7,7 +7,12 @@ from torch._dynamo.utils import counters
 from automoe.data import TensorImages, load_dataset
 from automoe.errors import ConfigError
 from automoe.models import create_model
-from automoe.ops import moe_conv2d_reference, moe_conv2d_sparse
+from automoe.ops import (
+    moe_conv2d_grouped,
+    moe_conv2d_padded,
+    moe_conv2d_reference,
+    moe_conv2d_sparse,
+)
 from automoe.training import TrainConfig, evaluate_accuracy, train
 
 
@@ -32,7 +37,9 @@ def test_precision_is_checked():
         TrainConfig(precision="fp16", scheme="advmoe")
 
 
-def test_bf16_autocast_runs_the_sparse_path_in_bf16():
+@pytest.mark.parametrize("path", [moe_conv2d_sparse, moe_conv2d_grouped, moe_conv2d_padded],
+                         ids=lambda fn: fn.__name__.rsplit("_", 1)[1])
+def test_bf16_autocast_runs_the_pytorch_paths_in_bf16(path):
     torch.manual_seed(0)
     x = torch.randn(6, 5, 7, 7, requires_grad=True)
     weight = torch.randn(3, 4, 5, 3, 3, requires_grad=True)
@@ -40,7 +47,7 @@ def test_bf16_autocast_runs_the_sparse_path_in_bf16():
     index[0, 1] = -1  # a dropped assignment
     gates = torch.rand(6, 2, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = moe_conv2d_sparse(x, weight, None, index, gates, 1, 1)
+        y = path(x, weight, None, index, gates, 1, 1)
     assert y.dtype == torch.bfloat16
     y_ref = moe_conv2d_reference(x, weight, None, index, gates, 1, 1)
     torch.testing.assert_close(y.float(), y_ref, rtol=3e-2, atol=3e-2 * float(y_ref.detach().abs().max()))
