@@ -112,17 +112,13 @@ def routing_losses(layers: list[MoEModule],
     for layer in layers:
         routing = layer.last_routing
         if type(layer).aux_loss is not MoEModule.aux_loss:  # a loss of its own
-            loss = layer.aux_loss(targets)
-        elif routing is None or not layer.training:
-            continue
-        else:
+            if (loss := layer.aux_loss(targets)) is not None:
+                losses.append(loss)
+        elif routing is not None and layer.training:
             key = (layer.balance_loss, layer.balance_weight, layer.z_loss_weight,
                    layer.num_experts, layer.top_k, routing.noise_std is None,
                    routing.expert_index.shape, routing.clean_logits.dtype)
             groups.setdefault(key, []).append(layer)
-            continue
-        if loss is not None:
-            losses.append(loss)
     for group in groups.values():
         routing = (group[0].last_routing if len(group) == 1
                    else stack_routings([layer.last_routing for layer in group]))

@@ -110,8 +110,7 @@ def moe_conv2d_grouped(
     At k = 1 the sample's expert filter is used as it is and the gate scales the output
     (``(B, O, OH, OW)`` values, fewer than the filters' ``(B, O, C, kh, kw)`` on small maps);
     at k > 1 mixing costs ``k * O * C * kh * kw`` multiply-adds per sample, one ``bmm``. No
-    shape depends on the routing, so nothing reads the device and ``torch.compile`` traces
-    it whole.
+    shape depends on the routing, so nothing is read back from the device.
     """
     check_moe_conv_args(x, weight, bias, expert_index, gates)
     batch, k = expert_index.shape
