@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automoe.models import count_flops, create_model
+from automoe.ops import DISPATCH_MODES
 
 TASKS = {
     "digits": dict(model="resnet8", batch=64, channels=1, size=16, experts=8,
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=sorted(TASKS))
     parser.add_argument("--dispatch", nargs="+", default=["sparse", "auto"],
+                        choices=DISPATCH_MODES,
                         help="MoE dispatch paths to time (default: sparse auto)")
     args = parser.parse_args()
     device = torch.device(args.device)
