@@ -20,6 +20,8 @@ Four implementations with identical results (up to float rounding):
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +32,7 @@ from automoe.ops._common import (
     resolve_dispatch,
 )
 from automoe.ops._eager import eager_under_compile
-from automoe.ops._sorted import dispatch_by_expert
+from automoe.ops._sorted import dispatch_by_expert, sort_by_expert
 
 
 @eager_under_compile
@@ -149,20 +151,16 @@ def moe_conv2d_padded(
     even. Reads the expert counts on the host, as the sparse path does.
     """
     check_moe_conv_args(x, weight, bias, expert_index, gates)
-    batch, k = expert_index.shape
+    batch = expert_index.shape[0]
     num_experts, out_channels = weight.shape[:2]
     out_h, out_w = conv_out_hw(x, weight, stride, padding)
-    flat = expert_index.reshape(-1)  # (B*k,)
-    order = torch.argsort(flat, stable=True)  # (B*k,), dropped (-1) first
-    counts = torch.bincount(flat + 1, minlength=num_experts + 1)  # (E+1,)
-    sizes = counts.tolist()  # reads the host
-    longest = max(sizes[1:])
+    order, samples, sizes = sort_by_expert(expert_index, num_experts)
+    longest = max(sizes)
     if longest == 0:  # every assignment dropped
         return x.new_zeros(batch, out_channels, out_h, out_w)
-    order = order[sizes[0]:]  # (A,) the kept (sample, slot) positions, by expert
-    samples = order // k if k > 1 else order
-    experts = flat.index_select(0, order)  # (A,) ascending
-    starts = torch.cumsum(counts[1:], 0) - counts[1:]  # (E,) first position of each run
+    experts = expert_index.reshape(-1).index_select(0, order)  # (A,) ascending
+    starts = torch.tensor(list(itertools.accumulate(sizes[:-1], initial=0)),
+                          device=x.device)  # (E,) first position of each expert's run
     slot = torch.arange(order.shape[0], device=x.device) - starts.index_select(0, experts)
     rows = experts * longest + slot  # (A,) row in the (E * n_max) buffer
     channels, height, width = x.shape[1:]
