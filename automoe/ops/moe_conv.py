@@ -20,8 +20,6 @@ Four implementations with identical results (up to float rounding):
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +30,7 @@ from automoe.ops._common import (
     resolve_dispatch,
 )
 from automoe.ops._eager import eager_under_compile
-from automoe.ops._sorted import dispatch_by_expert, sort_by_expert
+from automoe.ops._sorted import dispatch_by_expert
 
 
 @eager_under_compile
@@ -141,40 +139,54 @@ def moe_conv2d_padded(
     stride: int = 1,
     padding: int = 0,
 ) -> torch.Tensor:
-    """Run every expert in one conv with a group per expert: each expert's samples go to its
-    slice of a buffer padded to the busiest expert's count. Arguments and result as
+    """Run every expert in one conv with a group per expert, over a buffer in which each
+    expert's samples are padded to the busiest expert's count. Arguments and result as
     :func:`moe_conv2d_sparse`.
 
     Where a sample's filter is larger than its maps (many channels, small maps) this moves
-    the maps instead of per-sample filters (:func:`moe_conv2d_grouped`). The padding rows
-    are zeros and are computed too: ``E * max_e n_e`` rows, ``B * k`` when the routing is
-    even. Reads the expert counts on the host, as the sparse path does.
+    the maps instead of per-sample filters (:func:`moe_conv2d_grouped`). The buffer is laid
+    out ``(n_max, E, C, H, W)``: viewed as ``(n_max, E*C, H, W)`` its channel group e is
+    expert e's, so the grouped conv needs no transpose, and the assignment of the j-th
+    sample routed to expert e sits at row ``j * E + e``. The padding rows are zeros and are
+    computed too: ``E * n_max`` rows, ``B * k`` when the routing is even. Reads the expert
+    counts on the host (one sync), as the sparse path does.
     """
     check_moe_conv_args(x, weight, bias, expert_index, gates)
-    batch = expert_index.shape[0]
+    batch, k = expert_index.shape
     num_experts, out_channels = weight.shape[:2]
     out_h, out_w = conv_out_hw(x, weight, stride, padding)
-    order, samples, sizes = sort_by_expert(expert_index, num_experts)
-    longest = max(sizes)
-    if longest == 0:  # every assignment dropped
-        return x.new_zeros(batch, out_channels, out_h, out_w)
-    experts = expert_index.reshape(-1).index_select(0, order)  # (A,) ascending
-    starts = torch.tensor(list(itertools.accumulate(sizes[:-1], initial=0)),
-                          device=x.device)  # (E,) first position of each expert's run
-    slot = torch.arange(order.shape[0], device=x.device) - starts.index_select(0, experts)
-    rows = experts * longest + slot  # (A,) row in the (E * n_max) buffer
     channels, height, width = x.shape[1:]
-    padded = x.new_zeros(num_experts * longest, channels, height, width).index_copy(
-        0, rows, x.index_select(0, samples))
-    padded = padded.view(num_experts, longest, channels, height, width).transpose(0, 1)
-    y = F.conv2d(padded.reshape(longest, num_experts * channels, height, width),
+    flat = expert_index.reshape(-1)  # (A,) A = B*k, -1 = dropped
+    # each assignment's rank among the earlier ones of its class (class 0: dropped)
+    member = F.one_hot(flat + 1, num_experts + 1)  # (A, E+1)
+    seen = member.cumsum(0)  # (A, E+1)
+    rank = (seen * member).sum(1) - 1  # (A,)
+    counts = seen[-1].tolist() if batch else [0] * (num_experts + 1)  # reads the host
+    longest = max(counts[1:])
+    if longest == 0:  # an empty batch, or every assignment dropped
+        return x.new_zeros(batch, out_channels, out_h, out_w)
+    kept = flat >= 0
+    # a dropped assignment's input goes to a row of its own past the conv's rows
+    rows = torch.where(kept, rank * num_experts + flat, longest * num_experts + rank)  # (A,)
+    source = x if k == 1 else x.unsqueeze(1).expand(batch, k, channels, height, width
+                                                    ).reshape(-1, channels, height, width)
+    buffer = x.new_zeros(longest * num_experts + counts[0], channels, height, width
+                         ).index_copy(0, rows, source)
+    y = F.conv2d(buffer[:longest * num_experts].view(longest, num_experts * channels,
+                                                      height, width),
                  weight.reshape(num_experts * out_channels, *weight.shape[2:]),
                  None if bias is None else bias.reshape(-1), stride, padding,
                  groups=num_experts)  # (n_max, E*O, OH, OW)
-    y = y.view(longest, num_experts, out_channels, out_h, out_w).transpose(0, 1)
-    y = y.reshape(num_experts * longest, out_channels, out_h, out_w).index_select(0, rows)
-    y = y * gates.reshape(-1).index_select(0, order).to(y.dtype).view(-1, 1, 1, 1)  # (A, ..)
-    return y.new_zeros(batch, out_channels, out_h, out_w).index_add(0, samples, y)
+    # each assignment's output, in sample order; a dropped one reads row 0 and weighs 0
+    # (reshape: a channels-last weight gives a channels-last output)
+    y = y.reshape(longest * num_experts, out_channels, out_h, out_w).index_select(
+        0, torch.where(kept, rows, 0))  # (A, O, OH, OW)
+    weights = (gates * kept.view(batch, k)).to(y.dtype)  # (B, k)
+    if k == 1:
+        return y * weights.view(batch, 1, 1, 1)
+    # sum_j g_j y_j per sample, in a fixed order (no atomics, as the sparse path's adds)
+    y = y.reshape(batch, k, out_channels, out_h, out_w) * weights.view(batch, k, 1, 1, 1)
+    return y.sum(1)
 
 
 def moe_conv2d_reference(

@@ -53,6 +53,26 @@ def test_paths_match_reference_outputs_and_gradients(num_experts, k, kernel, str
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_paths_take_channels_last_inputs_and_weights(path, k):
+    # a channels-last weight makes a channels-last conv output: the paths must not view it
+    x = torch.randn(6, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(3, 8, 4, 3, 3)
+    weight = torch.stack([w.contiguous(memory_format=torch.channels_last) for w in weight]
+                         ).requires_grad_()
+    expert_index, gates = _routing(6, 3, k)
+    gates = gates.detach().float().requires_grad_()
+    expert_index[1, 0] = -1
+    y = PATHS[path](x, weight, None, expert_index, gates, 1, 1)
+    y_ref = moe_conv2d_reference(x, weight, None, expert_index, gates, 1, 1)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    grad_out = torch.randn_like(y_ref)
+    for a, b in zip(torch.autograd.grad(y, [x, weight, gates], grad_out),
+                    torch.autograd.grad(y_ref, [x, weight, gates], grad_out), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_single_expert_equals_plain_conv():
     x = torch.randn(4, 3, 8, 8)
     weight = torch.randn(1, 6, 3, 3, 3)
