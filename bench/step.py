@@ -3,8 +3,9 @@
     python bench/step.py [--device cpu|cuda] [--steps 12] [--rounds 3] [--only digits|cifar]
                          [--dispatch sparse auto ...]
 
-A step is forward, loss (cross-entropy + balancing), backward and an SGD update, on random
-inputs of the task's shape. Every configuration's step is timed in the same process, in
+A step is forward, loss (cross-entropy + balancing), backward and the trials' SGD update
+(``make_optimizer`` with the default training config), on random inputs of the task's
+shape. Every configuration's step is timed in the same process, in
 interleaved rounds (dense, MoE with each dispatch, dense, ...) so that the machine's load
 changes hit all alike; the table gives the median step of each and the ratio MoE / dense
 with its min-max over the rounds. With top-1 routing an MoE model has the dense model's
@@ -32,6 +33,7 @@ from rich.table import Table
 
 from automoe.models import count_flops, create_model
 from automoe.ops import DISPATCH_MODES
+from automoe.training import TrainConfig, make_optimizer
 
 TASKS = {
     "digits": dict(model="resnet8", batch=64, channels=1, size=16, experts=8,
@@ -47,7 +49,7 @@ def build(task: dict, placement: str, device: torch.device, dispatch: str = "aut
     model = create_model(task["model"], in_channels=task["channels"], num_classes=10,
                          image_size=task["size"], placement=placement, **moe,
                          **task["extra"]).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = make_optimizer(model.parameters(), TrainConfig())
     images = torch.randn(task["batch"], task["channels"], task["size"], task["size"],
                          device=device)
     labels = torch.randint(0, 10, (task["batch"],), device=device)

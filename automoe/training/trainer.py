@@ -127,9 +127,16 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.SGD:
     """Every training loop's optimizer: SGD with ``config``'s learning rate, Nesterov
-    momentum and weight decay."""
+    momentum and weight decay.
+
+    ``foreach`` on every device (PyTorch picks it on CUDA only): an update is a few list
+    ops over all parameters instead of a few ops per parameter, and MoE models have many
+    small ones (routers, noise nets). On 2 CPU cores it took a digits ResNet-8's update
+    from 0.29 to 0.18 ms, and 0.52 to 0.34 ms with 8 experts in every block.
+    """
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+                           nesterov=config.momentum > 0, weight_decay=config.weight_decay,
+                           foreach=True)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer,
