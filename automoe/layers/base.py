@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -100,7 +102,7 @@ class MoEModule(nn.Module):
         return sum(terms) if terms else None
 
 
-def routing_losses(layers: list[MoEModule],
+def routing_losses(layers: Sequence[MoEModule],
                    targets: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The aux losses of ``layers``' last training forward (as each one's ``aux_loss``).
 

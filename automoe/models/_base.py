@@ -95,10 +95,14 @@ class MoENet(nn.Module):
         self.global_router: ImageRouter | None = None
         self.embedding: GatingEmbedding | None = None
         self._embedding_logits: torch.Tensor | None = None  # h(e) of the last training forward
+        # the MoE layers, found on first use: every training step asks for them twice, and
+        # walking the module tree took 0.2 ms of a 9 ms digits step
+        self._moe_layers: tuple[MoEModule, ...] | None = None
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        return {**state, "_embedding_logits": None}  # a graph tensor of the last forward
+        # a graph tensor of the last forward; the layer list, found again in the copy
+        return {**state, "_embedding_logits": None, "_moe_layers": None}
 
     def _finish(self) -> None:
         """Add model-level routers if some unit needs them, then initialise convs."""
@@ -169,8 +173,11 @@ class MoENet(nn.Module):
             if isinstance(m, CondConv2d):
                 m.set_training_progress(fraction)
 
-    def moe_layers(self) -> list[MoEModule]:
-        return [m for m in self.modules() if isinstance(m, MoEModule)]
+    def moe_layers(self) -> tuple[MoEModule, ...]:
+        """The model's MoE layers in module order (the architecture is fixed once built)."""
+        if self._moe_layers is None:
+            self._moe_layers = tuple(m for m in self.modules() if isinstance(m, MoEModule))
+        return self._moe_layers
 
     def aux_loss(self, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Balancing (or gate-L1) losses of the last training forward, plus DeepMoE's

@@ -165,9 +165,12 @@ def moe_conv2d_padded(
     longest = max(counts[1:])
     if longest == 0:  # an empty batch, or every assignment dropped
         return x.new_zeros(batch, out_channels, out_h, out_w)
-    kept = flat >= 0
-    # a dropped assignment's input goes to a row of its own past the conv's rows
-    rows = torch.where(kept, rank * num_experts + flat, longest * num_experts + rank)  # (A,)
+    rows = rank * num_experts + flat  # (A,) each assignment's row in the buffer
+    weights = gates  # (B, k)
+    if counts[0]:  # drops: each one's input goes to a row of its own past the conv's rows,
+        kept = flat >= 0  # and its output reads row 0 and weighs 0
+        rows = torch.where(kept, rows, longest * num_experts + rank)
+        weights = gates * kept.view(batch, k)
     source = x if k == 1 else x.unsqueeze(1).expand(batch, k, channels, height, width
                                                     ).reshape(-1, channels, height, width)
     buffer = x.new_zeros(longest * num_experts + counts[0], channels, height, width
@@ -177,11 +180,11 @@ def moe_conv2d_padded(
                  weight.reshape(num_experts * out_channels, *weight.shape[2:]),
                  None if bias is None else bias.reshape(-1), stride, padding,
                  groups=num_experts)  # (n_max, E*O, OH, OW)
-    # each assignment's output, in sample order; a dropped one reads row 0 and weighs 0
-    # (reshape: a channels-last weight gives a channels-last output)
+    # each assignment's output, in sample order (reshape: a channels-last weight gives a
+    # channels-last output)
     y = y.reshape(longest * num_experts, out_channels, out_h, out_w).index_select(
-        0, torch.where(kept, rows, 0))  # (A, O, OH, OW)
-    weights = (gates * kept.view(batch, k)).to(y.dtype)  # (B, k)
+        0, rows if not counts[0] else torch.where(kept, rows, 0))  # (A, O, OH, OW)
+    weights = weights.to(y.dtype)
     if k == 1:
         return y * weights.view(batch, 1, 1, 1)
     # sum_j g_j y_j per sample, in a fixed order (no atomics, as the sparse path's adds)
