@@ -1,7 +1,7 @@
 """One training step of a top-1 MoE model against the dense model of the same active MACs.
 
     python bench/step.py [--device cpu|cuda] [--steps 12] [--rounds 3] [--only digits|cifar]
-                         [--dispatch sparse auto ...]
+                         [--dispatch sparse auto ...] [--variants]
 
 A step is forward, loss (cross-entropy + balancing), backward and the trials' SGD update
 (``make_optimizer`` with the default training config), on random inputs of the task's
@@ -11,7 +11,9 @@ changes hit all alike; the table gives the median step of each and the ratio MoE
 with its min-max over the rounds. With top-1 routing an MoE model has the dense model's
 MACs plus its routers', so the ratio is what routing and the sparse dispatch cost. On the
 CPU ``auto`` picks the grouped, padded or per-expert path per layer; ``sparse`` is a conv
-call per expert in every layer.
+call per expert in every layer. ``--variants`` adds the last dispatch without the router's
+balancing and z-losses, without its learned gate noise (``gate="topk"``), and without both:
+what those parts of the default router cost per step.
 
 * digits: ResNet-8 at width 0.5, batch 64, 16x16 x 1 channel, E = 8 conv experts;
 * cifar: ResNet-18, batch 128, 32x32 x 3 channels, E = 4 conv experts;
@@ -42,10 +44,21 @@ TASKS = {
 }
 
 
-def build(task: dict, placement: str, device: torch.device, dispatch: str = "auto"):
+# --variants: the default router without parts of its cost (real configurations, each one a
+# user can pick), so the table shows what the routers' noise net and losses cost per step
+VARIANTS = {
+    "no losses": dict(balance_weight=0.0, router_z_loss=0.0),
+    "topk gate": dict(gate="topk"),
+    "topk gate, no losses": dict(gate="topk", balance_weight=0.0, router_z_loss=0.0),
+}
+
+
+def build(task: dict, placement: str, device: torch.device, dispatch: str = "auto",
+          **overrides):
     torch.manual_seed(0)
     moe = {} if placement == "none" else dict(num_experts=task["experts"], top_k=1,
-                                               granularity="conv", dispatch=dispatch)
+                                               granularity="conv", dispatch=dispatch,
+                                               **overrides)
     model = create_model(task["model"], in_channels=task["channels"], num_classes=10,
                          image_size=task["size"], placement=placement, **moe,
                          **task["extra"]).to(device).train()
@@ -90,6 +103,9 @@ def main() -> None:
     parser.add_argument("--dispatch", nargs="+", default=["sparse", "auto"],
                         choices=DISPATCH_MODES,
                         help="MoE dispatch paths to time (default: sparse auto)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the last dispatch's MoE with the router's losses, "
+                             "its noise net, or both turned off")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = (torch.cuda.get_device_name() if device.type == "cuda"
@@ -97,7 +113,7 @@ def main() -> None:
                   f"{torch.get_num_threads()} threads")
     table = Table(title=f"training step, top-1 MoE vs dense, median of {args.steps} steps x "
                         f"{args.rounds} rounds ({where}, torch {torch.__version__})")
-    for col in ("task", "placement", "E", "dispatch", "MMACs dense / MoE", "dense ms",
+    for col in ("task", "placement", "E", "MoE", "MMACs dense / MoE", "dense ms",
                 "MoE ms", "MoE / dense (min-max)"):
         table.add_column(col, justify="right")
     for name, task in TASKS.items():
@@ -110,9 +126,14 @@ def main() -> None:
         for placement in ("all", "last_stage"):
             steps = {"dense": dense_step}
             moe_macs = 0.0
-            for dispatch in args.dispatch:
-                moe_model, steps[dispatch] = build(task, placement, device, dispatch)
-                moe_macs = count_flops(moe_model.eval(), shape)["active"] / 1e6
+            configs = {dispatch: (dispatch, {}) for dispatch in args.dispatch}
+            if args.variants:
+                configs.update({f"{args.dispatch[-1]}, {label}": (args.dispatch[-1], overrides)
+                                for label, overrides in VARIANTS.items()})
+            for key, (dispatch, overrides) in configs.items():
+                moe_model, steps[key] = build(task, placement, device, dispatch, **overrides)
+                if not overrides:
+                    moe_macs = count_flops(moe_model.eval(), shape)["active"] / 1e6
                 moe_model.train()
             for warm in steps.values():
                 warm()
@@ -121,12 +142,12 @@ def main() -> None:
             for _ in range(args.rounds):
                 for key, step in steps.items():
                     times[key].append(timed(step, args.steps, device))
-            for dispatch in args.dispatch:
-                ratios = [m / d for m, d in zip(times[dispatch], times["dense"], strict=True)]
-                table.add_row(name, placement, str(task["experts"]), dispatch,
+            for key in configs:
+                ratios = [m / d for m, d in zip(times[key], times["dense"], strict=True)]
+                table.add_row(name, placement, str(task["experts"]), key,
                               f"{dense_macs:.1f} / {moe_macs:.1f}",
                               f"{1e3 * statistics.median(times['dense']):.1f}",
-                              f"{1e3 * statistics.median(times[dispatch]):.1f}",
+                              f"{1e3 * statistics.median(times[key]):.1f}",
                               f"{statistics.median(ratios):.2f}x "
                               f"({min(ratios):.2f}-{max(ratios):.2f})")
     Console(width=120).print(table)

@@ -225,7 +225,7 @@ class TopKRouter(nn.Module):
             if pooled is None:
                 pooled = x.mean(dim=(2, 3))
             noise_std = F.softplus(self.w_noise(pooled)) + MIN_NOISE_STD  # (B, E)
-            noisy = clean + torch.randn_like(clean) * noise_std
+            noisy = torch.addcmul(clean, torch.randn_like(clean), noise_std)  # one op
         elif self.training and self.gate == "vmoe":
             noisy = clean + torch.randn_like(clean) / self.num_experts
         if self.capacity_factor is not None and (self.training or self.capacity_at_eval):
