@@ -129,14 +129,19 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.SGD:
     """Every training loop's optimizer: SGD with ``config``'s learning rate, Nesterov
     momentum and weight decay.
 
-    ``foreach`` on every device (PyTorch picks it on CUDA only): an update is a few list
-    ops over all parameters instead of a few ops per parameter, and MoE models have many
-    small ones (routers, noise nets). On 2 CPU cores it took a digits ResNet-8's update
-    from 0.29 to 0.18 ms, and 0.52 to 0.34 ms with 8 experts in every block.
+    Fused on the CPU and CUDA (one kernel per parameter does the decay, momentum and update
+    in one pass; PyTorch's default is a few list ops per step on CUDA and a few ops per
+    parameter on the CPU). MoE models have E times the expert weights, all of which decay
+    and keep momentum every step, so the update is a larger share of their step. Measured
+    on 2 CPU cores, one update (for-loop -> fused): a digits ResNet-8 0.30 -> 0.06 ms, with
+    8 experts in every block 0.53 -> 0.11 ms; a CIFAR ResNet-18 26 -> 4.5 ms, with 4 experts
+    in every block 126 -> 18 ms.
     """
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                            nesterov=config.momentum > 0, weight_decay=config.weight_decay,
-                           foreach=True)
+                           fused=fused)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer,

@@ -5,7 +5,7 @@ from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import create_model
-from automoe.training import TrainConfig, evaluate_accuracy, train
+from automoe.training import TrainConfig, evaluate_accuracy, make_optimizer, train
 
 
 def _model(info, **cfg):
@@ -123,3 +123,23 @@ def test_the_old_router_defaults_collapse():
                                 expert_init="independent", router_z_loss=0.0)
     assert use < 0.5
     assert history[-1]["expert_use"] < 0.5
+
+
+def test_fused_optimizer_updates_as_plain_sgd():
+    # the trials' SGD runs fused; the same steps of PyTorch's per-parameter loop must agree
+    config = TrainConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fused = make_optimizer(params, config)
+    plain = torch.optim.SGD(twins, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                            foreach=False)
+    assert fused.defaults["fused"]
+    for _ in range(4):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, twins, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q)
