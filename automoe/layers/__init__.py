@@ -25,6 +25,7 @@ from automoe.layers.router import (
     Routing,
     TopKRouter,
     balancing_loss,
+    global_avg_pool,
     make_scorer,
     stack_routings,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "cv_squared",
     "entropy_loss",
     "expert_use",
+    "global_avg_pool",
     "importance_load_loss",
     "importance_loss",
     "load_loss",

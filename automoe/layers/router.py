@@ -55,6 +55,16 @@ def stack_routings(routings: list[Routing]) -> Routing:
     return Routing(*(stack(f.name) for f in fields(Routing)))
 
 
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, C)`` spatial mean, as ``x.mean(dim=(2, 3))``.
+
+    Summed, then scaled: the backward of a sum hands back a broadcast view of the
+    ``(B, C)`` gradient, where the mean's divides it out to a full ``(B, C, H, W)`` tensor;
+    routers pool every MoE layer's input, so that is one map-sized op per layer per step.
+    """
+    return x.sum(dim=(2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
+
+
 class RouterNorm(nn.BatchNorm1d):
     """Standardises the router's pooled features per channel over the batch (no affine).
 
@@ -214,7 +224,7 @@ class TopKRouter(nn.Module):
         if logits is not None:
             clean = logits
         elif isinstance(self.scorer[0], nn.AdaptiveAvgPool2d):  # GAP, Flatten, head...
-            pooled = clean = x.mean(dim=(2, 3))
+            pooled = clean = global_avg_pool(x)
             for layer in list(self.scorer)[2:]:
                 clean = layer(clean)
         else:
@@ -223,7 +233,7 @@ class TopKRouter(nn.Module):
         noisy = clean
         if self.training and self.gate == "noisy_topk":
             if pooled is None:
-                pooled = x.mean(dim=(2, 3))
+                pooled = global_avg_pool(x)
             noise_std = F.softplus(self.w_noise(pooled)) + MIN_NOISE_STD  # (B, E)
             noisy = torch.addcmul(clean, torch.randn_like(clean), noise_std)  # one op
         elif self.training and self.gate == "vmoe":

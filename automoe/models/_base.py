@@ -17,6 +17,7 @@ from automoe.layers import (
     MoEModule,
     RouterNorm,
     TopKRouter,
+    global_avg_pool,
     routing_losses,
 )
 from automoe.models._blocks import BasicBlock
@@ -76,7 +77,7 @@ class ImageRouter(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.features(x).mean(dim=(2, 3))))  # (B, E)
+        return self.head(self.norm(global_avg_pool(self.features(x))))  # (B, E)
 
 
 class MoENet(nn.Module):
@@ -161,7 +162,7 @@ class MoENet(nn.Module):
                 layer.context = None
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.mean(dim=(2, 3)))  # (B, num_classes)
+        return self.head(global_avg_pool(x))  # (B, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -10,6 +10,7 @@ from automoe.layers import (
     MoEConv2d,
     TopKRouter,
     balancing_loss,
+    global_avg_pool,
     track_expert_usage,
 )
 
@@ -193,3 +194,13 @@ def test_usage_counts_and_per_class_matrix():
     per_label = [sum(matrix[e][c] for e in range(4)) for c in range(3)]
     assert per_label == [2 * int((labels == c).sum()) for c in range(3)]
     assert layer.usage_log is None  # logging off again
+
+
+def test_global_avg_pool_is_the_spatial_mean_with_its_gradient():
+    x = torch.randn(5, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(5, 3, dtype=torch.float64)
+    pooled = global_avg_pool(x)
+    torch.testing.assert_close(pooled, x.mean(dim=(2, 3)))
+    (g_pool,) = torch.autograd.grad(pooled, x, grad)
+    (g_mean,) = torch.autograd.grad(x.mean(dim=(2, 3)), x, grad)
+    torch.testing.assert_close(g_pool, g_mean)
