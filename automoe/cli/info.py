@@ -31,8 +31,8 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     table.add_row("conv experts (conv, pathway)",
                   f"PyTorch, per layer: sparse (a conv per expert) if batch x channels > "
                   f"{GROUPED_MAX_CHANNELS}, else padded (a conv over experts) if a sample's "
-                  f"filter > {PADDED_FILTER_TO_MAPS}x its maps, else grouped (a conv over "
-                  "samples)",
+                  f"filter > {PADDED_FILTER_TO_MAPS}x its maps x the padding's overhead "
+                  "(E x busiest expert's count / B x k), else grouped (a conv over samples)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
     table.add_row("channel gating (channel)", "PyTorch sparse (batch union of channels)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")

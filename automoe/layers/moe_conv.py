@@ -57,7 +57,8 @@ class MoEConv2d(TopKMoEModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.route(x)
         self._last_index = routing.expert_index
-        self._last_mode = resolve_dispatch(self.dispatch, x, self.weight, self.stride)
+        self._last_mode = resolve_dispatch(self.dispatch, x, self.weight, self.stride,
+                                           routing.expert_index)
         return moe_conv2d(x, self.weight, None, routing.expert_index, routing.gates,
                           self.stride, self.padding, self._last_mode)
 

@@ -224,7 +224,7 @@ def moe_conv2d(
     dispatch: str = "sparse",
 ) -> torch.Tensor:
     """Mixture of conv experts; ``dispatch`` is one of :data:`DISPATCH_MODES`."""
-    dispatch = resolve_dispatch(dispatch, x, weight, stride)
+    dispatch = resolve_dispatch(dispatch, x, weight, stride, expert_index)
     if dispatch == "triton":
         # optional extra: importing the Triton op imports triton (CUDA runs only)
         from automoe.ops.moe_conv_triton import moe_conv2d_triton

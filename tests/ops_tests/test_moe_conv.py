@@ -132,6 +132,15 @@ def test_auto_picks_a_path_by_the_layer_shape_on_the_cpu():
     # ... 12*4*9 = 432 <= 2 * (100 + 12*25); at stride 2 (a 3x3 output map) 432 > 2 * 208
     assert resolve_dispatch("auto", x, torch.randn(4, 12, 4, 3, 3)) == "grouped"
     assert resolve_dispatch("auto", x, torch.randn(4, 12, 4, 3, 3), stride=2) == "padded"
+    # the padded path runs E * n_max rows: 432 > 2 * 208 * 1 with an even routing of the
+    # 8 samples over 4 experts, 432 <= 2 * 208 * (4 * 5 / 8) with 5 of them on one
+    even = torch.arange(8).remainder(4).view(8, 1)
+    skewed = torch.tensor([[0]] * 5 + [[1], [2], [3]])
+    stride_2 = dict(weight=torch.randn(4, 12, 4, 3, 3), stride=2)
+    assert resolve_dispatch("auto", x, **stride_2, expert_index=even) == "padded"
+    assert resolve_dispatch("auto", x, **stride_2, expert_index=skewed) == "grouped"
+    assert resolve_dispatch("auto", x, **stride_2,
+                            expert_index=torch.full((8, 1), -1)) == "padded"  # all dropped
     assert resolve_dispatch("auto", x) == "sparse"  # not a conv expert: sparse
     assert resolve_dispatch("grouped", x) == resolve_dispatch("padded", x) == "sparse"
     assert resolve_dispatch("grouped", x, wide) == "grouped"  # asked for: kept
