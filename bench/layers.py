@@ -133,7 +133,7 @@ def cpu_paths(repeats: int) -> None:
                             x, one, b, s, p), inputs, repeats, "cpu")
                     times = {name: median_ms(fn, inputs, repeats, "cpu")
                              for name, fn in CPU_PATHS.items()}
-                    pick = resolve_dispatch("auto", x, weight)
+                    pick = resolve_dispatch("auto", x, weight, expert_index=index)
                     table.add_row(str(batch), str(num_experts), str(c), f"{size}x{size}",
                                   f"{dense:.2f}",
                                   *(f"{t:.2f}" + ("*" if name == pick else "")
