@@ -10,7 +10,7 @@ from rich.table import Table
 from automoe.cli._output import out
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
-from automoe.ops import GROUPED_MAX_CHANNELS, PADDED_FILTER_TO_MAPS
+from automoe.ops import GROUPED_MAX_CHANNELS, PADDED_FILTER_TO_MAPS, PADDED_MAX_RUN_MACS
 from automoe.search import METRICS, SearchSpace, list_spaces, resolve_space_path
 
 
@@ -29,10 +29,12 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         table.add_column(col)
     gpu = ("Triton kernel" if triton_version else "PyTorch sparse (no Triton)")
     table.add_row("conv experts (conv, pathway)",
-                  f"PyTorch, per layer: sparse (a conv per expert) if batch x channels > "
-                  f"{GROUPED_MAX_CHANNELS}, else padded (a conv over experts) if a sample's "
-                  f"filter > {PADDED_FILTER_TO_MAPS}x its maps x the padding's overhead "
-                  "(E x busiest expert's count / B x k), else grouped (a conv over samples)",
+                  f"PyTorch, per layer: if batch x channels > {GROUPED_MAX_CHANNELS}, "
+                  "padded (a conv over experts) if the busiest expert's run is <= "
+                  f"{PADDED_MAX_RUN_MACS / 1e6:g}M MACs, else sparse (a conv per expert); "
+                  f"below it, padded if a sample's filter > {PADDED_FILTER_TO_MAPS}x its "
+                  "maps x the padding's overhead (E x busiest expert's count / B x k), else "
+                  "grouped (a conv over samples)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")
     table.add_row("channel gating (channel)", "PyTorch sparse (batch union of channels)",
                   gpu if cuda else f"{gpu} [dim](no CUDA device here)[/]")

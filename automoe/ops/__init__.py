@@ -6,6 +6,7 @@ from automoe.ops._common import (
     DISPATCH_MODES,
     GROUPED_MAX_CHANNELS,
     PADDED_FILTER_TO_MAPS,
+    PADDED_MAX_RUN_MACS,
     dense_gate_matrix,
     resolve_dispatch,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "DISPATCH_MODES",
     "GROUPED_MAX_CHANNELS",
     "PADDED_FILTER_TO_MAPS",
+    "PADDED_MAX_RUN_MACS",
     "channel_gated_conv2d",
     "channel_gated_conv2d_reference",
     "channel_gated_conv2d_sparse",

@@ -24,8 +24,12 @@ DISPATCH_MODES = ("sparse", "grouped", "padded", "reference", "triton", "auto")
 # grouped on the two such layers of a digits ResNet-8. Padded pads every expert to the
 # busiest one, so an uneven routing weighs its maps up: on a digits ResNet-8 at
 # initialisation (19 of 64 samples on one of 8 experts, 2.4x the rows) grouped was faster.
+# Above the grouped limit, a conv per expert whose run is small (the busiest expert's
+# samples x filter x output map <= 32M MACs: small maps) loses to padded's one call: in
+# the same table 10 such shapes ran 1.0-2.9x faster padded, and none slower.
 GROUPED_MAX_CHANNELS = 2048
 PADDED_FILTER_TO_MAPS = 2
+PADDED_MAX_RUN_MACS = 32_000_000
 
 
 def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None = None,
@@ -33,13 +37,18 @@ def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None
     """The concrete path for ``dispatch``.
 
     ``"auto"`` means Triton on CUDA. On the CPU, for conv experts ``weight``
-    (E, O, C, kh, kw) on ``x`` (B, C, H, W): ``"sparse"`` if ``B * max(O, C) >``
-    :data:`GROUPED_MAX_CHANNELS`, else ``"padded"`` if a sample's filter ``O*C*kh*kw`` is
-    more than :data:`PADDED_FILTER_TO_MAPS` times its maps ``C*H*W + O*OH*OW`` (``OH =
-    ceil(H / stride)``) times the padding's overhead, else ``"grouped"``; ``"sparse"`` while
-    ``torch.compile`` traces. The padded path runs ``E * n_max`` rows (``n_max``: the
-    busiest expert's count) where an even routing needs ``B * k``; given the routing
-    ``expert_index`` (B, k), that ratio is read (one small host read) and weighs the maps.
+    (E, O, C, kh, kw) on ``x`` (B, C, H, W), with ``n_max`` the busiest expert's count in
+    ``expert_index`` (B, k) (one small host read; ``B / E`` without it) and ``OH =
+    ceil(H / stride)``:
+
+    * if ``B * max(O, C) >`` :data:`GROUPED_MAX_CHANNELS`: ``"padded"`` if the busiest
+      expert's run, ``n_max * O*C*kh*kw * OH*OW`` multiply-adds, is at most
+      :data:`PADDED_MAX_RUN_MACS`, else ``"sparse"``;
+    * else ``"padded"`` if a sample's filter ``O*C*kh*kw`` is more than
+      :data:`PADDED_FILTER_TO_MAPS` times its maps ``C*H*W + O*OH*OW`` times the padding's
+      overhead ``E * n_max / (B * k)``, else ``"grouped"``;
+    * ``"sparse"`` while ``torch.compile`` traces.
+
     Without ``weight`` (other layers) ``"auto"``, ``"grouped"`` and ``"padded"`` mean
     ``"sparse"`` on the CPU.
     """
@@ -51,20 +60,23 @@ def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None
         # under torch.compile the CPU keeps the eager per-expert path: Inductor failed to
         # lower the grouped conv once batch and map sizes turned symbolic (a second model or
         # batch size in one process), and compiled MoE steps were slower than eager ones
-        if (weight is None or torch.compiler.is_compiling()
-                or x.shape[0] * max(weight.shape[1:3]) > GROUPED_MAX_CHANNELS):
+        if weight is None or torch.compiler.is_compiling():
             return "sparse"
+        batch = x.shape[0]
         num_experts, out_channels, channels = weight.shape[:3]
         out_hw = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)  # of a "same" conv
-        maps = channels * x.shape[2] * x.shape[3] + out_channels * out_hw
-        if weight[0].numel() <= PADDED_FILTER_TO_MAPS * maps:
-            return "grouped"
+        assignments, busiest = batch, batch / num_experts  # k = 1, even: without a routing
         if expert_index is not None and expert_index.numel():
+            assignments = expert_index.numel()
             counts = torch.bincount(expert_index.reshape(-1) + 1, minlength=num_experts + 1)
-            overhead = num_experts * int(counts[1:].max()) / expert_index.numel()
-            if weight[0].numel() <= PADDED_FILTER_TO_MAPS * maps * overhead:
-                return "grouped"
-        return "padded"
+            busiest = int(counts[1:].max())
+        filter_size = weight[0].numel()
+        if batch * max(out_channels, channels) > GROUPED_MAX_CHANNELS:
+            small_runs = busiest * filter_size * out_hw <= PADDED_MAX_RUN_MACS
+            return "padded" if small_runs else "sparse"
+        maps = channels * x.shape[2] * x.shape[3] + out_channels * out_hw
+        overhead = num_experts * busiest / assignments  # padded rows per needed row
+        return "padded" if filter_size > PADDED_FILTER_TO_MAPS * maps * overhead else "grouped"
     if dispatch in ("grouped", "padded") and weight is None:
         return "sparse"
     return dispatch

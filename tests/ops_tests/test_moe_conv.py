@@ -11,6 +11,7 @@ from automoe.ops import (
     moe_conv2d_sparse,
     resolve_dispatch,
 )
+from automoe.ops import _common as ops_common
 
 PATHS = {"sparse": moe_conv2d_sparse, "grouped": moe_conv2d_grouped,
          "padded": moe_conv2d_padded}
@@ -120,13 +121,22 @@ def test_grouped_mixes_only_the_selected_filters():
     assert weight.grad[[0, 2]].abs().sum() > 0
 
 
-def test_auto_picks_a_path_by_the_layer_shape_on_the_cpu():
+def test_auto_picks_a_path_by_the_layer_shape_on_the_cpu(monkeypatch):
     x = torch.randn(8, 4, 5, 5)  # maps of C*H*W = 100 and O*OH*OW = 25*O
     narrow = torch.randn(4, GROUPED_MAX_CHANNELS // 8, 4, 1, 1)  # B x O at the limit
     wide = torch.randn(4, GROUPED_MAX_CHANNELS // 8 + 1, 4, 1, 1)
     assert resolve_dispatch("auto", x, narrow) == "grouped"
-    assert resolve_dispatch("auto", x, wide) == "sparse"
-    assert resolve_dispatch("auto", torch.randn(9, 4, 5, 5), narrow) == "sparse"  # more samples
+    # above the grouped limit: padded while the busiest expert's run is small, else sparse
+    # (wide: 2 samples x 257*4 filter x 25 = 51,400 MACs at most; the run limit shrunk)
+    assert resolve_dispatch("auto", x, wide) == "padded"
+    assert resolve_dispatch("auto", torch.randn(9, 4, 5, 5), narrow) == "padded"
+    with monkeypatch.context() as patch:
+        patch.setattr(ops_common, "PADDED_MAX_RUN_MACS", 2 * 257 * 4 * 25 - 1)
+        assert resolve_dispatch("auto", x, wide) == "sparse"
+        assert resolve_dispatch("auto", x, wide, expert_index=torch.arange(8).remainder(
+            4).view(8, 1)) == "sparse"  # 2 samples on every expert
+        assert resolve_dispatch("auto", x, wide, expert_index=torch.tensor(
+            [[0], [1], [2], [3]] + [[-1]] * 4)) == "padded"  # one on each, the rest dropped
     # a sample's filter against twice its maps: 4*4*9 = 144 <= 2 * (100 + 100) ...
     assert resolve_dispatch("auto", x, torch.randn(4, 4, 4, 3, 3)) == "grouped"
     # ... 12*4*9 = 432 <= 2 * (100 + 12*25); at stride 2 (a 3x3 output map) 432 > 2 * 208
