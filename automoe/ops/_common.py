@@ -46,7 +46,8 @@ def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None
       :data:`PADDED_MAX_RUN_MACS`, else ``"sparse"``;
     * else ``"padded"`` if a sample's filter ``O*C*kh*kw`` is more than
       :data:`PADDED_FILTER_TO_MAPS` times its maps ``C*H*W + O*OH*OW`` times the padding's
-      overhead ``E * n_max / (B * k)``, else ``"grouped"``;
+      overhead ``E * n_max / (B * k)`` (at least 1; the routing is read only when it can
+      change the answer), else ``"grouped"``;
     * ``"sparse"`` while ``torch.compile`` traces.
 
     Without ``weight`` (other layers) ``"auto"``, ``"grouped"`` and ``"padded"`` mean
@@ -65,17 +66,20 @@ def resolve_dispatch(dispatch: str, x: torch.Tensor, weight: torch.Tensor | None
         batch = x.shape[0]
         num_experts, out_channels, channels = weight.shape[:3]
         out_hw = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)  # of a "same" conv
+        filter_size = weight[0].numel()
+        maps = channels * x.shape[2] * x.shape[3] + out_channels * out_hw
+        wide = batch * max(out_channels, channels) > GROUPED_MAX_CHANNELS
+        if not wide and filter_size <= PADDED_FILTER_TO_MAPS * maps:
+            return "grouped"  # whatever the routing: padding only adds rows
         assignments, busiest = batch, batch / num_experts  # k = 1, even: without a routing
         if expert_index is not None and expert_index.numel():
             assignments = expert_index.numel()
             counts = torch.bincount(expert_index.reshape(-1) + 1, minlength=num_experts + 1)
             busiest = int(counts[1:].max())
-        filter_size = weight[0].numel()
-        if batch * max(out_channels, channels) > GROUPED_MAX_CHANNELS:
+        if wide:
             small_runs = busiest * filter_size * out_hw <= PADDED_MAX_RUN_MACS
             return "padded" if small_runs else "sparse"
-        maps = channels * x.shape[2] * x.shape[3] + out_channels * out_hw
-        overhead = num_experts * busiest / assignments  # padded rows per needed row
+        overhead = max(1.0, num_experts * busiest / assignments)  # padded rows per needed row
         return "padded" if filter_size > PADDED_FILTER_TO_MAPS * maps * overhead else "grouped"
     if dispatch in ("grouped", "padded") and weight is None:
         return "sparse"
