@@ -166,9 +166,11 @@ def moe_conv2d_padded(
     if longest == 0:  # an empty batch, or every assignment dropped
         return x.new_zeros(batch, out_channels, out_h, out_w)
     rows = rank * num_experts + flat  # (A,) each assignment's row in the buffer
+    read = rows  # (A,) the conv output row each assignment reads
     weights = gates  # (B, k)
-    if counts[0]:  # drops: each one's input goes to a row of its own past the conv's rows,
-        kept = flat >= 0  # and its output reads row 0 and weighs 0
+    if counts[0]:  # drops: each one reads row 0 and weighs 0, and its input goes to a row
+        kept = flat >= 0  # of its own past the conv's rows
+        read = torch.where(kept, rows, 0)
         rows = torch.where(kept, rows, longest * num_experts + rank)
         weights = gates * kept.view(batch, k)
     source = x if k == 1 else x.unsqueeze(1).expand(batch, k, channels, height, width
@@ -183,7 +185,7 @@ def moe_conv2d_padded(
     # each assignment's output, in sample order (reshape: a channels-last weight gives a
     # channels-last output)
     y = y.reshape(longest * num_experts, out_channels, out_h, out_w).index_select(
-        0, rows if not counts[0] else torch.where(kept, rows, 0))  # (A, O, OH, OW)
+        0, read)  # (A, O, OH, OW)
     weights = weights.to(y.dtype)
     if k == 1:
         return y * weights.view(batch, 1, 1, 1)
