@@ -97,7 +97,7 @@ class MoENet(nn.Module):
         self.embedding: GatingEmbedding | None = None
         self._embedding_logits: torch.Tensor | None = None  # h(e) of the last training forward
         # the MoE layers, found on first use: every training step asks for them twice, and
-        # walking the module tree took 0.2 ms of a 9 ms digits step
+        # one walk of the module tree took 0.2 ms under cProfile (a digits step: 9 ms)
         self._moe_layers: tuple[MoEModule, ...] | None = None
 
     def __getstate__(self) -> dict:
