@@ -7,24 +7,6 @@ from collections.abc import Callable
 import torch
 
 
-def sort_by_expert(expert_index: torch.Tensor,
-                   num_experts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The kept assignments of ``expert_index`` (B, k) in expert order.
-
-    Returns:
-        ``order`` (A,): positions in the flattened (B*k,) index, expert by expert (stable,
-        so a sample's rows keep batch order within an expert); ``samples`` (A,): their
-        sample ids; ``sizes``: each expert's count, read on the host.
-    """
-    k = expert_index.shape[1]
-    flat = expert_index.reshape(-1)  # (B*k,)
-    order = torch.argsort(flat, stable=True)  # (B*k,), dropped (-1) first
-    counts = torch.bincount(flat + 1, minlength=num_experts + 1).tolist()  # reads the host
-    order = order[counts[0]:]  # (A,) the kept (sample, slot) positions, by expert
-    samples = order // k if k > 1 else order
-    return order, samples, counts[1:]
-
-
 def dispatch_by_expert(x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor,
                        num_experts: int, run_expert: Callable[[int, torch.Tensor], torch.Tensor],
                        out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -44,8 +26,13 @@ def dispatch_by_expert(x: torch.Tensor, expert_index: torch.Tensor, gates: torch
         run_expert: ``run_expert(e, x_e)`` -> expert ``e``'s outputs for its samples.
         out_shape: one sample's output shape, the same for every expert.
     """
-    batch = expert_index.shape[0]
-    order, samples, sizes = sort_by_expert(expert_index, num_experts)
+    batch, k = expert_index.shape
+    flat = expert_index.reshape(-1)  # (B*k,)
+    order = torch.argsort(flat, stable=True)  # (B*k,), dropped (-1) first
+    counts = torch.bincount(flat + 1, minlength=num_experts + 1).tolist()  # reads the host
+    order = order[counts[0]:]  # (A,) the kept (sample, slot) positions, by expert
+    samples = order // k if k > 1 else order
+    sizes = counts[1:]
     runs = x.index_select(0, samples).split(sizes)  # one view per expert
     run_gates = gates.reshape(-1).index_select(0, order).split(sizes)
     out = None  # allocated in the experts' output dtype (the autocast one under autocast)
