@@ -78,10 +78,16 @@ class RouterNorm(nn.BatchNorm1d):
         super().__init__(channels, affine=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] == 1:
-            return F.batch_norm(x, self.running_mean, self.running_var, training=False,
-                                eps=self.eps)
-        return super().forward(x)
+        # F.batch_norm directly: BatchNorm's own forward spends more Python on checks than
+        # the (B, C) op itself takes, once per MoE layer per step
+        training = self.training and x.shape[0] > 1
+        momentum = self.momentum
+        if training:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # a cumulative average, as BatchNorm's
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(x, self.running_mean, self.running_var, None, None, training,
+                            momentum or 0.0, self.eps)
 
 
 class CosineLinear(nn.Linear):
@@ -210,6 +216,11 @@ class TopKRouter(nn.Module):
         self.capacity_at_eval = capacity_at_eval
         self.scorer = None if in_channels is None else make_scorer(
             scorer, in_channels, num_experts, norm=norm, init_std=init_std)
+        # a scorer that pools first (GAP, Flatten, head...): its head, run on the features
+        # pooled once for it and the noise net (looked up once: indexing a Sequential on
+        # every forward costs more than some of the router's ops)
+        self._pooled_head = (tuple(self.scorer)[2:] if self.scorer is not None
+                             and isinstance(self.scorer[0], nn.AdaptiveAvgPool2d) else None)
         self.w_noise = None
         if gate == "noisy_topk":
             self.w_noise = nn.Linear(in_channels, num_experts, bias=True)
@@ -223,9 +234,9 @@ class TopKRouter(nn.Module):
         pooled = None  # (B, C) the pooled features, computed once for scorer and noise
         if logits is not None:
             clean = logits
-        elif isinstance(self.scorer[0], nn.AdaptiveAvgPool2d):  # GAP, Flatten, head...
+        elif self._pooled_head is not None:
             pooled = clean = global_avg_pool(x)
-            for layer in list(self.scorer)[2:]:
+            for layer in self._pooled_head:
                 clean = layer(clean)
         else:
             clean = self.scorer(x)  # (B, E)
@@ -241,7 +252,9 @@ class TopKRouter(nn.Module):
         if self.capacity_factor is not None and (self.training or self.capacity_at_eval):
             expert_index = self._assign_with_capacity(noisy.detach())
         else:
-            expert_index = noisy.topk(self.top_k, dim=1).indices  # (B, k)
+            # on the detached logits: only the indices are used, so a graph node for the
+            # values would be built for nothing
+            expert_index = noisy.detach().topk(self.top_k, dim=1).indices  # (B, k)
         gates = self._gate_values(noisy, expert_index)
         return Routing(expert_index, gates, clean, noisy, noise_std)
 

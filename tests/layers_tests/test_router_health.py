@@ -10,6 +10,7 @@ from automoe.layers import (
     CondConv2d,
     MoEConv2d,
     RouterHealth,
+    RouterNorm,
     expert_use,
     make_scorer,
     router_z_loss,
@@ -95,6 +96,32 @@ def test_scorer_init_spread(kind):
 def test_router_norm_handles_a_batch_of_one():
     scorer = make_scorer("linear", 8, 4).train()
     assert scorer(torch.rand(1, 8, 3, 3)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_router_norm_is_batch_norm_without_affine(momentum):
+    # RouterNorm calls the functional op itself; it must stay BatchNorm1d(affine=False):
+    # outputs, gradients, running statistics and the batch count, in both modes
+    torch.manual_seed(0)
+    ours, theirs = RouterNorm(6), torch.nn.BatchNorm1d(6, affine=False)
+    ours.momentum = theirs.momentum = momentum
+    for step in range(3):
+        x = torch.randn(16, 6) * 3 + step
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1, y2 = ours.train()(x1), theirs.train()(x2)
+        grad = torch.randn_like(y1)
+        y1.backward(grad)
+        y2.backward(grad)
+        torch.testing.assert_close(y1, y2)
+        torch.testing.assert_close(x1.grad, x2.grad)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name))
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+    # a training batch of one sample is standardised with the running statistics, uncounted
+    one = torch.randn(1, 6)
+    torch.testing.assert_close(ours.train()(one), theirs.eval()(one))
+    assert int(ours.num_batches_tracked) == 3
 
 
 def test_z_loss():
