@@ -1,7 +1,7 @@
 """One training step of a top-1 MoE model against the dense model of the same active MACs.
 
     python bench/step.py [--device cpu|cuda] [--steps 12] [--rounds 3] [--only digits|cifar]
-                         [--dispatch sparse auto ...] [--variants]
+                         [--dispatch sparse auto ...] [--variants] [--ops]
 
 A step is forward, loss (cross-entropy + balancing), backward and the trials' SGD update
 (``make_optimizer`` with the default training config), on random inputs of the task's
@@ -13,7 +13,10 @@ MACs plus its routers', so the ratio is what routing and the sparse dispatch cos
 CPU ``auto`` picks the grouped, padded or per-expert path per layer; ``sparse`` is a conv
 call per expert in every layer. ``--variants`` adds the last dispatch without the router's
 balancing and z-losses, without its learned gate noise (``gate="topk"``), and without both:
-what those parts of the default router cost per step.
+what those parts of the default router cost per step. ``--ops`` (CPU) adds a second table:
+per configuration, the ATen ops one step dispatches, and under the profiler the step's
+time in PyTorch's conv kernels against the rest (every other op, autograd and Python):
+where a MoE step's extra time goes.
 
 * digits: ResNet-8 at width 0.5, batch 64, 16x16 x 1 channel, E = 8 conv experts;
 * cifar: ResNet-18, batch 128, 32x32 x 3 channels, E = 4 conv experts;
@@ -32,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from automoe.models import count_flops, create_model
 from automoe.ops import DISPATCH_MODES
@@ -93,6 +98,38 @@ def timed(step, steps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+# PyTorch's CPU conv kernels, forward and backward (their wrappers' dispatch counts as "rest")
+CONV_KERNELS = ("aten::mkldnn_convolution", "aten::convolution_backward",
+                "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward")
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched while it is active (forward, backward, update)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def op_split(step, steps: int) -> tuple[int, float, float]:
+    """``(ops per step, conv ms, rest ms)``: the ATen ops of one step, and the mean step
+    under the profiler split into PyTorch's conv kernels (self time) and everything else."""
+    with _OpCounter() as counter:
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = time.perf_counter() - start
+    conv = sum(event.self_cpu_time_total for event in prof.key_averages()
+               if event.key in CONV_KERNELS) / 1e6  # microseconds -> seconds
+    return counter.count, 1e3 * conv / steps, 1e3 * (total - conv) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,8 +143,13 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true",
                         help="also time the last dispatch's MoE with the router's losses, "
                              "its noise net, or both turned off")
+    parser.add_argument("--ops", action="store_true",
+                        help="also print each configuration's ATen ops per step and, under "
+                             "the profiler, its conv kernels' time against the rest (CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.ops and device.type != "cpu":
+        parser.error("--ops splits the CPU's kernels; run it with --device cpu")
     where = (torch.cuda.get_device_name() if device.type == "cuda"
              else f"{platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads")
@@ -116,6 +158,17 @@ def main() -> None:
     for col in ("task", "placement", "E", "MoE", "MMACs dense / MoE", "dense ms",
                 "MoE ms", "MoE / dense (min-max)"):
         table.add_column(col, justify="right")
+    ops_table = Table(title=f"one training step's ATen ops; mean step under the profiler, "
+                            f"{args.steps} steps ({where})")
+    for col in ("task", "placement", "model", "ATen ops / step", "conv kernels ms",
+                "rest ms"):
+        ops_table.add_column(col, justify="right")
+
+    def add_ops_row(task_name: str, placement: str, label: str, step) -> None:
+        ops, conv_ms, rest_ms = op_split(step, args.steps)
+        ops_table.add_row(task_name, placement, label, str(ops), f"{conv_ms:.2f}",
+                          f"{rest_ms:.2f}")
+
     for name, task in TASKS.items():
         if args.only and name != args.only:
             continue
@@ -123,6 +176,9 @@ def main() -> None:
         shape = (task["channels"], task["size"], task["size"])
         dense_macs = count_flops(dense_model.eval(), shape)["active"] / 1e6
         dense_model.train()
+        if args.ops:
+            dense_step()  # warm
+            add_ops_row(name, "none", "dense", dense_step)
         for placement in ("all", "last_stage"):
             steps = {"dense": dense_step}
             moe_macs = 0.0
@@ -150,7 +206,12 @@ def main() -> None:
                               f"{1e3 * statistics.median(times[key]):.1f}",
                               f"{statistics.median(ratios):.2f}x "
                               f"({min(ratios):.2f}-{max(ratios):.2f})")
-    Console(width=120).print(table)
+                if args.ops:
+                    add_ops_row(name, placement, key, steps[key])
+    console = Console(width=120)
+    console.print(table)
+    if args.ops:
+        console.print(ops_table)
 
 
 if __name__ == "__main__":

@@ -252,9 +252,7 @@ class TopKRouter(nn.Module):
         if self.capacity_factor is not None and (self.training or self.capacity_at_eval):
             expert_index = self._assign_with_capacity(noisy.detach())
         else:
-            # on the detached logits: only the indices are used, so a graph node for the
-            # values would be built for nothing
-            expert_index = noisy.detach().topk(self.top_k, dim=1).indices  # (B, k)
+            expert_index = noisy.topk(self.top_k, dim=1).indices  # (B, k)
         gates = self._gate_values(noisy, expert_index)
         return Routing(expert_index, gates, clean, noisy, noise_std)
 
