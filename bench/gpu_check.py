@@ -33,6 +33,9 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# the checkout's library, installed or not: a GPU machine may hold another torch than the
+# pinned one, so the check must run from a plain checkout with what is there
+sys.path.insert(0, str(ROOT))
 DRY_RUN = "--dry-run" in sys.argv
 if DRY_RUN:  # the interpreter must be chosen before triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
