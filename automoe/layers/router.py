@@ -193,6 +193,9 @@ class TopKRouter(nn.Module):
         batch_priority: serve samples in order of their top gate value (Batch Priority
             Routing) instead of batch order; every sample's first choice before any second.
         capacity_at_eval: apply the capacity limit at eval too (off by default).
+        input_grad: let the router's gradients (its balancing and z-losses, and the task's
+            through the gates) flow into the layer input, so into the backbone. Off, the
+            router scores a detached input: it learns, the features are the task's alone.
     """
 
     def __init__(self, in_channels: int | None, num_experts: int, top_k: int, *,
@@ -200,7 +203,7 @@ class TopKRouter(nn.Module):
                  gate: str = "noisy_topk", gate_softmax: str = "topk",
                  noise_init: float = 1e-2, capacity_factor: float | None = None,
                  overflow: str = "reassign", batch_priority: bool = False,
-                 capacity_at_eval: bool = False):
+                 capacity_at_eval: bool = False, input_grad: bool = True):
         super().__init__()
         check_routing(num_experts=num_experts, top_k=top_k, gate=gate,
                       global_routing=in_channels is None, gate_noise_init=noise_init,
@@ -214,6 +217,7 @@ class TopKRouter(nn.Module):
         self.overflow = overflow
         self.batch_priority = batch_priority
         self.capacity_at_eval = capacity_at_eval
+        self.input_grad = input_grad
         self.scorer = None if in_channels is None else make_scorer(
             scorer, in_channels, num_experts, norm=norm, init_std=init_std)
         # a scorer that pools first (GAP, Flatten, head...): its head, run on the features
@@ -232,6 +236,8 @@ class TopKRouter(nn.Module):
         """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
         computed by a global router."""
         pooled = None  # (B, C) the pooled features, computed once for scorer and noise
+        if x is not None and not self.input_grad:
+            x = x.detach()  # a view: the router's losses stop at its input
         if logits is not None:
             clean = logits
         elif self._pooled_head is not None:

@@ -38,6 +38,10 @@ class MoENetConfig:
     router_norm: str = "batch"  # "batch" standardises the router input over the batch, or "none"
     router_init: float = 0.1  # std of the initial router logits; 0 = zeros (ties -> expert 0)
     router_z_loss: float = 1e-3  # weight of the router z-loss (ST-MoE), keeps gates unsaturated
+    # Whether the routers' losses reach the backbone through the router input. Off: the
+    # balancing gradient reshaped the features to balance the routers and wrecked accuracy
+    # (digits, last_two E8, balance_weight 0.3: 36 % with it, 92 % without; bench/RESULTS.md)
+    router_input_grad: bool = False
     global_router_blocks: int = 3  # blocks per stage of the global router (3: ResNet-20-like)
     gate: str = "noisy_topk"  # "noisy_topk", "topk", "vmoe" or "st_top1" (see TopKRouter)
     gate_softmax: str = "topk"  # "topk" (Shazeer), "topk_st" or "all" (Switch/V-MoE), see TopKRouter
@@ -125,7 +129,7 @@ class MoENetConfig:
                     init_std=self.router_init, gate=self.gate,
                     gate_softmax=self.gate_softmax, noise_init=self.gate_noise_init,
                     capacity_factor=self.capacity_factor, overflow=self.overflow,
-                    batch_priority=self.batch_priority)
+                    batch_priority=self.batch_priority, input_grad=self.router_input_grad)
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the init fields."""
