@@ -16,11 +16,13 @@ from automoe.models.config import GRANULARITIES, PLACEMENT_PRESETS, MoENetConfig
 from automoe.models.flops import count_flops, count_params
 from automoe.models.latency import measure_latency
 from automoe.models.resnet import BasicBlock, PreActBlock, ResNet, ResNetConfig
+from automoe.models.upcycle import UPCYCLABLE, check_upcyclable, dense_twin, upcycle
 from automoe.models.vgg import VGG, VGGConfig
 
 __all__ = [
     "GRANULARITIES",
     "PLACEMENT_PRESETS",
+    "UPCYCLABLE",
     "VGG",
     "BasicBlock",
     "ImageRouter",
@@ -30,13 +32,16 @@ __all__ = [
     "ResNet",
     "ResNetConfig",
     "VGGConfig",
+    "check_upcyclable",
     "count_flops",
     "count_params",
     "measure_latency",
     "create_model",
     "default_config",
+    "dense_twin",
     "list_models",
     "register_model",
     "register_variant",
     "resolve_placement",
+    "upcycle",
 ]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from automoe.training.batchnorm import recalibrate_batchnorm
+from automoe.training.optim import cosine_schedule, make_optimizer, param_groups
 from automoe.training.trainer import (
+    UPCYCLE_SCHEDULES,
     TrainConfig,
     TrainResult,
     check_finite,
-    cosine_schedule,
     evaluate_accuracy,
     make_loader,
-    make_optimizer,
     train,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "check_finite", "cosine_schedule",
-           "evaluate_accuracy", "make_loader", "make_optimizer", "recalibrate_batchnorm",
+__all__ = ["UPCYCLE_SCHEDULES", "TrainConfig", "TrainResult", "check_finite", "cosine_schedule",
+           "evaluate_accuracy", "make_loader", "make_optimizer", "param_groups", "recalibrate_batchnorm",
            "train"]

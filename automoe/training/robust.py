@@ -70,9 +70,11 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 
 def router_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the routers (per-layer scorers and noise, the global router)."""
+    """Parameters of the routers (per-layer scorers and noise, the global router, CondConv's
+    mixers)."""
     return [p for name, p in model.named_parameters()
-            if ".router." in f".{name}" or name.startswith("global_router.")]
+            if ".router." in f".{name}" or ".mixer." in f".{name}"
+            or name.startswith("global_router.")]
 
 
 def router_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -16,6 +16,8 @@ from torch.utils.data import Dataset
 from automoe.data import make_loader
 from automoe.errors import ConfigError, TrainingDivergedError
 from automoe.layers import expert_use, to_channels_last, track_expert_usage
+from automoe.training.optim import make_optimizer, param_groups
+from automoe.training.phases import Phase, phase_schedule, training_phases, upcycle_into
 from automoe.training.robust import (
     SCHEMES,
     AdvMoEStep,
@@ -30,6 +32,7 @@ from automoe.training.robust import (
 # attacks run without autocast.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+UPCYCLE_SCHEDULES = ("continue", "restart")
 
 
 @dataclass
@@ -57,6 +60,17 @@ class TrainConfig:
     # advmoe, which diverged to NaN early at lr >= 0.063 without clipping and at lr 0.2
     # with a bound of 5 (cluttered digits; bench/RESULTS.md), off for the other schemes.
     grad_clip: float | None = None
+    # --- MoE recipe
+    # Sparse upcycling: the fraction of the epochs trained as the model's dense twin (same
+    # backbone and widths, no MoE unit) before every MoE conv or block starts as a copy of
+    # the trained dense one (automoe.models.upcycle); 0 trains the MoE from scratch. The
+    # epochs are the total: the dense phase counts. Ignored for a dense model.
+    upcycle: float = 0.0
+    upcycle_noise: float = 0.0  # std of the noise on each expert's copy, relative to the weight's
+    # lr schedule of the MoE phase: "continue" the one cosine over all epochs, or "restart"
+    # a fresh cosine from the peak lr over the MoE epochs
+    upcycle_schedule: str = "continue"
+    router_lr_mult: float = 1.0  # the routers' lr (and CondConv's mixers') / the lr
 
     def __post_init__(self):
         if self.grad_clip is not None and not (self.grad_clip >= 0
@@ -83,6 +97,26 @@ class TrainConfig:
             raise ConfigError("adv_eps and adv_step_size must be >= 0 and adv_steps >= 1")
         if self.trades_beta < 0 or self.advmoe_alpha < 0:
             raise ConfigError("trades_beta and advmoe_alpha must be >= 0")
+        if not 0 <= self.upcycle < 1:
+            raise ConfigError(f"upcycle must be in [0, 1) (the dense phase's share of the "
+                              f"epochs), got {self.upcycle}")
+        if self.upcycle > 0 and self.epochs < 2:
+            raise ConfigError("upcycle needs at least 2 epochs: one dense, one MoE")
+        if not (self.upcycle_noise >= 0 and math.isfinite(self.upcycle_noise)):
+            raise ConfigError(f"upcycle_noise must be >= 0, got {self.upcycle_noise}")
+        if self.upcycle_schedule not in UPCYCLE_SCHEDULES:
+            raise ConfigError(f"upcycle_schedule must be one of {UPCYCLE_SCHEDULES}, got "
+                              f"{self.upcycle_schedule!r}")
+        if not (self.router_lr_mult >= 0 and math.isfinite(self.router_lr_mult)):
+            raise ConfigError(f"router_lr_mult must be >= 0, got {self.router_lr_mult}")
+
+    @property
+    def dense_epochs(self) -> int:
+        """Epochs of the dense phase when upcycling (at least 1, at most epochs - 1); 0
+        without."""
+        if self.upcycle == 0:
+            return 0
+        return min(self.epochs - 1, max(1, round(self.upcycle * self.epochs)))
 
     @property
     def clip_norm(self) -> float:
@@ -125,31 +159,6 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
                           enabled=precision in _AUTOCAST)
 
 
-def make_optimizer(params, config: TrainConfig) -> torch.optim.SGD:
-    """Every training loop's optimizer: SGD with ``config``'s learning rate, Nesterov
-    momentum and weight decay.
-
-    Fused on the CPU and CUDA (one kernel per parameter does the decay, momentum and update
-    in one pass; PyTorch's default is a few list ops per step on CUDA and a few ops per
-    parameter on the CPU). MoE models have E times the expert weights, all of which decay
-    and keep momentum every step, so the update is a larger share of their step. Measured
-    on 2 CPU cores, one update (for-loop -> fused): a digits ResNet-8 0.30 -> 0.06 ms, with
-    8 experts in every block 0.53 -> 0.11 ms; a CIFAR ResNet-18 26 -> 4.5 ms, with 4 experts
-    in every block 126 -> 18 ms.
-    """
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.momentum > 0, weight_decay=config.weight_decay,
-                           fused=fused)
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The learning rate cosine-annealed to 0 over ``total_steps`` steps."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-
-
 def to_layout(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     if config.channels_last:
         return images.contiguous(memory_format=torch.channels_last)
@@ -166,6 +175,11 @@ def train(
     resume: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on cross-entropy plus its balancing losses.
+
+    With ``config.upcycle`` and an MoE ``model``, the first ``config.dense_epochs`` train
+    the model's dense twin, which is copied into ``model`` after each of them (so a
+    callback that evaluates ``model`` sees the current weights), and the rest train
+    ``model``; the batch order and the step count run on across the switch.
 
     Args:
         model: a classifier; if it has ``aux_loss(targets)`` that term is added to the loss.
@@ -188,42 +202,81 @@ def train(
     torch.manual_seed(config.seed)  # gate noise
     loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                          num_workers=config.num_workers, device=device)
-    # the compiled module shares the model's parameters; hooks and state stay on `model`
-    forward_model = torch.compile(model) if config.compile else model
+    phases = training_phases(model, config, device)
+    result = TrainResult()
+    clock = _Clock()
+    first_phase = 0
+    if resume is not None:
+        first_phase = int(resume.get("phase", 0))
+        if first_phase >= len(phases):
+            raise ConfigError("cannot resume: the saved state is of an upcycling run and this "
+                              "training config does not upcycle")
+    for index, phase in enumerate(phases):
+        if index < first_phase:
+            continue
+        _train_phase(phase, index, model, loader, config, device, result, clock, on_step,
+                     on_epoch, resume if index == first_phase else None)
+        if phase.net is not model:  # the dense phase: the MoE starts from its end
+            upcycle_into(model, phase.net, config)
+    result.seconds = clock.elapsed()
+    return result
+
+
+class _Clock:
+    """Training seconds of a run, across its phases, callbacks excluded."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def exclude(self, seconds: float) -> None:
+        self.start += seconds
+
+
+def _train_phase(phase: Phase, index: int, model: nn.Module, loader, config: TrainConfig,
+                 device: torch.device, result: TrainResult, clock: _Clock, on_step, on_epoch,
+                 resume: dict | None) -> None:
+    """Train ``phase.net`` over the phase's epochs (from ``resume``'s, if given)."""
+    net, phase_config = phase.net, phase.config
+    # the compiled module shares the model's parameters; hooks and state stay on `net`
+    forward_model = torch.compile(net) if config.compile else net
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     # Reading the loss back waits for the device; on an accelerator it is checked every
     # few steps (a NaN stays NaN, so it is still caught).
     check_every = 1 if device.type == "cpu" else 16
-    total_steps = config.epochs * len(loader)
-    aux_loss_fn = getattr(model, "aux_loss", None)
-    set_progress = getattr(model, "set_training_progress", None)
-
-    def sgd(params):
-        return make_optimizer(params, config)
+    steps_per_epoch = len(loader)
+    total_steps = config.epochs * steps_per_epoch
+    phase_steps = (phase.end_epoch - phase.first_epoch) * steps_per_epoch
+    first_step = phase.first_epoch * steps_per_epoch
+    aux_loss_fn = getattr(net, "aux_loss", None)
+    set_progress = getattr(net, "set_training_progress", None)
 
     advmoe = None
-    if config.scheme == "advmoe":
-        routers = {id(p) for p in router_parameters(model)}
-        optimizers = [sgd([p for p in model.parameters() if id(p) not in routers]),
-                      sgd([p for p in model.parameters() if id(p) in routers] or
-                          [torch.zeros(0, requires_grad=True)])]
-        advmoe = AdvMoEStep(model, *optimizers, eps=config.adv_eps, alpha=config.advmoe_alpha,
+    if phase_config.scheme == "advmoe":
+        routers = {id(p) for p in router_parameters(net)}
+        optimizers = [make_optimizer([p for p in net.parameters() if id(p) not in routers],
+                                     config),
+                      make_optimizer([p for p in net.parameters() if id(p) in routers] or
+                                     [torch.zeros(0, requires_grad=True)], config)]
+        advmoe = AdvMoEStep(net, *optimizers, eps=config.adv_eps, alpha=config.advmoe_alpha,
                             beta=config.trades_beta, grad_clip=config.clip_norm)
     else:
-        optimizers = [sgd(model.parameters())]
-    schedulers = [cosine_schedule(o, total_steps) for o in optimizers]
-    result = TrainResult()
-    start = time.perf_counter()
-    step = first_epoch = 0
+        optimizers = [make_optimizer(param_groups(net, config), config)]
+    schedulers = [phase_schedule(o, phase, steps_per_epoch, config) for o in optimizers]
+    first_epoch = phase.first_epoch
     if resume is not None:
-        first_epoch = _load_state(resume, model, optimizers, schedulers, loader, result, config,
-                                  scaler)
-        step = first_epoch * len(loader)
-        start -= result.seconds  # the seconds already spent count towards the total
+        first_epoch = _load_state(resume, net, optimizers, schedulers, loader, result, config,
+                            scaler)
+        clock.exclude(-result.seconds)  # the seconds already spent count towards the total
+    step = first_epoch * steps_per_epoch
+    epoch = first_epoch
+    rng: dict = {}
 
     def state() -> dict:
-        return _save_state(epoch + 1, model, optimizers, schedulers, loader, result,
-                           time.perf_counter() - start, rng, scaler)
+        return {**_save_state(epoch + 1, net, optimizers, schedulers, loader, result,
+                              clock.elapsed(), rng, scaler), "phase": index}
 
     def _step(images: torch.Tensor, labels: torch.Tensor):
         """One optimiser step (two for AdvMoE): (task loss, logits, aux loss)."""
@@ -236,7 +289,7 @@ def train(
                 check_finite(task_loss, epoch, step, config)
         else:
             with autocast(config.precision, device):
-                task_loss, logits = _task_loss(forward_model, images, labels, config)
+                task_loss, logits = _task_loss(forward_model, images, labels, phase_config)
                 aux = (aux_loss_fn(labels) if aux_loss_fn is not None
                        else task_loss.new_zeros(()))
                 loss = task_loss + aux
@@ -246,7 +299,7 @@ def train(
             scaler.scale(loss).backward()
             if config.clip_norm > 0:
                 scaler.unscale_(optimizers[0])
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
             scaler.step(optimizers[0])  # skipped when fp16 gradients overflowed
             scaler.update()
         for scheduler in schedulers:
@@ -254,15 +307,15 @@ def train(
         return task_loss, logits, aux
 
     with tf32_switches(config.precision):  # backward passes too
-        for epoch in range(first_epoch, config.epochs):
-            model.train()
+        for epoch in range(first_epoch, phase.end_epoch):  # noqa: B007 (state() reads it)
+            net.train()
             # task loss, aux loss, correct: summed on the device, read once per epoch
             sums = torch.zeros(3, dtype=_sum_dtype(device), device=device)
             seen = 0
-            with track_expert_usage(model) as usage:  # the epoch's routing, for router health
+            with track_expert_usage(net) as usage:  # the epoch's routing, for router health
                 for images, labels in loader:
-                    if set_progress is not None:
-                        set_progress(step / max(1, total_steps))
+                    if set_progress is not None:  # CondConv's temperature: from the phase's start
+                        set_progress((step - first_step) / max(1, phase_steps))
                     images = to_layout(images.to(device, non_blocking=True), config)
                     labels = labels.to(device, non_blocking=True)
                     task_loss, logits, aux = _step(images, labels)
@@ -280,16 +333,17 @@ def train(
             use = expert_use(usage.health())
             if use is not None:  # the fewest effective experts of any layer, / E
                 row["expert_use"] = use
+            if net is not model:
+                row["dense_phase"] = 1.0  # an upcycling run's dense twin trained this epoch
+                upcycle_into(model, net, config)  # what a callback evaluates is current
             result.history.append(row)
             if on_epoch is not None:
                 rng = _rng_state()
                 callback_start = time.perf_counter()
-                result.seconds = callback_start - start
+                result.seconds = clock.elapsed()
                 on_epoch(epoch + 1, result, state)
                 _set_rng_state(rng)  # what on_epoch drew (attack starts, ...) changes nothing
-                start += time.perf_counter() - callback_start  # evaluating is not training time
-    result.seconds = time.perf_counter() - start
-    return result
+                clock.exclude(time.perf_counter() - callback_start)  # evaluating is not training
 
 
 def _rng_state() -> dict:

@@ -252,6 +252,8 @@ def test_spaces_the_supernet_cannot_share_weights_over(data):
         _supernet(data, lr={"low": 0.01, "high": 0.1})
     with pytest.raises(ConfigError, match="needs granularity conv"):
         _supernet(data, granularity="block")
+    with pytest.raises(ConfigError, match="remove upcycle"):
+        _supernet(data, upcycle=0.5)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -84,6 +84,10 @@ class Supernet:
                               f"{', '.join(sorted(others))} in the space")
         if space.fixed.get("granularity", "conv") != "conv":
             raise ConfigError("the supernet needs granularity conv")
+        if space.fixed.get("upcycle", 0) or space.fixed.get("router_lr_mult", 1) != 1:
+            # its sub-networks share one set of weights that trains as one MoE from the start
+            raise ConfigError("the supernet trains shared expert weights from the start; "
+                              "remove upcycle and router_lr_mult from the space")
         self.space = space
         self.info = info
         self.units = sum(space.units_per_stage())
