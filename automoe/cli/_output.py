@@ -48,6 +48,13 @@ def expert_use(row: dict) -> str:
     return f"{use:.2f}" + (" collapsed" if use < COLLAPSED_BELOW else "")
 
 
+def specialisation(row: dict) -> str:
+    """How much a trial's expert choice tells about the class (NMI in [0, 1]); ``-`` for
+    a dense trial or one stored before it was measured."""
+    value = row.get("metrics", {}).get("specialisation")
+    return "-" if value is None or not row.get("moe") else f"{value:.2f}"
+
+
 def _with_std(metric, value: float, std: float | None) -> str:
     """A value, with `± std` over seeds where the trial was trained with several."""
     return metric.format(value) + ("" if std is None else f" ± {metric.format(std)}")
@@ -67,7 +74,8 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
     columns += [("verified robust %", "right")] if verified else []
     columns += [("test %", "right")] if with_test else []
     columns += [("params", "right"), ("architecture", "left"),
-                ("expert use", "right"), ("lr", "right"), ("epochs", "right")]
+                ("expert use", "right"), ("special.", "right"), ("lr", "right"),
+                ("epochs", "right")]
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for row in rows:
@@ -85,6 +93,7 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
             f"{(row.get('params') or 0) / 1e3:.0f}K",
             architecture(row),
             expert_use(row),
+            specialisation(row),
             # a sub-network with inherited weights was never trained with its recipe
             *(("-", "-") if row.get("fidelity") == "supernet" else
               (f"{train.get('lr', float('nan')):.3g}", str(train.get("epochs", "-")))),

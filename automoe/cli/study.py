@@ -130,6 +130,10 @@ def _status_view(study: optuna.Study) -> Group:
         head.add_row("routers", f"{s.moe_trials} MoE trials, {s.collapsed} collapsed (expert "
                      f"use < {COLLAPSED_BELOW:g})")
         head.add_row("", f"lowest expert use {use:.2f} (trial {number})")
+    if s.specialisation is not None:
+        mean, (highest, number) = s.specialisation
+        head.add_row("", f"specialisation (expert-class NMI) mean {mean:.2f}, highest "
+                     f"{highest:.2f} (trial {number})")
     best = Table(title="best per objective (feasible trials)", title_justify="left", min_width=40)
     for col in ("objective", "value", "trial"):
         best.add_column(col)

@@ -41,7 +41,13 @@ from automoe.layers.rules import (
     SCORER_TYPES,
     check_routing,
 )
-from automoe.layers.usage import ExpertUsage, RouterHealth, expert_use, track_expert_usage
+from automoe.layers.usage import (
+    ExpertUsage,
+    RouterHealth,
+    expert_use,
+    specialisation,
+    track_expert_usage,
+)
 
 __all__ = [
     "BALANCE_LOSSES",
@@ -71,6 +77,7 @@ __all__ = [
     "cv_squared",
     "entropy_loss",
     "expert_use",
+    "specialisation",
     "global_avg_pool",
     "importance_load_loss",
     "importance_loss",

@@ -61,6 +61,33 @@ def _expert_counts(index: torch.Tensor, num_experts: int) -> torch.Tensor:
     return torch.bincount(index[index >= 0], minlength=num_experts)
 
 
+def specialisation(matrix: torch.Tensor | list) -> float:
+    """Normalised mutual information between expert choice and class, in [0, 1].
+
+    ``matrix`` is an ``E x C`` count of assignments (expert e, class c); with k > 1 each
+    sample counts once per expert it was sent to. ``I(expert; class) / mean(H(expert),
+    H(class))`` (the arithmetic normalisation, as scikit-learn's default): 0 when the
+    choice says nothing about the class (a collapsed router, or one that routes at
+    random), 1 when each expert takes exactly the samples of its own classes.
+    """
+    joint = torch.as_tensor(matrix, dtype=torch.float64)
+    total = float(joint.sum())
+    if total <= 0:
+        return 0.0
+    joint = joint / total  # (E, C)
+    p_expert, p_class = joint.sum(1), joint.sum(0)  # (E,), (C,)
+    mask = joint > 0
+    outer = p_expert[:, None] * p_class[None, :]
+    mutual = float((joint[mask] * (joint[mask] / outer[mask]).log()).sum())
+
+    def entropy(p: torch.Tensor) -> float:
+        p = p[p > 0]
+        return float(-(p * p.log()).sum())
+
+    norm = (entropy(p_expert) + entropy(p_class)) / 2
+    return min(1.0, max(0.0, mutual / norm)) if norm > 0 else 0.0
+
+
 def expert_use(health: dict[str, RouterHealth]) -> float | None:
     """The fewest effective experts of any layer as a fraction of its E; None without
     routed layers. A trial's router-health summary: 1/E means some layer collapsed."""

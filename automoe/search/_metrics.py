@@ -38,6 +38,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("expert_use", "maximize", "expert use", 2,
            "router health: the fewest effective experts of any MoE layer on the val split, "
            "as a fraction of its E (1/E = collapsed, 1 = even); none for dense models"),
+    Metric("specialisation", "maximize", "special.", 2,
+           "normalised mutual information between expert choice and class on the val "
+           "split, mean over the routed MoE layers, in [0, 1]; 0 for dense models (one "
+           "path for every class)"),
 )}
 # Expert use below which `status` and the pareto table call a trial's routing collapsed:
 # some layer uses fewer than half of its experts' worth.

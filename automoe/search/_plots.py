@@ -334,7 +334,10 @@ def usage_figure(per_class: dict[str, list[list[int]]], title: str, html: bool =
         h = health.get(layer)
         if not h:
             return layer
-        return f"{layer}\n{h['effective_experts']:.2f} of {h['num_experts']} effective experts"
+        special = (f", NMI {h['specialisation']:.2f}" if h.get("specialisation") is not None
+                   else "")  # how much the expert choice tells about the class
+        return (f"{layer}\n{h['effective_experts']:.2f} of {h['num_experts']} effective "
+                f"experts{special}")
 
     top = max((max(map(max, per_class[layer]), default=0) for layer in layers), default=1)
     if html:

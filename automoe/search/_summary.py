@@ -49,6 +49,8 @@ class StudySummary:
     moe_trials: int  # complete trials with routers
     collapsed: int  # of those, expert use below COLLAPSED_BELOW
     lowest_use: tuple[float, int] | None  # (expert use, trial number)
+    # specialisation (expert-class NMI) over the MoE trials: (mean, (highest, its trial))
+    specialisation: tuple[float, tuple[float, int]] | None = None
     # objective -> (value, trial number) of the best feasible trial
     best: dict[str, tuple[float, int]] = field(default_factory=dict)
     # (trial number, start time, "host:pid") of each running trial
@@ -72,6 +74,10 @@ def summarize_study(study: optuna.Study) -> StudySummary:
     use = {t.number: TrialRecord(t).expert_use for t in complete}
     use = {number: value for number, value in use.items() if value is not None}
     lowest = min(use, key=use.get) if use else None
+    special = {t.number: TrialRecord(t).metric("specialisation") for t in complete
+               if t.number in use}
+    special = {number: value for number, value in special.items() if value is not None}
+    most = max(special, key=special.get) if special else None
     best = {}
     for i, name in enumerate(names):
         if feasible:
@@ -90,7 +96,9 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         verify_gap=(sum(gaps) / len(gaps), max(gaps)) if gaps else (
             (0.0, 0.0) if checked else None),
         moe_trials=len(use), collapsed=sum(v < COLLAPSED_BELOW for v in use.values()),
-        lowest_use=None if lowest is None else (use[lowest], lowest), best=best,
+        lowest_use=None if lowest is None else (use[lowest], lowest),
+        specialisation=None if most is None else (
+            sum(special.values()) / len(special), (special[most], most)), best=best,
         running=running, workers=worker_rows(trials))
 
 

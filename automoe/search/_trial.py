@@ -20,7 +20,7 @@ from optuna.artifacts import upload_artifact
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError, TrainingDivergedError
-from automoe.layers import expert_use, track_expert_usage
+from automoe.layers import expert_use, specialisation, track_expert_usage
 from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
 from automoe.search._fidelity import is_promoted
@@ -186,8 +186,8 @@ class TrialRunner:
         health = usage.health()  # router health of the val pass; see automoe.layers.RouterHealth
         class_usage = (usage.per_class(self.val_labels, self.info.num_classes)
                        if usage.assignments else None)
-        record.routers({name: h.to_dict() for name, h in health.items()}, usage.counts(),
-                       class_usage)
+        record.routers({name: {**h.to_dict(), **_layer_specialisation(name, class_usage)}
+                        for name, h in health.items()}, usage.counts(), class_usage)
         record.training(result.history, epochs_trained, train_seconds, eval_seconds)
         self._store_checkpoint(trial, model, run, own_metrics, class_usage)
         violations = self._violations({**metrics, "params": params})
@@ -240,13 +240,21 @@ class TrialRunner:
         batch = self.space.eval_batch_size
         with track_expert_usage(model) as usage:  # the routing of the val pass only
             val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
-        metrics = self._measure(trial, model, val_accuracy)
+        metrics = self._measure(trial, model, val_accuracy, usage)
         metrics["test_accuracy"] = 100 * evaluate_accuracy(model, self.test_set, batch,
                                                            self.device)
         health = usage.health()
         if health:
             metrics["expert_use"] = expert_use(health)
         return metrics, usage, result, eval_seconds + time.perf_counter() - start
+
+    def _specialisation(self, usage) -> float:
+        """Mean over the top-k routed layers of the NMI between expert and class on the val
+        split; 0 for a model without one (a dense model sends every class one way)."""
+        health = usage.health()
+        matrices = usage.per_class(self.val_labels, self.info.num_classes)
+        values = [specialisation(m) for name, m in matrices.items() if name in health]
+        return statistics.fmean(values) if values else 0.0
 
     def _inherit(self, trial: optuna.Trial, candidate: Candidate):
         """The candidate's sub-network of the supernet, BatchNorm recalibrated."""
@@ -270,14 +278,16 @@ class TrialRunner:
         TrialWriter(trial).costs(macs, costs)
         return costs
 
-    def _measure(self, trial: optuna.Trial, model, val_accuracy: float | None = None
-                 ) -> dict[str, float]:
+    def _measure(self, trial: optuna.Trial, model, val_accuracy: float | None = None,
+                 usage=None) -> dict[str, float]:
         """The metrics the space needs, in % and millions (val accuracy in [0, 1] when
-        already measured)."""
+        already measured, with the ``usage`` of that val pass)."""
         batch = self.space.eval_batch_size
         if val_accuracy is None:
-            val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
-        metrics = {**self._costs(trial, model), "val_accuracy": 100 * val_accuracy}
+            with track_expert_usage(model) as usage:
+                val_accuracy = evaluate_accuracy(model, self.val_set, batch, self.device)
+        metrics = {**self._costs(trial, model), "val_accuracy": 100 * val_accuracy,
+                   "specialisation": self._specialisation(usage)}
         if "robust_accuracy" in self.measured:
             metrics["robust_accuracy"] = 100 * robust_accuracy(model, self.val_set,
                                                                self.space.attack, batch,
@@ -347,6 +357,13 @@ class TrialRunner:
                                         "(experts x classes)").savefig(figure, dpi=100)
                 upload_artifact(artifact_store=self.artifact_store, file_path=str(figure),
                                 study_or_trial=trial, mimetype="image/png")
+
+
+def _layer_specialisation(name: str, class_usage: dict | None) -> dict:
+    """``{"specialisation": NMI}`` of a routed layer, for its router-health record."""
+    if not class_usage or name not in class_usage:
+        return {}
+    return {"specialisation": specialisation(class_usage[name])}
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:

@@ -188,3 +188,23 @@ def test_condconv_health_is_its_mean_mixture():
     with track_expert_usage(layer) as usage:  # a hot softmax mixes every kernel evenly
         layer(torch.rand(16, 4, 5, 5))
     assert usage.health()[""].expert_use > 0.99
+
+
+def test_specialisation_is_the_normalised_mutual_information():
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from automoe.layers import specialisation
+
+    rng = np.random.default_rng(0)
+    for noise in (0, 2, 5, 10):  # from one expert per class pair to nearly random
+        experts = rng.integers(0, 4, 600)
+        classes = (experts * 2 + rng.integers(0, noise + 1, 600)) % 10
+        matrix = np.zeros((4, 10))
+        np.add.at(matrix, (experts, classes), 1)
+        assert specialisation(matrix) == pytest.approx(
+            normalized_mutual_info_score(classes, experts), abs=1e-9)
+    assert specialisation(np.eye(5) * 7) == pytest.approx(1.0)  # an expert per class
+    assert specialisation(np.ones((4, 10))) == pytest.approx(0.0)  # choice ignores class
+    assert specialisation([[5, 5, 5]]) == 0.0  # one expert: collapsed
+    assert specialisation(np.zeros((2, 3))) == 0.0  # nothing routed

@@ -139,3 +139,30 @@ def test_min_expert_use_marks_a_collapsed_trial_infeasible(tmp_path):
             health = trial.user_attrs["router_health"]
             assert health and all(h["effective_experts"] == pytest.approx(1.0)
                                   for h in health.values())
+
+
+def test_an_upcycling_trial_trains_both_phases_and_measures_specialisation(tmp_path):
+    from automoe.search import create_or_resume_study, make_sampler
+
+    space = SearchSpace.from_dict({**TINY, "params": {
+        **TINY["params"], "placement": "last_stage", "epochs": 2, "upcycle": 0.5,
+        "router_lr_mult": 0.5}, "objectives": ["val_accuracy", "mmacs", "specialisation"],
+        "constraints": {"min_specialisation": 0.0}})
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "u", space,
+                                      make_sampler("random", 0))
+    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_reason")
+    attrs = trial.user_attrs
+    assert attrs["config"]["train"]["upcycle"] == 0.5
+    # the dense phase counts: its epoch is in the curve, the epoch count and the time
+    assert [row.get("dense_phase", 0) for row in attrs["history"]] == [1, 0]
+    assert attrs["epochs_trained"] == 2
+    special = trial.values[2]
+    assert 0 <= special <= 1 and special == attrs["specialisation"]
+    layers = attrs["router_health"]
+    assert layers and all(0 <= h["specialisation"] <= 1 for h in layers.values())
+    assert special == pytest.approx(sum(h["specialisation"] for h in layers.values())
+                                    / len(layers))
+    assert attrs["constraints"]["min_specialisation"] == pytest.approx(-special)

@@ -71,7 +71,9 @@ CONSTRAINTS = {"mmacs_max": ("mmacs", "max"), "params_max": ("params", "max"),
                "robust_accuracy_min": ("robust_accuracy", "min"),
                "latency_ms_max": ("latency_ms", "max"),
                # the fewest effective experts of any MoE layer / E: rejects collapsed routers
-               "min_expert_use": ("expert_use", "min")}
+               "min_expert_use": ("expert_use", "min"),
+               # how much the expert choice tells about the class (NMI, 0..1)
+               "min_specialisation": ("specialisation", "min")}
 TOP_KEYS = ("name", "description", "trials", "dataset", "model", "params", "objectives",
             "evaluation", "constraints", "sampler", "fidelity")
 # Latency measurement: samples per timed forward, timed runs (median), untimed warm-up runs.
