@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from automoe.robustness.attacks import (
     ATTACKS,
+    BLACK_BOX_ATTACKS,
     NORMS,
     STRONG_ATTACKS,
     AttackConfig,
@@ -16,9 +17,11 @@ from automoe.robustness.attacks import (
     strong_attacks,
     worst_case_accuracy,
 )
+from automoe.robustness.square import square_attack
 
 __all__ = [
     "ATTACKS",
+    "BLACK_BOX_ATTACKS",
     "NORMS",
     "STRONG_ATTACKS",
     "AttackConfig",
@@ -28,6 +31,7 @@ __all__ = [
     "dlr_loss",
     "pgd_step",
     "robust_accuracy",
+    "square_attack",
     "strong_attacks",
     "worst_case_accuracy",
 ]

@@ -7,6 +7,8 @@ normalised inputs is wrapped with :class:`Normalized` so the attack still works 
   (Madry et al. 2018).
 * APGD with cross-entropy or DLR loss (Croce & Hein 2020, the two white-box attacks of
   AutoAttack): step-size halving at checkpoints, momentum 0.75, best point kept.
+* Square (Andriushchenko et al. 2020, :mod:`automoe.robustness.square`): score-based
+  black-box, ``steps`` queries; the check that white-box numbers are not gradient masking.
 * Router-aware PGD: the loss adds ``router_weight`` x the routers' cross-entropy against
   their decision on the clean input (or ``y mod E``, AdvMoE's expert labels), so the attack
   also moves the routing. Hard top-k routing passes gradient only through the gate values,
@@ -28,10 +30,13 @@ from torch.utils.data import Dataset, Subset
 from automoe.data import make_loader
 from automoe.errors import ConfigError
 from automoe.layers import MoEModule
+from automoe.robustness.square import square_attack
 
-ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd")
+ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd", "square")
+# attacks that read only the logits: no gradient, so gradient masking cannot fool them
+BLACK_BOX_ATTACKS = ("square",)
 NORMS = ("linf", "l2")
-# norm -> the attacks implemented in it (FGSM and our APGD are L-inf only)
+# norm -> the attacks implemented in it (FGSM, our APGD and Square are L-inf only)
 ATTACKS_BY_NORM = {"linf": ATTACKS, "l2": ("pgd", "router-pgd")}
 # what a strong evaluation runs by default, per norm
 STRONG_ATTACKS = {"linf": ("pgd", "router-pgd", "apgd-ce", "apgd-dlr"),
@@ -46,7 +51,7 @@ class AttackConfig:
     norm: str = "linf"  # "linf" or "l2" (APGD and FGSM: linf)
     eps: float = 8 / 255  # radius of the ball, [0, 1] pixel units
     step_size: float = 2 / 255  # PGD step (APGD adapts its own, starting at 2 eps)
-    steps: int = 10  # gradient steps per restart
+    steps: int = 10  # gradient steps per restart (square: queries)
     restarts: int = 1  # independent random starts; a sample is robust only if all fail
     random_start: bool = True  # start from a random point in the ball
     router_weight: float = 1.0  # router-pgd: weight of the routers' loss
@@ -273,6 +278,8 @@ def attack_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(loss(adv)[0].sum(), adv)
         return _project(x + config.eps * grad.sign(), x, config.eps, "linf").detach()
+    if config.attack == "square":
+        return square_attack(model, x, labels, config.eps, config.steps, generator)
     if config.attack in ("apgd-ce", "apgd-dlr"):
         kind = "dlr" if config.attack == "apgd-dlr" else "ce"
         return _apgd(_loss_fn(model, labels, kind), x, labels, config, generator).detach()
@@ -354,6 +361,8 @@ class WorstCase:
     clean: float  # clean accuracy, [0, 1]
     per_attack: dict[str, float]  # AttackConfig.describe() -> accuracy, [0, 1]
     worst: float  # a sample counts only if no attack (and no restart) fooled it
+    # the worst case over the white-box attacks alone (gradient-based, on the model itself)
+    white_box: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -362,33 +371,51 @@ class WorstCase:
 def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[AttackConfig],
                         batch_size: int = 256, device: torch.device | str = "cpu",
                         seed: int = 0,
-                        on_progress: Callable[[int, int, str], None] | None = None
+                        on_progress: Callable[[int, int, str], None] | None = None,
+                        transfer: dict[str, tuple[nn.Module, AttackConfig]] | None = None,
                         ) -> WorstCase:
     """Attack every sample of ``dataset`` with each config (its restarts included) and
     report each attack's accuracy and the worst case over all of them.
 
-    ``on_progress(done, total, attack)`` is called after each attack of each batch, with
-    samples x attacks done and in all.
+    ``transfer`` maps a name to a surrogate model and an attack: its adversarial images,
+    crafted on the surrogate, are scored on ``model`` (a transfer attack, which needs no
+    gradient of ``model``). ``on_progress(done, total, attack)`` is called after each
+    attack of each batch, with samples x attacks done and in all.
     """
     device = torch.device(device)
     model.to(device).eval()
+    transfer = transfer or {}
+    for surrogate, _ in transfer.values():
+        surrogate.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    clean, robust = [], {c.describe(): [] for c in configs}
-    total, done = len(dataset) * len(configs), 0
+    names = [c.describe() for c in configs]
+    clean, robust = [], {name: [] for name in [*names, *transfer]}
+    total, done = len(dataset) * len(robust), 0
     for images, labels in make_loader(dataset, batch_size, device=device):
         images, labels = images.to(device), labels.to(device)
         with torch.no_grad():
             clean.append(model(images).argmax(1) == labels)
-        for cfg in configs:
-            robust[cfg.describe()].append(_unfooled(model, images, labels, cfg, generator))
+        for name, cfg in zip(names, configs, strict=True):
+            robust[name].append(_unfooled(model, images, labels, cfg, generator))
             done += len(labels)
             if on_progress is not None:
-                on_progress(done, total, cfg.describe())
+                on_progress(done, total, name)
+        for name, (surrogate, cfg) in transfer.items():
+            adv = attack_batch(surrogate, images, labels, cfg, generator)
+            with torch.no_grad():
+                robust[name].append(model(adv).argmax(1) == labels)
+            done += len(labels)
+            if on_progress is not None:
+                on_progress(done, total, name)
     clean_ok = torch.cat(clean)
     per_attack = {name: torch.cat(v) for name, v in robust.items()}
-    worst = clean_ok.clone()
+    worst, white_box = clean_ok.clone(), clean_ok.clone()
     for ok in per_attack.values():
         worst &= ok
+    for name, cfg in zip(names, configs, strict=True):
+        if cfg.attack not in BLACK_BOX_ATTACKS:
+            white_box &= per_attack[name]
     return WorstCase(samples=int(clean_ok.numel()), clean=clean_ok.float().mean().item(),
                      per_attack={k: v.float().mean().item() for k, v in per_attack.items()},
-                     worst=worst.float().mean().item())
+                     worst=worst.float().mean().item(),
+                     white_box=white_box.float().mean().item())

@@ -4,7 +4,15 @@ import torch
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
 from automoe.models import create_model
-from automoe.robustness import AttackConfig, Normalized, attack_batch, dlr_loss, robust_accuracy
+from automoe.robustness import (
+    AttackConfig,
+    Normalized,
+    attack_batch,
+    dlr_loss,
+    robust_accuracy,
+    square_attack,
+    worst_case_accuracy,
+)
 from automoe.training import TrainConfig, train
 
 
@@ -33,6 +41,7 @@ def _batch(dataset, n=64):
     AttackConfig(attack="apgd-ce", eps=0.1, steps=8),
     AttackConfig(attack="apgd-dlr", eps=0.1, steps=8),
     AttackConfig(attack="router-pgd", eps=0.1, step_size=0.03, steps=5),
+    AttackConfig(attack="square", eps=0.1, steps=50),
 ], ids=lambda c: f"{c.attack}-{c.norm}")
 def test_attacks_stay_in_the_ball_and_the_pixel_range(trained, cfg):
     model, val_set = trained
@@ -110,6 +119,42 @@ def test_the_masking_check_catches_a_masked_model(trained):
     masked = Quantised(model).eval()
     attacked = robust_accuracy(masked, val_set, AttackConfig(eps=0.1, step_size=0.025, steps=10))
     assert attacked >= _noise_accuracy(masked, val_set, 0.1) - 0.2
+
+
+class _Quantised(torch.nn.Module):
+    """Rounds its input to 8 bits: zero input gradient everywhere (masked gradients)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 255) / 255)
+
+
+def test_square_and_transfer_see_through_masked_gradients(trained):
+    model, val_set = trained
+    masked = _Quantised(model).eval()
+    data = torch.utils.data.Subset(val_set, range(200))
+    pgd = AttackConfig(eps=0.1, step_size=0.025, steps=10)
+    square = AttackConfig(attack="square", eps=0.1, steps=200)
+    report = worst_case_accuracy(masked, data, [pgd, square], transfer={
+        "transfer": (model, pgd)})  # PGD on the unmasked twin, scored on the masked model
+    white, black = report.per_attack[pgd.describe()], report.per_attack[square.describe()]
+    assert black < white - 0.2 and report.per_attack["transfer"] < white - 0.2
+    assert report.white_box == pytest.approx(white)  # Square and transfer are not white-box
+    assert report.worst <= min(report.per_attack.values())
+    # on the unmasked model the gradient attack is at least as strong as the black-box one
+    plain = worst_case_accuracy(model, data, [pgd, square])
+    assert plain.per_attack[pgd.describe()] <= plain.per_attack[square.describe()] + 0.05
+
+
+def test_square_is_repeatable_and_uses_no_gradient(trained):
+    model, val_set = trained
+    x, y = _batch(val_set)
+    runs = [square_attack(model, x.requires_grad_(False), y, 0.1, 30,
+                          torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(*runs) and not runs[0].requires_grad
 
 
 def test_restarts_never_increase_robust_accuracy(trained):
