@@ -86,7 +86,8 @@ def pareto_table(rows: list[dict], names, title: str, with_test: bool = False) -
             *(_with_std(METRICS[n], row["values"][n], (row.get("std") or {}).get(n))
               for n in names),
             *(METRICS[m].format(metrics.get(m)) for m in extra),
-            *([METRICS["robust_accuracy"].format(row.get("robust_accuracy_verified"))]
+            *([METRICS["robust_accuracy"].format(row.get("robust_accuracy_verified"))
+               + (" masked?" if row.get("masking_suspected") else "")]
               if verified else []),
             *(["-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.2f}"]
               if with_test else []),

@@ -136,8 +136,9 @@ def _search_with_workers(args, space, study_name, sampler_name, url, cluster, n_
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-attack every trial of a study's Pareto front with the worst case over APGD-CE,
-    APGD-DLR and router-aware PGD (restarts, many steps) on the proxy's val samples and
-    budget, and store the result beside the search-time proxy. ``pareto``, ``status``, the
+    APGD-DLR and router-aware PGD (restarts, many steps), the black-box Square attack and
+    PGD transferred from the study's best dense trial of the same width, on the proxy's
+    val samples and budget, and store the result beside the search-time proxy. ``pareto``, ``status``, the
     model card and ``export --pick robust|knee`` then use it."""
     ctx.quiet_optuna(args)
     study = ctx.existing_study(args)
@@ -149,14 +150,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     names = study_objectives(study)
     table = Table(title=f"{study.study_name}: robust accuracy of the front, search-time proxy "
                         "and verified worst case", title_justify="left")
-    for col in ("trial", "proxy %", "verified %", "proxy - verified", "architecture"):
-        table.add_column(col, justify="left" if col == "architecture" else "right")
+    for col in ("trial", "proxy %", "verified %", "proxy - verified", "white-box %",
+                "square %", "transfer %", "masking", "architecture"):
+        table.add_column(col, justify="left" if col in ("architecture", "masking") else "right")
+
+    def percent(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for trial in pareto_trials(study):
         record = records[trial.number]
         proxy = record.get("robust_accuracy_proxy")
         verified = record["robust_accuracy_verified"]
-        table.add_row(str(trial.number), "-" if proxy is None else f"{proxy:.2f}",
-                      f"{verified:.2f}", "-" if proxy is None else f"{proxy - verified:.2f}",
+        attacks = record.get("attacks") or {}
+        transfer = attacks.get("transfer")
+        table.add_row(str(trial.number), percent(proxy), f"{verified:.2f}",
+                      "-" if proxy is None else f"{proxy - verified:.2f}",
+                      percent(record.get("white_box_worst")), percent(attacks.get("square")),
+                      "-" if transfer is None else
+                      f"{transfer:.2f} (from {record.get('transfer_from')})",
+                      "suspected" if record.get("masking_suspected") else "-",
                       architecture(trial_row(trial, names)))
     out.print(table)
     return 0

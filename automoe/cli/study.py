@@ -58,7 +58,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 def _print_csv(rows: list[dict], names) -> None:
     metrics = [m for m in MEASURED if m not in names]
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["trial", *names, *metrics, "robust_accuracy_verified", "params",
+    writer.writerow(["trial", *names, *metrics, "robust_accuracy_verified",
+                     "masking_suspected", "params",
                      "placement", "granularity", "experts", "top_k", "width_multiplier", "lr",
                      "epochs", "feasible"])
     for row in rows:
@@ -66,7 +67,9 @@ def _print_csv(rows: list[dict], names) -> None:
         writer.writerow([row["trial"], *(row["values"][n] for n in names),
                          *(row["metrics"].get(m, "") for m in metrics),
                          "" if row["robust_accuracy_verified"] is None
-                         else row["robust_accuracy_verified"], row["params"],
+                         else row["robust_accuracy_verified"],
+                         "" if row["masking_suspected"] is None else row["masking_suspected"],
+                         row["params"],
                          row["placement"], row["granularity"], row["experts"], row["top_k"],
                          row["width_multiplier"], train.get("lr"), train.get("epochs"),
                          row["feasible"]])
@@ -125,6 +128,9 @@ def _status_view(study: optuna.Study) -> Group:
         mean, largest = s.verify_gap
         head.add_row("verified", f"{s.verified} of {s.front_size} front trials")
         head.add_row("", f"proxy - verified robust % mean {mean:.2f}, largest {largest:.2f}")
+        if s.masking:
+            head.add_row("", f"masking suspected on trials {', '.join(map(str, s.masking))}: "
+                         "Square or a transfer attack beat the white-box worst case")
     if s.lowest_use is not None:
         use, number = s.lowest_use
         head.add_row("routers", f"{s.moe_trials} MoE trials, {s.collapsed} collapsed (expert "

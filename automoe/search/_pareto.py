@@ -72,6 +72,9 @@ def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
         "router_health": record.router_health,
         # the strong worst-case attack's robust accuracy, once the front is verified
         "robust_accuracy_verified": (verified or {}).get("robust_accuracy_verified"),
+        # a gradient-free attack (Square, transfer) beat the white-box worst case; None
+        # until verified
+        "masking_suspected": (verified or {}).get("masking_suspected"),
         # with evaluation.repeats > 1: values are means over seeds; their std and each seed's
         "std": record.objective_std,
         "repeats": record.repeats,

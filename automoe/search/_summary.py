@@ -46,6 +46,7 @@ class StudySummary:
     verified: int  # front trials verified by `automoe verify`
     # proxy - verified robust accuracy over the verified front trials: (mean, largest)
     verify_gap: tuple[float, float] | None
+    masking: list[int]  # verified front trials a gradient-free attack beat (gradient masking)
     moe_trials: int  # complete trials with routers
     collapsed: int  # of those, expert use below COLLAPSED_BELOW
     lowest_use: tuple[float, int] | None  # (expert use, trial number)
@@ -95,6 +96,8 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         feasible=len(feasible), verified=len(checked),
         verify_gap=(sum(gaps) / len(gaps), max(gaps)) if gaps else (
             (0.0, 0.0) if checked else None),
+        masking=sorted(t.number for t in front if verified.get(t.number, {}).get(
+            "masking_suspected")),
         moe_trials=len(use), collapsed=sum(v < COLLAPSED_BELOW for v in use.values()),
         lowest_use=None if lowest is None else (use[lowest], lowest),
         specialisation=None if most is None else (

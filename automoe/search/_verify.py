@@ -35,6 +35,9 @@ from automoe.storage import load_checkpoint, sha256_file
 
 # the strong worst case: both APGD losses and the attack that also moves the routing
 VERIFY_ATTACKS = ("apgd-ce", "apgd-dlr", "router-pgd")
+# and the two that need no gradient of the model, so gradient masking cannot fool them:
+# Square (score-based black-box) and PGD crafted on a dense surrogate, then transferred
+MASKING_CHECKS = ("square", "transfer")
 
 
 @dataclass(frozen=True)
@@ -44,19 +47,32 @@ class VerifyConfig:
     steps: int = 50  # gradient steps per attack and restart
     restarts: int = 2  # random restarts per attack; a sample is robust only if all fail
     max_samples: int | None = None  # val samples; None: the proxy's own max_samples
+    square_queries: int = 300  # queries of the Square attack (0: no black-box check)
+    transfer: bool = True  # PGD from the study's best dense trial of the same width
 
     def __post_init__(self):
         if self.steps < 1 or self.restarts < 1:
             raise ConfigError(f"verification needs steps >= 1 and restarts >= 1, got "
                               f"{self.steps} and {self.restarts}")
+        if self.square_queries < 0:
+            raise ConfigError(f"square_queries must be >= 0, got {self.square_queries}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"--max-samples must be >= 1, got {self.max_samples}")
 
     def attacks(self, proxy: AttackConfig) -> list[AttackConfig]:
         """The verifying attacks, at the proxy's norm, budget and step size."""
-        return [replace(proxy, attack=name, steps=self.steps, restarts=self.restarts,
-                        random_start=True, max_samples=None)
-                for name in VERIFY_ATTACKS]
+        white_box = [replace(proxy, attack=name, steps=self.steps, restarts=self.restarts,
+                             random_start=True, max_samples=None)
+                     for name in VERIFY_ATTACKS]
+        if self.square_queries == 0 or proxy.norm != "linf":  # Square is L-inf here
+            return white_box
+        return [*white_box, replace(proxy, attack="square", steps=self.square_queries,
+                                    restarts=1, random_start=True, max_samples=None)]
+
+    def transfer_attack(self, proxy: AttackConfig) -> AttackConfig:
+        """The PGD run on the dense surrogate: the verifying budget, one restart."""
+        return replace(proxy, attack="pgd", steps=self.steps, restarts=1, random_start=True,
+                       max_samples=None)
 
 
 def verified_results(study: optuna.Study) -> dict[int, dict]:
@@ -84,8 +100,10 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
     proxy = space.attack
     attacks = config.attacks(proxy)
     max_samples = config.max_samples or proxy.max_samples
+    transfer_attack = config.transfer_attack(proxy)
     settings = {"attacks": [a.describe() for a in attacks], "eps": proxy.eps,
-                "norm": proxy.norm, "max_samples": max_samples, "split": "val"}
+                "norm": proxy.norm, "max_samples": max_samples, "split": "val",
+                "transfer": transfer_attack.describe() if config.transfer else None}
     done = verified_results(study)
     records = {}
     datasets: dict[tuple, object] = {}
@@ -101,12 +119,18 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
                     dataset = Subset(dataset, range(max_samples))
                 datasets[key] = dataset
             model = trial_model(trial, artifact_store)
+            surrogate = dense_surrogate(study, trial) if config.transfer else None
+            transfer = ({} if surrogate is None else
+                        {_TRANSFER: (trial_model(surrogate, artifact_store), transfer_attack)})
             report = worst_case_accuracy(model, datasets[key], attacks,
-                                         space.eval_batch_size, device, seed=proxy.seed)
+                                         space.eval_batch_size, device, seed=proxy.seed,
+                                         transfer=transfer)
             record = {"robust_accuracy_verified": 100 * report.worst,
                       "robust_accuracy_proxy": TrialRecord(trial).metric("robust_accuracy"),
                       "clean": 100 * report.clean, "samples": report.samples,
                       "per_attack": {k: 100 * v for k, v in report.per_attack.items()},
+                      **_masking_check(report, attacks),
+                      "transfer_from": None if surrogate is None else surrogate.number,
                       "settings": settings, "config": asdict(config)}
             StudyRecord(study).write_verified(trial.number, record)
         records[trial.number] = record
@@ -115,6 +139,40 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
             on_trial(trial.number, record)
     set_note_section(study, None, "verified", _front_note(records))
     return records
+
+
+# the per_attack key of the transfer attack
+_TRANSFER = "transfer"
+
+
+def dense_surrogate(study: optuna.Study, trial: optuna.trial.FrozenTrial
+                    ) -> optuna.trial.FrozenTrial | None:
+    """The transfer attack's surrogate for ``trial``: the study's most accurate (val)
+    complete dense trial of the same width with a checkpoint, else of any width; never
+    the trial itself. None when the study has no other dense trial."""
+    width = TrialRecord(trial).architecture.get("width_multiplier")
+    dense = [t for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.COMPLETE,)) if t.number != trial.number
+        and not TrialRecord(t).is_moe and TrialRecord(t).checkpoint
+        and TrialRecord(t).metric("val_accuracy") is not None]
+    same = [t for t in dense if TrialRecord(t).architecture.get("width_multiplier") == width]
+    pool = same or dense
+    return max(pool, key=lambda t: TrialRecord(t).metric("val_accuracy")) if pool else None
+
+
+def _masking_check(report, attacks) -> dict:
+    """The per-attack table by short name (``attacks``), the white-box worst case, and
+    whether a gradient-free attack (Square, transfer) beat it: then the white-box numbers
+    overstate robustness (gradient masking)."""
+    table = {}
+    for attack in attacks:
+        table[attack.attack] = 100 * report.per_attack[attack.describe()]
+    if _TRANSFER in report.per_attack:
+        table[_TRANSFER] = 100 * report.per_attack[_TRANSFER]
+    white_box = 100 * report.white_box
+    checks = [table[name] for name in MASKING_CHECKS if name in table]
+    return {"attacks": table, "white_box_worst": white_box,
+            "masking_suspected": any(value < white_box for value in checks)}
 
 
 def _percent(value) -> str:
@@ -131,6 +189,10 @@ def _trial_note(record: dict) -> str:
              f"{record['samples']} {settings['split']} samples.", "",
              "| attack | robust accuracy |", "|---|---|"]
     lines += [f"| {name} | {_percent(value)} |" for name, value in record["per_attack"].items()]
+    if record.get("masking_suspected"):
+        lines += ["", f"**Gradient masking suspected**: a gradient-free attack (Square or "
+                  f"transfer from trial {record.get('transfer_from')}) beat the white-box "
+                  f"worst case ({_percent(record.get('white_box_worst'))})."]
     return "\n".join(lines)
 
 

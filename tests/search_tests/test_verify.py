@@ -43,7 +43,18 @@ def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeyp
         trial = study.trials[number]
         assert record["robust_accuracy_proxy"] == trial.user_attrs["robust_accuracy"]
         assert record["samples"] == 64
-        assert len(record["per_attack"]) == 3
+        # three white-box attacks and Square; transfer from the best other dense trial
+        surrogate = verify_module.dense_surrogate(study, trial)
+        assert record["transfer_from"] == (None if surrogate is None else surrogate.number)
+        assert record["transfer_from"] != number
+        names = ["apgd-ce", "apgd-dlr", "router-pgd", "square"]
+        names += [] if surrogate is None else ["transfer"]
+        assert list(record["attacks"]) == names
+        assert len(record["per_attack"]) == len(names)
+        assert record["robust_accuracy_verified"] <= record["white_box_worst"]
+        assert record["masking_suspected"] == any(
+            record["attacks"][a] < record["white_box_worst"] for a in ("square", "transfer")
+            if a in record["attacks"])
         # the worst case is at most each attack's and at most the clean accuracy
         assert record["robust_accuracy_verified"] <= min(record["per_attack"].values())
         assert max(record["per_attack"].values()) <= record["clean"]
@@ -58,6 +69,21 @@ def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeyp
     assert calls == []
     verify_front(study, store, VerifyConfig(steps=6, restarts=1))
     assert len(calls) == len(front)
+
+
+def test_the_surrogate_is_the_best_other_dense_trial_of_the_same_width(study_and_store):
+    study, _ = study_and_store
+    for trial in study.trials:
+        surrogate = verify_module.dense_surrogate(study, trial)
+        dense = [t for t in study.trials if t.number != trial.number
+                 and not t.user_attrs["architecture"]["moe"]]
+        if not dense:
+            assert surrogate is None
+            continue
+        width = trial.user_attrs["architecture"]["width_multiplier"]
+        same = [t for t in dense if t.user_attrs["architecture"]["width_multiplier"] == width]
+        best = max(same or dense, key=lambda t: t.user_attrs["val_accuracy"])
+        assert surrogate.number == best.number
 
 
 def test_picks_use_the_verified_robust_accuracy(study_and_store):
