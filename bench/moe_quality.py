@@ -34,7 +34,8 @@ from automoe.data import load_dataset
 from automoe.errors import TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, create_model
-from automoe.robustness import AttackConfig, robust_accuracy
+from automoe.robustness import AttackConfig, robust_accuracy, worst_case_accuracy
+from automoe.search._verify import VerifyConfig
 from automoe.training import TrainConfig, evaluate_accuracy, train
 
 # name -> model-config fields on top of ResNet-8 (every MoE config: placement last_two)
@@ -54,6 +55,19 @@ CONFIGS = {
                       balance_loss="supervised", balance_weight=1.0, router="global"),
     # the dense backbone under TRADES: the loss AdvMoE's expert step uses (CE + beta KL)
     "dense-trades": dict(placement="none"),
+    # sparse upcycling: the first half of the epochs train the dense twin (train fields
+    # after "train")
+    "conv-e4-up": dict(granularity="conv", num_experts=4, top_k=1, train=dict(upcycle=0.5)),
+    "conv-e8-up": dict(granularity="conv", num_experts=8, top_k=1, train=dict(upcycle=0.5)),
+    "block-e4-up": dict(granularity="block", num_experts=4, top_k=1, train=dict(upcycle=0.5)),
+    "block-e8-up": dict(granularity="block", num_experts=8, top_k=1, train=dict(upcycle=0.5)),
+    # Pavlitska et al.'s robust ConvMoE: straight-through top-1, entropy loss 0.5, upcycled
+    "pavlitska-e4": dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
+                         balance_loss="entropy", balance_weight=0.5, train=dict(upcycle=0.5)),
+    # AdvMoE with a per-layer router (its MACs are the dense net's), upcycled
+    "advmoe-layer-e4": dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
+                            balance_loss="supervised", balance_weight=1.0,
+                            train=dict(upcycle=0.5)),
 }
 
 
@@ -68,9 +82,11 @@ def data(task: str):
     return train_set, val_set, (info.in_channels, info.num_classes, 16, info.mean, info.std)
 
 
-def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dict:
+def run(name: str, lr: float, seed: int, args, train_set, val_set, shape,
+        surrogate=None) -> dict:
     channels, classes, size, mean, std = shape
-    fields = {"placement": "last_two", **CONFIGS[name]}
+    fields = {"placement": args.placement, **CONFIGS[name]}
+    train_fields = fields.pop("train", {})
     torch.manual_seed(seed)
     model = create_model("resnet8", in_channels=channels, num_classes=classes,
                          image_size=size, input_mean=mean, input_std=std, **fields)
@@ -81,7 +97,7 @@ def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dic
     config = TrainConfig(epochs=args.epochs, lr=lr, seed=seed, scheme=scheme,
                          adv_steps=args.adv_steps,
                          adv_step_size=(5 if scheme == "advmoe" else 2.5) / 255,
-                         grad_clip=args.grad_clip)
+                         grad_clip=args.grad_clip, **train_fields)
     start = time.perf_counter()
     try:
         result = train(model, train_set, config)
@@ -99,7 +115,25 @@ def run(name: str, lr: float, seed: int, args, train_set, val_set, shape) -> dic
            "finite": True}
     if args.adversarial:
         row["robust"] = 100 * robust_accuracy(model, val_set, AttackConfig(steps=10))
+    if args.verify:
+        row.update(verified(model, val_set, args, surrogate))
+    row["model"] = model
     return row
+
+
+def verified(model, val_set, args, surrogate) -> dict:
+    """The worst case of the verifying attacks (`automoe verify`'s: APGD-CE, APGD-DLR,
+    router-PGD, Square) and of PGD transferred from the dense model of the same seed."""
+    proxy = AttackConfig(steps=10)
+    attacks = VerifyConfig(steps=args.verify_steps, restarts=1,
+                           square_queries=args.square_queries).attacks(proxy)
+    transfer = ({} if surrogate is None else
+                {"transfer": (surrogate, VerifyConfig(steps=args.verify_steps).transfer_attack(
+                    proxy))})
+    report = worst_case_accuracy(model, val_set, attacks, transfer=transfer)
+    square = next(100 * v for k, v in report.per_attack.items() if k.startswith("square"))
+    return {"verified": 100 * report.worst, "white_box": 100 * report.white_box,
+            "square": square, "transfer": 100 * report.per_attack.get("transfer", math.nan)}
 
 
 def mean_std(values: list[float]) -> str:
@@ -125,28 +159,45 @@ def main() -> None:
     parser.add_argument("--grad-clip", type=float, default=None,
                         help="TrainConfig.grad_clip (default: the scheme's default)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--placement", default="last_two", help="MoE placement of every config")
+    parser.add_argument("--verify", action="store_true",
+                        help="also the verified worst case (APGD-CE, APGD-DLR, router-PGD, "
+                             "Square, transfer from the same seed's dense model)")
+    parser.add_argument("--verify-steps", type=int, default=20)
+    parser.add_argument("--square-queries", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
     train_set, val_set, shape = data(args.task)
     rows: dict[tuple[str, float], list[dict]] = {}
+    # dense first: its model of each seed is the transfer attack's surrogate
+    names = sorted(args.configs, key=lambda n: n != "dense")
     for lr in args.lr:
-        for name in args.configs:
+        for name in names:
             for seed in range(args.seeds):
-                row = run(name, lr, seed, args, train_set, val_set, shape)
+                dense = rows.get(("dense", lr), [])
+                surrogate = dense[seed]["model"] if len(dense) > seed else None
+                row = run(name, lr, seed, args, train_set, val_set, shape, surrogate)
                 rows.setdefault((name, lr), []).append(row)
                 use = "-" if row["use"] is None else f"{row['use']:.2f}"
                 console.print(f"{name:12s} lr {lr:g} seed {seed} val {row['val']:.2f}"
                               + (f" robust {row['robust']:.2f}" if "robust" in row else "")
+                              + (f" verified {row['verified']:.2f} (white-box "
+                                 f"{row['white_box']:.2f}, square {row['square']:.2f}, "
+                                 f"transfer {row['transfer']:.2f})" if "verified" in row
+                                 else "")
                               + f" expert use {use} final loss {row['final_loss']:.4g}"
                               + f" ({row['seconds']:.0f} s)")
     lrs = ", ".join(f"{lr:g}" for lr in args.lr)
-    title = (f"ResNet-8 on {args.task} digits, {args.epochs} epochs, lr {lrs}, "
+    title = (f"ResNet-8 on {args.task} digits, MoE {args.placement}, {args.epochs} epochs "
+             f"(upcycled: the dense phase counts), lr {lrs}, "
              f"{'PGD-AT ' + str(args.adv_steps) + '-step' if args.adversarial else 'standard'}"
              f" training, seeds 0..{args.seeds - 1} (mean ± std)")
     table = Table(title=title, title_justify="left")
     for col in ("config", "lr", "active MMACs", "val %", "val - dense",
                 *(("robust % (PGD-10)", "robust - dense") if args.adversarial else ()),
+                *(("verified %", "verified - dense", "square %", "transfer %")
+                  if args.verify else ()),
                 "expert use", "finite loss", "s / run"):
         table.add_column(col, justify="left" if col == "config" else "right")
     for (name, lr), runs in rows.items():
@@ -163,6 +214,13 @@ def main() -> None:
             rdiff = ([v - d for v, d in zip(robust, dense_robust, strict=False)]
                      if dense_robust and name != "dense" else [])
             cells += [mean_std(robust), mean_std(rdiff)]
+        if args.verify:
+            ver = [r["verified"] for r in runs]
+            dense_ver = [r["verified"] for r in dense_runs]
+            vdiff = ([v - d for v, d in zip(ver, dense_ver, strict=False)]
+                     if dense_ver and name != "dense" else [])
+            cells += [mean_std(ver), mean_std(vdiff), mean_std([r["square"] for r in runs]),
+                      mean_std([r["transfer"] for r in runs])]
         cells += [mean_std(uses), f"{sum(r['finite'] for r in runs)}/{len(runs)}",
                   f"{statistics.mean(r['seconds'] for r in runs):.0f}"]
         table.add_row(*cells)
