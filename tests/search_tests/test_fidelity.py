@@ -92,3 +92,26 @@ def test_study_prunes_dominated_trials_at_rungs(tmp_path):
             assert len(t.values) == 2
     # the resume states are removed once a trial ends, however it ends
     assert not list((tmp_path / "resume").rglob("*.pt"))
+
+
+def test_rungs_in_an_upcycling_dense_phase_judge_the_upcycled_model(tmp_path):
+    """At a rung inside the dense phase the MoE model holds the twin's current weights, so
+    it is judged on what has trained, not on its untrained initialisation."""
+    space = SearchSpace.from_dict({
+        "name": "shu", "dataset": {"name": "digits"},
+        "params": {"placement": "last_stage", "experts": 2, "width_multiplier": 0.5,
+                   "lr": 0.1, "epochs": 4, "batch_size": 64, "upcycle": 0.5},
+        "objectives": ["val_accuracy", "mmacs"],
+        "fidelity": {"min_epochs": 1, "reduction_factor": 2},
+    })
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "shu", space,
+                                      make_sampler("random", 0))
+    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "COMPLETE"
+    rungs = trial.user_attrs["rungs"]
+    # epoch 1 is dense-phase training; an untrained 10-class model scores about 10 %
+    assert rungs["1"]["val_accuracy"] > 40
+    assert rungs["2"]["val_accuracy"] > 60
+    assert [row.get("dense_phase", 0) for row in trial.user_attrs["history"]] == [1, 1, 0, 0]
