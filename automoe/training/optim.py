@@ -28,9 +28,18 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.SGD:
     params = list(params)  # tensors, or param groups (dicts with "params")
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
     fused = all(p.device.type in ("cpu", "cuda") for p in tensors) or None
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.momentum > 0, weight_decay=config.weight_decay,
-                           fused=fused)
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                nesterov=config.momentum > 0,
+                                weight_decay=config.weight_decay, fused=fused)
+    if fused and config.momentum > 0:
+        # The fused step creates momentum buffers only when no parameter has one yet, and
+        # fails on a mix: an expert that no sample reached in the first step has no
+        # gradient then, and none of a buffer later. Zero buffers from the start update
+        # exactly as lazily created ones (0 * momentum + grad = grad).
+        for tensor in tensors:
+            optimizer.state[tensor]["momentum_buffer"] = torch.zeros_like(
+                tensor, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer,

@@ -143,3 +143,24 @@ def test_fused_optimizer_updates_as_plain_sgd():
         plain.step()
     for p, q in zip(params, twins, strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_fused_optimizer_takes_parameters_that_miss_the_first_step():
+    # an expert that no sample reached in the first step has no gradient there; the fused
+    # step must still update it later, as PyTorch's per-parameter loop does
+    config = TrainConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fused = make_optimizer(params, config)
+    plain = torch.optim.SGD(twins, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                            foreach=False)
+    for step in range(4):
+        for i, (p, q) in enumerate(zip(params, twins, strict=True)):
+            missed = i == 1 and step in (0, 2)  # no sample reached it in steps 1 and 3
+            g = None if missed else torch.randn_like(p)
+            p.grad, q.grad = g, (None if g is None else g.clone())
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q)
