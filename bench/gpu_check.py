@@ -1,19 +1,23 @@
-"""The GPU acceptance run: one command, one Markdown report, about 8 minutes on an H100.
+"""The GPU acceptance run: one command, one Markdown report, within ``--budget`` seconds.
 
-    python bench/gpu_check.py [--out gpu_report.md] [--epoch-images 20000]
-    python bench/gpu_check.py --dry-run      # every part that needs no CUDA, on the CPU
+    python bench/gpu_check.py [--out gpu_report.md] [--budget 540] [--epoch-images 20000]
+    python bench/gpu_check.py --dry-run --budget 60   # every part that needs no CUDA, on the CPU
 
-Parts, each reported whatever the others do:
+Parts, in order of value, each in its own process with a time limit (the smaller of its
+own and what is left of the budget), each reported whatever the others do; the report is
+rewritten whole after every part (a temp file, then renamed) and each part's text is
+printed as it ends, so a run cut short still brings back what it finished:
 
-1. ``pytest -m gpu``: the GPU tests (Triton against PyTorch at real shapes, compile, a MoE
-   ResNet-18 training step).
+1. Environment.
 2. Kernels, fp32 / TF32 / bf16: the Triton op against compute-all-then-mask and against
    one cuDNN conv of the same active FLOPs, forward + backward, with TFLOP/s and the
    targets: >= 0.8 E/k over compute-all, >= 0.7 of cuDNN's TFLOP/s.
-3. One training epoch of ResNet-18 on synthetic CIFAR-shaped data (in memory on the GPU):
+3. ``pytest -m gpu`` on the GPU tests' module alone (Triton against PyTorch at real
+   shapes, compile, a MoE ResNet-18 training step), without the search stack.
+4. One training epoch of ResNet-18 on synthetic CIFAR-shaped data (in memory on the GPU):
    dense, MoE with the sparse (Triton) dispatch and MoE computing every expert, in bf16
    and fp32, with images/s and peak memory.
-4. A 3-trial search through the CLI on synthetic CIFAR-shaped image files.
+5. A 3-trial search through the CLI on synthetic CIFAR-shaped image files.
 
 ``--dry-run`` runs the same code on the CPU at toy sizes (the kernels through the Triton
 interpreter) so that a broken part shows before a GPU is lent; its timings mean nothing.
@@ -29,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +84,12 @@ def part_environment(device: torch.device) -> str:
 
     import automoe
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+    try:  # a copy of the checkout may come without git, or without its .git folder
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    commit = commit or "unknown"
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({platform.processor() or platform.machine()}, "
                  f"{torch.get_num_threads()} threads)")
@@ -94,16 +101,33 @@ def part_environment(device: torch.device) -> str:
     return table(["", ""], rows)
 
 
-def part_pytest(dry_run: bool) -> str:
+# The GPU tests' module alone, with the project's warning filters replaced: they name
+# optuna, which a GPU machine need not have, and collecting the whole suite would import
+# the search stack (optuna, plotly, SQLAlchemy) to select these few tests.
+GPU_TESTS = "tests/kernels_tests/test_gpu.py"
+
+
+def part_pytest(dry_run: bool, timeout: float) -> str:
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-               "tests/"]
+               "-o", "filterwarnings=default", GPU_TESTS]
     if dry_run:  # collecting shows the GPU tests import and parametrize
         command.append("--collect-only")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=300)
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-    return f"`{' '.join(command[2:])}` exit code {proc.returncode}\n\n```\n{tail}\n```"
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=timeout)
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        output, code = _text(exc.stdout) + _text(exc.stderr), f"none (cut at {timeout:.0f} s)"
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    return f"`{' '.join(command[2:])}` exit code {code}\n\n```\n{tail}\n```"
+
+
+def _text(output) -> str:
+    """What a timed-out subprocess printed: bytes even under ``text=True``, or None."""
+    if output is None:
+        return ""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output
 
 
 def kernel_ms(device: torch.device, dtype: torch.dtype, tf32: bool, batch: int, size: int,
@@ -131,10 +155,15 @@ def kernel_ms(device: torch.device, dtype: torch.dtype, tf32: bool, batch: int, 
             for name, fn in step.items()}
 
 
-def part_kernels(device: torch.device, dry_run: bool) -> str:
+KERNEL_HEADER = ["precision", "B x C x map", "E", "k", "compute-all ms", "triton ms",
+                 "cuDNN ms", "triton TFLOP/s", "vs compute-all", "of cuDNN TFLOP/s (>= 0.7)"]
+
+
+def part_kernels(device: torch.device, dry_run: bool):
+    """The kernel table's lines, each as soon as it is measured (a cut part keeps them)."""
     shapes = DRY_KERNEL_SHAPES if dry_run else KERNEL_SHAPES
     repeats = 2 if dry_run else 10
-    rows = []
+    yield from table(KERNEL_HEADER, []).splitlines()
     for precision, (dtype, tf32) in PRECISIONS.items():
         if dry_run and dtype == torch.bfloat16:
             continue  # the interpreter's bf16 dots are wrong
@@ -148,17 +177,15 @@ def part_kernels(device: torch.device, dry_run: bool) -> str:
                 over_all = ms["all"] / ms["triton"]
                 of_cudnn = ms["cudnn"] / ms["triton"]
                 target = 0.8 * experts / k
-                rows.append([precision, f"{batch}x{channels}x{size}x{size}", str(experts),
-                             str(k), f"{ms['all']:.3f}", f"{ms['triton']:.3f}",
-                             f"{ms['cudnn']:.3f}", f"{tflops:.1f}",
-                             f"{over_all:.2f}x {'ok' if over_all >= target else 'MISS'} "
-                             f"(>= {target:.1f})",
-                             f"{of_cudnn:.2f} {'ok' if of_cudnn >= 0.7 else 'MISS'}"])
+                yield table(KERNEL_HEADER, [[
+                    precision, f"{batch}x{channels}x{size}x{size}", str(experts), str(k),
+                    f"{ms['all']:.3f}", f"{ms['triton']:.3f}", f"{ms['cudnn']:.3f}",
+                    f"{tflops:.1f}",
+                    f"{over_all:.2f}x {'ok' if over_all >= target else 'MISS'} "
+                    f"(>= {target:.1f})",
+                    f"{of_cudnn:.2f} {'ok' if of_cudnn >= 0.7 else 'MISS'}"]]).splitlines()[-1]
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-    return table(["precision", "B x C x map", "E", "k", "compute-all ms", "triton ms",
-                  "cuDNN ms", "triton TFLOP/s", "vs compute-all", "of cuDNN TFLOP/s (>= 0.7)"],
-                 rows)
 
 
 def part_epoch(device: torch.device, dry_run: bool, images: int) -> str:
@@ -203,7 +230,7 @@ def part_epoch(device: torch.device, dry_run: bool, images: int) -> str:
     return table(["precision", "model", "images/s", "peak GiB", "loss"], rows)
 
 
-def part_search(device: torch.device, dry_run: bool) -> str:
+def part_search(device: torch.device, dry_run: bool, timeout: float) -> str:
     import numpy as np
     from PIL import Image
 
@@ -245,12 +272,52 @@ sampler: {{name: random}}
                    "--no-verify"]
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         start = time.perf_counter()
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
-                              timeout=420)
+        try:
+            proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
+                                  timeout=timeout)
+            output, code = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as exc:
+            output = _text(exc.stdout) + _text(exc.stderr)
+            code = f"none (cut at {timeout:.0f} s)"
         seconds = time.perf_counter() - start
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-    return (f"`automoe search` of 3 trials, {seconds:.0f} s, exit code {proc.returncode}\n\n"
+    tail = "\n".join(output.strip().splitlines()[-25:])
+    return (f"`automoe search` of 3 trials, {seconds:.0f} s, exit code {code}\n\n"
             f"```\n{tail}\n```")
+
+
+# key -> (heading, the most seconds it may take), in order of value: what a cut run
+# brings back first matters most
+PARTS = {
+    "environment": ("Environment", 60),
+    "kernels": ("Kernels (forward + backward)", 180),
+    "pytest": ("pytest -m gpu", 150),
+    "epoch": ("ResNet-18 epoch, CIFAR-shaped images, E = 4, k = 1 in every block", 150),
+    "search": ("3-trial search on CIFAR-shaped image files", 240),
+}
+# seconds kept back from a part's limit for its own subprocess to be cut and reported
+_MARGIN = 10
+
+
+def run_part(key: str, args: argparse.Namespace, timeout: float) -> str:
+    """One part's Markdown, in this process (``--part``: a child of :func:`main`)."""
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    images = 96 if args.dry_run else args.epoch_images
+    inner = max(1.0, timeout - _MARGIN)
+    parts = {"environment": lambda: part_environment(device),
+             "pytest": lambda: part_pytest(args.dry_run, inner),
+             "kernels": lambda: part_kernels(device, args.dry_run),  # lines, as measured
+             "epoch": lambda: f"{images} images\n\n" + part_epoch(device, args.dry_run, images),
+             "search": lambda: part_search(device, args.dry_run, inner)}
+    return parts[key]()
+
+
+def write_report(out: Path, sections: list[str]) -> None:
+    """The report so far, whole: a temp file, then renamed over the last one."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(sections))
+    tmp.replace(out)
 
 
 def main() -> int:
@@ -259,50 +326,64 @@ def main() -> int:
     parser.add_argument("--out", default="gpu_report.md", help="Markdown report to write")
     parser.add_argument("--dry-run", action="store_true",
                         help="run on the CPU at toy sizes (checks the script, not the GPU)")
+    parser.add_argument("--budget", type=float, default=540,
+                        help="seconds for all parts: each gets the smaller of its own limit "
+                             "and what is left, and parts past the budget are skipped")
     parser.add_argument("--epoch-images", type=int, default=20_000,
                         help="images in the timed ResNet-18 epoch")
-    parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["pytest", "kernels", "epoch", "search"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(PARTS))
+    parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
+    parser.add_argument("--part-timeout", type=float, default=600, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check needs a CUDA device; use --dry-run to check it on the CPU",
               file=sys.stderr)
         return 2
-    device = torch.device("cpu" if args.dry_run else "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    images = 96 if args.dry_run else args.epoch_images
-    parts = [("Environment", lambda: part_environment(device)),
-             ("pytest -m gpu", lambda: part_pytest(args.dry_run)),
-             ("Kernels (forward + backward)", lambda: part_kernels(device, args.dry_run)),
-             (f"ResNet-18 epoch, {images} CIFAR-shaped images, E = 4, k = 1 in every block",
-              lambda: part_epoch(device, args.dry_run, images)),
-             ("3-trial search on CIFAR-shaped image files",
-              lambda: part_search(device, args.dry_run))]
-    keys = ["environment", "pytest", "kernels", "epoch", "search"]
+    if args.part:  # a child: print the part's Markdown (line by line where it can) and exit
+        text = run_part(args.part, args, args.part_timeout)
+        for line in [text] if isinstance(text, str) else text:
+            print(line, flush=True)
+        return 0
+    deadline = time.monotonic() + args.budget
     title = "automoe GPU check" + (" (dry run on the CPU: timings mean nothing)"
                                    if args.dry_run else "")
-    report = [f"# {title}\n"]
+    sections = [f"# {title}\n\nbudget {args.budget:.0f} s; parts in order of value, each "
+                "cut at the smaller of its limit and the budget left\n"]
+    out = Path(args.out)
     failed = []
-    for key, (heading, run) in zip(keys, parts, strict=True):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for key, (heading, cap) in PARTS.items():
         if key in args.skip:
             continue
+        left = deadline - time.monotonic()
         start = time.perf_counter()
         print(f"[gpu_check] {heading} ...", flush=True)
-        try:
-            body = run()
-        except Exception:  # a broken part is reported and the others still run
+        if left < 2 * _MARGIN:
+            body = f"SKIPPED: {max(left, 0):.0f} s of the {args.budget:.0f} s budget left"
             failed.append(key)
-            body = "FAILED\n\n```\n" + traceback.format_exc()[-3000:] + "\n```"
-        report.append(f"## {heading}\n\n{body}\n\n_{time.perf_counter() - start:.0f} s_\n")
-        if key in ("pytest", "search") and "exit code 0" not in body:
-            failed.append(key)
-    text = "\n".join(report)
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    print(text)
+        else:
+            timeout = min(cap, left)
+            command = [sys.executable, str(Path(__file__).resolve()), "--part", key,
+                       "--part-timeout", str(timeout), "--epoch-images",
+                       str(args.epoch_images), *(["--dry-run"] if args.dry_run else [])]
+            try:  # a part of its own process: a cut or a crash loses that part alone
+                proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                      timeout=timeout, env={**env, **(
+                                          {"TRITON_INTERPRET": "1"} if args.dry_run else {})})
+                body, code = proc.stdout.strip(), proc.returncode
+                if code != 0:
+                    body += "\n\nFAILED\n\n```\n" + proc.stderr[-3000:] + "\n```"
+            except subprocess.TimeoutExpired as exc:
+                body = (_text(exc.stdout).strip() + f"\n\nCUT at {timeout:.0f} s (limit "
+                        f"{cap} s, budget left {left:.0f} s)\n\n```\n"
+                        + _text(exc.stderr)[-1500:] + "\n```")
+                code = "cut"
+            if code != 0 or (key in ("pytest", "search") and "exit code 0" not in body):
+                failed.append(key)
+        section = f"## {heading}\n\n{body}\n\n_{time.perf_counter() - start:.0f} s_\n"
+        sections.append(section)
+        write_report(out, sections)  # after every part: a cut run still brings this back
+        print(section, flush=True)
     print(f"[gpu_check] report written to {out}" + (f"; failed: {', '.join(failed)}"
                                                      if failed else ""))
     return 1 if failed else 0

@@ -40,3 +40,29 @@ def test_without_cuda_or_dry_run_it_says_what_to_do(tmp_path):
     assert proc.returncode == 2
     assert "needs a CUDA device; use --dry-run" in proc.stderr
     assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.slow
+def test_the_report_grows_part_by_part_and_is_cut_at_the_budget(tmp_path):
+    out = tmp_path / "report.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run",
+                           "--budget", "30", "--skip", "environment", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    report = out.read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+    kernels = report.split("## Kernels")[1].split("## ")[0]
+    # the kernel part is cut at the budget and keeps the rows it measured by then
+    assert "CUT at" in kernels and kernels.count("| fp32 |") >= 1
+    for heading in ("## pytest -m gpu", "## ResNet-18 epoch", "## 3-trial search"):
+        assert "\nSKIPPED: " in report.split(heading)[1].split("## ")[0]
+    assert proc.returncode == 1  # what was cut or skipped is reported as not done
+    assert proc.stdout.index("## Kernels") < proc.stdout.index("## pytest -m gpu")
+
+
+def test_the_gpu_command_fits_one_device_call():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- gpu-command -->")[1].split("<!-- /gpu-command -->")[0]
+    command = block.split("```bash")[1].split("```")[0].strip()
+    assert "gpu_check.py --budget" in command and "--no-index" in command
+    assert len(command) < 2000
+    assert ".whl/" in (ROOT / ".gitignore").read_text()
