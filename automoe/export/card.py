@@ -93,12 +93,15 @@ def model_card(config: dict) -> str:
                   "How each routed layer spread the validation samples over its experts. "
                   "Effective experts = exp(entropy of the experts' shares): 1 means every "
                   "sample went to one expert (a collapsed router, a dense layer with dead "
-                  "experts), E an even spread.", ""]
+                  "experts), E an even spread. Specialisation = normalised mutual "
+                  "information between expert choice and class (0: the choice says nothing "
+                  "about the class, 1: each expert takes its own classes).", ""]
         rows = [(f"`{layer}`", f"{h['effective_experts']:.2f} of {h['num_experts']}",
-                 f"{100 * h['max_share']:.1f} %", f"{100 * h['dropped_share']:.1f} %")
+                 f"{100 * h['max_share']:.1f} %", f"{100 * h['dropped_share']:.1f} %",
+                 "-" if h.get("specialisation") is None else f"{h['specialisation']:.2f}")
                 for layer, h in health.items()]
         lines += _table(("layer", "effective experts", "largest expert's share",
-                         "dropped"), rows) + [""]
+                         "dropped", "specialisation"), rows) + [""]
 
     usage = config.get("expert_usage") or {}
     if usage:

@@ -104,6 +104,8 @@ def test_export_each_pick_with_a_model_card(study_dir):
         model = automoe.load(out)
         result = json.loads(run_cli("eval", str(out), "--json", cwd=study_dir, check=0).stdout)
         row = next(r for r in front if r["trial"] == number)
+        if row["moe"]:  # each routed layer's health with its expert-class NMI
+            assert "| dropped | specialisation |" in card
         assert abs(result["val_accuracy"] - row["values"]["val_accuracy"]) <= 0.5
         assert model.config.num_classes == 10
     # bounds that nothing meets: one line naming them
