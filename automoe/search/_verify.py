@@ -119,7 +119,8 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
                     dataset = Subset(dataset, range(max_samples))
                 datasets[key] = dataset
             model = trial_model(trial, artifact_store)
-            surrogate = dense_surrogate(study, trial) if config.transfer else None
+            surrogate = (dense_surrogate(study, trial, artifact_store) if config.transfer
+                         else None)
             transfer = ({} if surrogate is None else
                         {_TRANSFER: (trial_model(surrogate, artifact_store), transfer_attack)})
             report = worst_case_accuracy(model, datasets[key], attacks,
@@ -145,19 +146,33 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
 _TRANSFER = "transfer"
 
 
-def dense_surrogate(study: optuna.Study, trial: optuna.trial.FrozenTrial
-                    ) -> optuna.trial.FrozenTrial | None:
+def dense_surrogate(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    artifact_store=None) -> optuna.trial.FrozenTrial | None:
     """The transfer attack's surrogate for ``trial``: the study's most accurate (val)
-    complete dense trial of the same width with a checkpoint, else of any width; never
-    the trial itself. None when the study has no other dense trial."""
+    complete dense trial of the same width whose checkpoint is there, else of any width;
+    never the trial itself. None when there is no such trial. With ``--keep pareto`` only
+    front trials keep their checkpoints, so the surrogate is then a dense front trial."""
     width = TrialRecord(trial).architecture.get("width_multiplier")
     dense = [t for t in study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.COMPLETE,)) if t.number != trial.number
         and not TrialRecord(t).is_moe and TrialRecord(t).checkpoint
         and TrialRecord(t).metric("val_accuracy") is not None]
-    same = [t for t in dense if TrialRecord(t).architecture.get("width_multiplier") == width]
-    pool = same or dense
-    return max(pool, key=lambda t: TrialRecord(t).metric("val_accuracy")) if pool else None
+    # same width first, then by val accuracy, best first
+    dense.sort(key=lambda t: (TrialRecord(t).architecture.get("width_multiplier") != width,
+                              -TrialRecord(t).metric("val_accuracy"), t.number))
+    for candidate in dense:
+        if artifact_store is None or _stored(candidate, artifact_store):
+            return candidate
+    return None
+
+
+def _stored(trial: optuna.trial.FrozenTrial, artifact_store) -> bool:
+    """Whether the trial's checkpoint is still in the store (retention removes some)."""
+    try:
+        with artifact_store.open_reader(TrialRecord(trial).checkpoint["artifact_id"]):
+            return True
+    except Exception:  # the stores raise their own not-found error types
+        return False
 
 
 def _masking_check(report, attacks) -> dict:

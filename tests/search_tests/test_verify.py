@@ -44,7 +44,7 @@ def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeyp
         assert record["robust_accuracy_proxy"] == trial.user_attrs["robust_accuracy"]
         assert record["samples"] == 64
         # three white-box attacks and Square; transfer from the best other dense trial
-        surrogate = verify_module.dense_surrogate(study, trial)
+        surrogate = verify_module.dense_surrogate(study, trial, store)
         assert record["transfer_from"] == (None if surrogate is None else surrogate.number)
         assert record["transfer_from"] != number
         names = ["apgd-ce", "apgd-dlr", "router-pgd", "square"]
@@ -71,10 +71,11 @@ def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeyp
     assert len(calls) == len(front)
 
 
-def test_the_surrogate_is_the_best_other_dense_trial_of_the_same_width(study_and_store):
-    study, _ = study_and_store
+def test_the_surrogate_is_the_best_other_dense_trial_of_the_same_width(study_and_store,
+                                                                       tmp_path):
+    study, store = study_and_store
     for trial in study.trials:
-        surrogate = verify_module.dense_surrogate(study, trial)
+        surrogate = verify_module.dense_surrogate(study, trial, store)
         dense = [t for t in study.trials if t.number != trial.number
                  and not t.user_attrs["architecture"]["moe"]]
         if not dense:
@@ -84,6 +85,31 @@ def test_the_surrogate_is_the_best_other_dense_trial_of_the_same_width(study_and
         same = [t for t in dense if t.user_attrs["architecture"]["width_multiplier"] == width]
         best = max(same or dense, key=lambda t: t.user_attrs["val_accuracy"])
         assert surrogate.number == best.number
+    # a surrogate whose checkpoint retention removed is passed over for the next best
+    from automoe.storage import AtomicFileSystemArtifactStore
+
+    class Without(AtomicFileSystemArtifactStore):  # the store with one checkpoint gone
+        def __init__(self, base, missing):
+            super().__init__(base)
+            self.missing = missing
+
+        def open_reader(self, artifact_id):
+            if artifact_id == self.missing:
+                raise FileNotFoundError(artifact_id)
+            return super().open_reader(artifact_id)
+
+    for trial in study.trials:
+        first = verify_module.dense_surrogate(study, trial, store)
+        if first is None:
+            continue
+        gone = Without(store.base_path, first.user_attrs["checkpoint"]["artifact_id"])
+        second = verify_module.dense_surrogate(study, trial, gone)
+        assert second is None or second.number != first.number
+        others = [t for t in study.trials if t.number not in (trial.number, first.number)
+                  and not t.user_attrs["architecture"]["moe"]]
+        assert (second is None) == (not others)
+    empty = AtomicFileSystemArtifactStore(tmp_path)
+    assert all(verify_module.dense_surrogate(study, t, empty) is None for t in study.trials)
 
 
 def test_picks_use_the_verified_robust_accuracy(study_and_store):
