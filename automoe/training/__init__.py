@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from automoe.training.batchnorm import recalibrate_batchnorm
+from automoe.training.config import PRECISIONS, UPCYCLE_SCHEDULES, TrainConfig
 from automoe.training.optim import cosine_schedule, make_optimizer, param_groups
 from automoe.training.trainer import (
-    UPCYCLE_SCHEDULES,
-    TrainConfig,
     TrainResult,
     check_finite,
     evaluate_accuracy,
@@ -14,6 +13,6 @@ from automoe.training.trainer import (
     train,
 )
 
-__all__ = ["UPCYCLE_SCHEDULES", "TrainConfig", "TrainResult", "check_finite", "cosine_schedule",
+__all__ = ["PRECISIONS", "UPCYCLE_SCHEDULES", "TrainConfig", "TrainResult", "check_finite", "cosine_schedule",
            "evaluate_accuracy", "make_loader", "make_optimizer", "param_groups", "recalibrate_batchnorm",
            "train"]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
+from automoe.training.config import TrainConfig
 from automoe.training.robust import router_parameters
-
-if TYPE_CHECKING:
-    from automoe.training.trainer import TrainConfig
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.SGD:

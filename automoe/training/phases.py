@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from automoe.layers import to_channels_last
 from automoe.models.upcycle import check_upcyclable, dense_twin, upcycle
+from automoe.training.config import TrainConfig
 from automoe.training.optim import cosine_schedule
-
-if TYPE_CHECKING:
-    from automoe.training.trainer import TrainConfig
 
 
 @dataclass
