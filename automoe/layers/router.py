@@ -195,7 +195,8 @@ class TopKRouter(nn.Module):
         capacity_at_eval: apply the capacity limit at eval too (off by default).
         input_grad: let the router's gradients (its balancing and z-losses, and the task's
             through the gates) flow into the layer input, so into the backbone. Off, the
-            router scores a detached input: it learns, the features are the task's alone.
+            router scores a detached input while training: it learns, the features are the
+            task's alone. In eval mode the input gradient always flows (attacks need it).
     """
 
     def __init__(self, in_channels: int | None, num_experts: int, top_k: int, *,
@@ -236,8 +237,10 @@ class TopKRouter(nn.Module):
         """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
         computed by a global router."""
         pooled = None  # (B, C) the pooled features, computed once for scorer and noise
-        if x is not None and not self.input_grad:
-            x = x.detach()  # a view: the router's losses stop at its input
+        if x is not None and self.training and not self.input_grad:
+            # a view: the router's losses stop at its input. In eval mode the gradient
+            # flows, so a router-aware attack can still move the routing
+            x = x.detach()
         if logits is not None:
             clean = logits
         elif self._pooled_head is not None:

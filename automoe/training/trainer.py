@@ -162,8 +162,8 @@ def _train_phase(phase: Phase, index: int, model: nn.Module, loader, config: Tra
     schedulers = [phase_schedule(o, phase, steps_per_epoch, config) for o in optimizers]
     first_epoch = phase.first_epoch
     if resume is not None:
-        first_epoch = _load_state(resume, net, optimizers, schedulers, loader, result, config,
-                            scaler)
+        first_epoch = _load_state(resume, net, optimizers, schedulers, loader, result,
+                                  config, scaler)
         clock.exclude(-result.seconds)  # the seconds already spent count towards the total
     step = first_epoch * steps_per_epoch
     epoch = first_epoch

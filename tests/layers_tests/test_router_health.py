@@ -208,3 +208,21 @@ def test_specialisation_is_the_normalised_mutual_information():
     assert specialisation(np.ones((4, 10))) == pytest.approx(0.0)  # choice ignores class
     assert specialisation([[5, 5, 5]]) == 0.0  # one expert: collapsed
     assert specialisation(np.zeros((2, 3))) == 0.0  # nothing routed
+
+
+def test_the_router_input_is_detached_in_training_only():
+    """Training: the router's losses must not reach the backbone. Eval: a router-aware
+    attack needs the router's gradient with respect to the input."""
+    from automoe.layers import TopKRouter
+
+    router = TopKRouter(8, 4, 1, input_grad=False)
+    x = torch.randn(16, 8, 5, 5, requires_grad=True)
+    router.train()
+    assert not router(x).clean_logits.requires_grad or torch.autograd.grad(
+        router(x).clean_logits.sum(), x, allow_unused=True)[0] is None
+    router.eval()
+    (grad,) = torch.autograd.grad(router(x).clean_logits.square().sum(), x)
+    assert grad.abs().sum() > 0
+    on = TopKRouter(8, 4, 1, input_grad=True).train()
+    (grad,) = torch.autograd.grad(on(x).clean_logits.square().sum(), x)
+    assert grad.abs().sum() > 0
