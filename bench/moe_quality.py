@@ -34,7 +34,12 @@ from automoe.data import load_dataset
 from automoe.errors import TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, create_model
-from automoe.robustness import AttackConfig, robust_accuracy, worst_case_accuracy
+from automoe.robustness import (
+    AttackConfig,
+    robust_accuracy,
+    transfer_examples,
+    worst_case_accuracy,
+)
 from automoe.search._verify import VerifyConfig
 from automoe.training import TrainConfig, evaluate_accuracy, train
 
@@ -128,8 +133,8 @@ def verified(model, val_set, args, surrogate) -> dict:
     attacks = VerifyConfig(steps=args.verify_steps, restarts=1,
                            square_queries=args.square_queries).attacks(proxy)
     transfer = ({} if surrogate is None else
-                {"transfer": (surrogate, VerifyConfig(steps=args.verify_steps).transfer_attack(
-                    proxy))})
+                {"transfer": transfer_examples(surrogate, val_set, VerifyConfig(
+                    steps=args.verify_steps).transfer_attack(proxy))})
     report = worst_case_accuracy(model, val_set, attacks, transfer=transfer)
     square = next(100 * v for k, v in report.per_attack.items() if k.startswith("square"))
     return {"verified": 100 * report.worst, "white_box": 100 * report.white_box,

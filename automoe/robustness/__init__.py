@@ -9,12 +9,15 @@ from automoe.robustness.attacks import (
     STRONG_ATTACKS,
     AttackConfig,
     Normalized,
-    WorstCase,
     attack_batch,
     dlr_loss,
     pgd_step,
-    robust_accuracy,
     strong_attacks,
+)
+from automoe.robustness.evaluate import (
+    WorstCase,
+    robust_accuracy,
+    transfer_examples,
     worst_case_accuracy,
 )
 from automoe.robustness.square import square_attack
@@ -33,5 +36,6 @@ __all__ = [
     "robust_accuracy",
     "square_attack",
     "strong_attacks",
+    "transfer_examples",
     "worst_case_accuracy",
 ]

@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
-from automoe.robustness import AttackConfig, worst_case_accuracy
+from automoe.robustness import AttackConfig, transfer_examples, worst_case_accuracy
 from automoe.search._notes import set_note_section
 from automoe.search._pareto import pareto_trials
 from automoe.search._record import StudyRecord, TrialRecord
@@ -107,6 +107,7 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
     done = verified_results(study)
     records = {}
     datasets: dict[tuple, object] = {}
+    crafted: dict[tuple, torch.Tensor] = {}  # (surrogate, *dataset key) -> transfer images
     for trial in pareto_trials(study):
         record = done.get(trial.number)
         if record is None or record.get("settings") != settings:
@@ -121,8 +122,15 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
             model = trial_model(trial, artifact_store)
             surrogate = (dense_surrogate(study, trial, artifact_store) if config.transfer
                          else None)
-            transfer = ({} if surrogate is None else
-                        {_TRANSFER: (trial_model(surrogate, artifact_store), transfer_attack)})
+            transfer = {}
+            if surrogate is not None:
+                # crafted once per surrogate and dataset, then scored on every trial
+                crafted_key = (surrogate.number, *key)
+                if crafted_key not in crafted:
+                    crafted[crafted_key] = transfer_examples(
+                        trial_model(surrogate, artifact_store), datasets[key], transfer_attack,
+                        space.eval_batch_size, device, seed=proxy.seed)
+                transfer = {_TRANSFER: crafted[crafted_key]}
             report = worst_case_accuracy(model, datasets[key], attacks,
                                          space.eval_batch_size, device, seed=proxy.seed,
                                          transfer=transfer)

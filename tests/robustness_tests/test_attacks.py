@@ -11,6 +11,7 @@ from automoe.robustness import (
     dlr_loss,
     robust_accuracy,
     square_attack,
+    transfer_examples,
     worst_case_accuracy,
 )
 from automoe.training import TrainConfig, train
@@ -138,8 +139,9 @@ def test_square_and_transfer_see_through_masked_gradients(trained):
     data = torch.utils.data.Subset(val_set, range(200))
     pgd = AttackConfig(eps=0.1, step_size=0.025, steps=10)
     square = AttackConfig(attack="square", eps=0.1, steps=200)
-    report = worst_case_accuracy(masked, data, [pgd, square], transfer={
-        "transfer": (model, pgd)})  # PGD on the unmasked twin, scored on the masked model
+    # PGD on the unmasked twin, scored on the masked model
+    report = worst_case_accuracy(masked, data, [pgd, square],
+                                 transfer={"transfer": transfer_examples(model, data, pgd)})
     white, black = report.per_attack[pgd.describe()], report.per_attack[square.describe()]
     assert black < white - 0.2 and report.per_attack["transfer"] < white - 0.2
     assert report.white_box == pytest.approx(white)  # Square and transfer are not white-box

@@ -67,8 +67,14 @@ def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeyp
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     assert verify_front(study, store, config) == records
     assert calls == []
+    crafted = []  # transfer images are crafted once per surrogate, not once per trial
+    real_crafting = verify_module.transfer_examples
+    monkeypatch.setattr(verify_module, "transfer_examples",
+                        lambda *a, **k: crafted.append(1) or real_crafting(*a, **k))
     verify_front(study, store, VerifyConfig(steps=6, restarts=1))
     assert len(calls) == len(front)
+    surrogates = [verify_module.dense_surrogate(study, t, store) for t in pareto_trials(study)]
+    assert len(crafted) == len({s.number for s in surrogates if s is not None})
 
 
 def test_the_surrogate_is_the_best_other_dense_trial_of_the_same_width(study_and_store,
