@@ -3,6 +3,8 @@
 # Installs the server with apt when it is missing (CI runs as root). Usage:
 #   export AUTOMOE_TEST_POSTGRES_URL="$(.ci/postgres.sh)"
 #   .ci/postgres.sh stop
+# and, for the fault tests, stop and start the same server keeping its data:
+#   .ci/postgres.sh down; .ci/postgres.sh up
 set -euo pipefail
 
 port="${AUTOMOE_PG_PORT:-54329}"
@@ -23,6 +25,15 @@ if [ "$(id -u)" = 0 ]; then
     as_owner=(runuser -u postgres --)
 fi
 
+server_options="-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
+if [ "${1:-}" = down ]; then
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$data" stop -m fast >&2
+    exit 0
+fi
+if [ "${1:-}" = up ]; then
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w start -o "$server_options" >&2
+    exit 0
+fi
 if [ -f "$data/postmaster.pid" ]; then
     "${as_owner[@]}" "$bin/pg_ctl" -D "$data" stop -m fast >&2 || true
 fi
@@ -34,7 +45,6 @@ rm -rf "$data"
 mkdir -p "$data"
 [ "$(id -u)" = 0 ] && chown postgres "$data"
 "${as_owner[@]}" "$bin/initdb" -D "$data" -U postgres -A trust --no-sync >/dev/null
-"${as_owner[@]}" "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w start \
-    -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" >&2
+"${as_owner[@]}" "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w start -o "$server_options" >&2
 "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres automoe_test
 echo "postgresql://postgres@127.0.0.1:$port/automoe_test"

@@ -210,4 +210,23 @@ def run_one_trial(study: optuna.Study, objective: Callable,
                         "3 intervals) and is retried there; its result here is dropped",
                         trial.number)
         return False
+    except UnboundLocalError as exc:
+        # Optuna's loop, when its final write fails, re-reads the trial in a ``finally``
+        # block; if that fails too, the name it reads next is unset and this error hides
+        # the real one (a lost database), which is in the exception's context
+        lost = _storage_error_in(exc)
+        if lost is None:
+            raise
+        raise lost from None
     return True
+
+
+def _storage_error_in(exc: BaseException) -> StorageError | None:
+    """The StorageError among ``exc``'s causes and contexts, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StorageError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import warnings
@@ -12,11 +13,33 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
 from automoe.errors import StorageError
+from automoe.storage._retry import RetryingRDBStorage
 
 DEFAULT_STORAGE = "sqlite:///studies/automoe.db"
 # Seconds a SQLite writer waits for another process's lock before failing.
 _SQLITE_BUSY_TIMEOUT = 30
 _SCHEMA_RACE_RETRIES = 5
+# how long a call waits for a lost database to come back, unless the caller says
+_DEFAULT_DB_RETRY_SECONDS = 60.0
+
+
+def db_retry_seconds() -> float:
+    """``$AUTOMOE_DB_RETRY_SECONDS`` (seconds a storage call waits out a lost database),
+    else 60.
+
+    Raises:
+        StorageError: the variable is not a number >= 0.
+    """
+    raw = os.environ.get("AUTOMOE_DB_RETRY_SECONDS")
+    if raw is None:
+        return _DEFAULT_DB_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise StorageError(f"AUTOMOE_DB_RETRY_SECONDS must be a number >= 0, got {raw!r}")
+    return value
 
 
 def parse_url(url: str) -> URL:
@@ -67,7 +90,8 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | None = None,
-                 max_retry: int = 2, make_folder: bool = False) -> optuna.storages.RDBStorage:
+                 max_retry: int = 2, make_folder: bool = False,
+                 retry_seconds: float | None = None) -> optuna.storages.RDBStorage:
     """Open (and with ``create``, initialise) an Optuna RDB storage.
 
     SQLite files get WAL journaling and a busy timeout, so a dashboard or a second worker
@@ -81,10 +105,16 @@ def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | Non
     right for the default ``studies/`` folder, while a typo in a URL the user gave should
     stay an error.
 
+    Once open, a call that loses the database (a server restart) is retried for up to
+    ``retry_seconds`` (default: ``$AUTOMOE_DB_RETRY_SECONDS``, else 60), then raises
+    StorageError (:mod:`automoe.storage._retry`).
+
     Raises:
         StorageError: bad URL, missing driver, missing SQLite file (``create=False``) or an
             unreachable database.
     """
+    if retry_seconds is None:
+        retry_seconds = db_retry_seconds()
     parsed = parse_url(url)
     engine_kwargs: dict = {}
     path = sqlite_path(url)
@@ -117,7 +147,9 @@ def open_storage(url: str, *, create: bool = True, heartbeat_interval: int | Non
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                return RetryingRDBStorage(url, engine_kwargs=engine_kwargs,
+                                          retry_seconds=retry_seconds,
+                                          describe=f"study DB {describe_url(url)}", **heartbeat)
         except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as exc:
             if not _schema_race(exc):
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

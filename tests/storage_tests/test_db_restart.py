@@ -1,0 +1,82 @@
+"""A study DB call waits out a database restart, and gives up in one line past its budget.
+
+These tests run their own PostgreSQL server (``.ci/postgres.sh`` on another port), because
+they stop and start it.
+"""
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+
+from automoe.errors import StorageError
+from automoe.storage import open_storage
+from automoe.storage._retry import is_connection_error
+
+SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "postgres.sh"
+PORT = "54341"
+
+
+def _server(*args: str) -> str:
+    env = {**os.environ, "AUTOMOE_PG_PORT": PORT, "AUTOMOE_PG_DATA": f"/tmp/automoe-pg-{PORT}"}
+    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    if not os.environ.get("AUTOMOE_TEST_POSTGRES_URL"):
+        pytest.skip("no PostgreSQL for the tests (export AUTOMOE_TEST_POSTGRES_URL=$(.ci/postgres.sh))")
+    url = _server()
+    yield url
+    _server("stop")
+
+
+def test_a_call_during_a_restart_waits_for_the_server(server_url):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(server_url, retry_seconds=60)
+    study = optuna.create_study(storage=storage, study_name="restart", load_if_exists=True)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    _server("down")
+    coming_back = threading.Timer(3.0, _server, args=("up",))
+    coming_back.start()
+    try:
+        trials = storage.get_all_trials(study._study_id)  # the server is down here
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    finally:
+        coming_back.join()
+    assert len(trials) == 2 and storage.retries > 0  # it waited for the server
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def test_a_server_down_past_the_budget_is_one_line(server_url):
+    storage = open_storage(server_url, retry_seconds=2)
+    _server("down")
+    try:
+        with pytest.raises(StorageError, match=r"unreachable for 2 s") as error:
+            storage.get_all_studies()
+    finally:
+        _server("up")
+    assert "\n" not in str(error.value)
+    assert storage.get_all_studies() is not None  # and it works again once it is back
+
+
+def test_only_connection_losses_are_retried(server_url, tmp_path):
+    # a bad query fails at once: its error is not mistaken for a lost server
+    storage = open_storage(server_url, retry_seconds=30)
+    with pytest.raises(KeyError):
+        storage.get_study_id_from_name("no such study")
+    assert storage.retries == 0
+    import sqlalchemy
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
+        "connection to server at 127.0.0.1 failed: Connection refused"))
+    assert is_connection_error(lost)
+    assert not is_connection_error(sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
+        "no such table: studies")))
