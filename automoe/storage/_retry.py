@@ -19,6 +19,7 @@ no way to tell, and the heartbeat fails the orphan as for a dead worker.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 
@@ -26,6 +27,8 @@ import optuna
 import sqlalchemy
 
 from automoe.errors import StorageError
+
+_logger = logging.getLogger(__name__)
 
 # substrings of driver errors that mean "the server is not there (yet)", not a bad query
 _CONNECTION_ERRORS = (
@@ -35,7 +38,8 @@ _CONNECTION_ERRORS = (
     "connection to server", "ssl connection has been closed", "database is locked",
     "connection is closed", "no connection to the server", "broken pipe",
 )
-# the storage methods wrapped: Optuna's public storage interface and its heartbeat calls
+# the storage methods wrapped: Optuna's public storage interface and its stale-trial query
+# (the heartbeat and the finishing write have their own methods below)
 _RETRIED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
@@ -43,7 +47,7 @@ _RETRIED = (
     "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
     "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
-    "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
+    "get_all_trials", "get_n_trials", "get_best_trial",
     "_get_stale_trial_ids", "get_trial_number_from_id", "get_trial_params",
 )
 _FIRST_WAIT, _LONGEST_WAIT = 0.5, 8.0
@@ -94,6 +98,14 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
                 self.retries += 1
                 time.sleep(min(wait, left))
                 wait = min(2 * wait, _LONGEST_WAIT)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # runs in Optuna's heartbeat thread, where an exception would print a traceback and
+        # end the beats for good: past the budget, say so in one line and beat again later
+        try:
+            self._with_retry(super().record_heartbeat, "record_heartbeat", trial_id)
+        except StorageError as exc:
+            _logger.warning("heartbeat of trial id %d not recorded: %s", trial_id, exc)
 
     def set_trial_state_values(self, trial_id, state, values=None) -> bool:
         attempts = []
