@@ -4,10 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from automoe.data import load_dataset
-from automoe.models import create_model
 from automoe.robustness import AttackConfig, attack_batch, robust_accuracy, worst_case_accuracy
-from automoe.training import TrainConfig, train
 
 
 class _Counting(nn.Module):
@@ -23,18 +20,6 @@ class _Counting(nn.Module):
         self.sizes.append(x.shape[0])
         self.scoring.append(not torch.is_grad_enabled())
         return self.inner(x)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
-    train_set, val_set = load_dataset("digits", "train"), load_dataset("digits", "val")
-    info = train_set.info
-    model = create_model("resnet8", in_channels=1, num_classes=10, image_size=8,
-                         input_mean=info.mean, input_std=info.std, placement="last_stage",
-                         num_experts=4, top_k=1, width_multiplier=0.5)
-    train(model, train_set, TrainConfig(epochs=3, lr=0.1))
-    return model.eval(), val_set
 
 
 def _batch(dataset, n=48):

@@ -17,19 +17,6 @@ from automoe.robustness import (
 from automoe.training import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
-    train_set = load_dataset("digits", "train")
-    val_set = load_dataset("digits", "val")
-    info = train_set.info
-    model = create_model("resnet8", in_channels=1, num_classes=10, image_size=8,
-                         input_mean=info.mean, input_std=info.std, placement="last_stage",
-                         num_experts=4, top_k=1, width_multiplier=0.5)
-    train(model, train_set, TrainConfig(epochs=4, lr=0.1))
-    return model.eval(), val_set
-
-
 def _batch(dataset, n=64):
     return (torch.stack([dataset[i][0] for i in range(n)]),
             torch.tensor([dataset[i][1] for i in range(n)]))
