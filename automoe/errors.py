@@ -39,3 +39,13 @@ class InputShapeError(AutomoeError, ValueError):
 
 class TrainingDivergedError(AutomoeError):
     """The training loss became NaN or infinite."""
+
+
+def exception_chain(exc: BaseException | None):
+    """``exc``, then what caused it (``__cause__``, else ``__context__``), and so on, each
+    once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

@@ -37,39 +37,26 @@ def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,
         with torch.no_grad():
             index = (model(images).argmax(1) == labels).nonzero().squeeze(1)
         if index.numel():  # a misclassified sample counts as fooled, unattacked
-            correct += int(_unfooled(model, images[index], labels[index], config, generator,
-                                     stop_when_all_fooled=True).sum())
+            correct += int(_unfooled(model, images[index], labels[index], config,
+                                     generator).sum())
         total += labels.shape[0]
     return correct / max(total, 1)
 
 
 def _unfooled(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              config: AttackConfig, generator: torch.Generator | None, *,
-              stop_when_all_fooled: bool = False) -> torch.Tensor:
+              config: AttackConfig, generator: torch.Generator | None) -> torch.Tensor:
     """``(B,)`` bool: the samples that no restart of the attack fooled.
 
     Each restart attacks only the samples every earlier restart failed on (a fooled sample
-    stays fooled), as AutoAttack does. ``stop_when_all_fooled`` skips the remaining restarts
-    once every sample is fooled (one device sync per restart to learn it)."""
+    stays fooled), as AutoAttack does, and none are left once all are fooled."""
     unfooled = torch.ones_like(labels, dtype=torch.bool)
-    for restart in range(config.restarts if config.random_start else 1):
-        if restart == 0:
-            index = None
-        else:
-            index = unfooled.nonzero().squeeze(1)
-            if index.numel() == 0:
-                break
-        batch_x = images if index is None else images[index]
-        batch_y = labels if index is None else labels[index]
-        adv = attack_batch(model, batch_x, batch_y, config, generator)
-        with torch.no_grad():
-            held = model(adv).argmax(1) == batch_y
-        if index is None:
-            unfooled &= held
-        else:
-            unfooled[index] = held
-        if stop_when_all_fooled and not unfooled.any():
+    for _ in range(config.restarts if config.random_start else 1):
+        index = unfooled.nonzero().squeeze(1)  # (n,) one device sync per restart
+        if index.numel() == 0:
             break
+        adv = attack_batch(model, images[index], labels[index], config, generator)
+        with torch.no_grad():
+            unfooled[index] = model(adv).argmax(1) == labels[index]
     return unfooled
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automoe.errors import ConfigError, StorageError
+from automoe.errors import ConfigError, StorageError, exception_chain
 from automoe.search._metrics import DEFAULT_OBJECTIVES, directions
 from automoe.search._nni_adapter import NNISampler
 from automoe.search._record import StudyRecord
@@ -221,12 +221,7 @@ def run_one_trial(study: optuna.Study, objective: Callable,
     return True
 
 
+
 def _storage_error_in(exc: BaseException) -> StorageError | None:
     """The StorageError among ``exc``'s causes and contexts, if any."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, StorageError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, StorageError)), None)

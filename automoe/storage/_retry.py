@@ -26,7 +26,7 @@ from collections.abc import Callable
 import optuna
 import sqlalchemy
 
-from automoe.errors import StorageError
+from automoe.errors import StorageError, exception_chain
 
 _logger = logging.getLogger(__name__)
 
@@ -55,16 +55,13 @@ _FIRST_WAIT, _LONGEST_WAIT = 0.5, 8.0
 
 def is_connection_error(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what caused it) is the database being unreachable."""
-    while exc is not None:
-        if isinstance(exc, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.InterfaceError)):
+    for error in exception_chain(exc):
+        if isinstance(error, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.InterfaceError)):
             return True
-        if isinstance(exc, sqlalchemy.exc.DBAPIError):
-            if exc.connection_invalidated:
-                return True
-            text = str(exc).lower()
-            if any(needle in text for needle in _CONNECTION_ERRORS):
-                return True
-        exc = exc.__cause__ or exc.__context__
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and (
+                error.connection_invalidated
+                or any(needle in str(error).lower() for needle in _CONNECTION_ERRORS)):
+            return True
     return False
 
 
