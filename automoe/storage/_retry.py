@@ -38,18 +38,15 @@ _CONNECTION_ERRORS = (
     "connection to server", "ssl connection has been closed", "database is locked",
     "connection is closed", "no connection to the server", "broken pipe",
 )
-# the storage methods wrapped: Optuna's public storage interface and its stale-trial query
-# (the heartbeat and the finishing write have their own methods below)
-_RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
-    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
-    "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
-    "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
-    "get_all_trials", "get_n_trials", "get_best_trial",
-    "_get_stale_trial_ids", "get_trial_number_from_id", "get_trial_params",
-)
+# the storage methods wrapped: every public method of Optuna's storage interface, read from
+# its base class so that a method Optuna adds is covered too, and the stale-trial query. The
+# finishing write and the heartbeat have their own methods below; the other two are local
+# (a state check on a trial already read, and closing a session) and never touch the server.
+_NOT_RETRIED = ("set_trial_state_values", "check_trial_is_updatable", "remove_session")
+_RETRIED = tuple(sorted(
+    name for name in vars(optuna.storages.BaseStorage)
+    if not name.startswith("_") and callable(getattr(optuna.storages.BaseStorage, name))
+    and name not in _NOT_RETRIED)) + ("_get_stale_trial_ids",)
 _FIRST_WAIT, _LONGEST_WAIT = 0.5, 8.0
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from automoe.errors import StorageError
 from automoe.storage import open_storage
-from automoe.storage._retry import is_connection_error
+from automoe.storage._retry import RetryingRDBStorage, is_connection_error
 
 SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "postgres.sh"
 PORT = "54341"
@@ -82,3 +82,17 @@ def test_only_connection_losses_are_retried(server_url, tmp_path):
     assert is_connection_error(lost)
     assert not is_connection_error(sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
         "no such table: studies")))
+
+
+def test_every_server_call_of_the_storage_interface_is_retried():
+    # a method Optuna adds to its storage interface must not bypass the retry loop
+    base = optuna.storages.BaseStorage
+    public = {name for name in vars(base) if not name.startswith("_")
+              and callable(getattr(base, name))}
+    retried = {name for name in public
+               if getattr(RetryingRDBStorage, name) is not getattr(optuna.storages.RDBStorage,
+                                                                   name)}
+    local = {"check_trial_is_updatable", "remove_session"}
+    assert public - retried == local
+    assert RetryingRDBStorage._get_stale_trial_ids is not (
+        optuna.storages.RDBStorage._get_stale_trial_ids)
