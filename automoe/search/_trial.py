@@ -186,7 +186,9 @@ class TrialRunner:
         health = usage.health()  # router health of the val pass; see automoe.layers.RouterHealth
         class_usage = (usage.per_class(self.val_labels, self.info.num_classes)
                        if usage.assignments else None)
-        record.routers({name: {**h.to_dict(), **_layer_specialisation(name, class_usage)}
+        layer_nmi = self._layer_specialisation(usage)
+        record.routers({name: {**h.to_dict(), **({"specialisation": layer_nmi[name]}
+                                                 if name in layer_nmi else {})}
                         for name, h in health.items()}, usage.counts(), class_usage)
         record.training(result.history, epochs_trained, train_seconds, eval_seconds)
         self._store_checkpoint(trial, model, run, own_metrics, class_usage)
@@ -248,12 +250,19 @@ class TrialRunner:
             metrics["expert_use"] = expert_use(health)
         return metrics, usage, result, eval_seconds + time.perf_counter() - start
 
-    def _specialisation(self, usage) -> float:
-        """Mean over the top-k routed layers of the NMI between expert and class on the val
-        split; 0 for a model without one (a dense model sends every class one way)."""
+    def _layer_specialisation(self, usage) -> dict[str, float]:
+        """Per top-k routed layer, the NMI between expert and class on the val split (the
+        one definition behind both the per-layer record and the trial's mean)."""
+        if not usage.assignments:
+            return {}
         health = usage.health()
         matrices = usage.per_class(self.val_labels, self.info.num_classes)
-        values = [specialisation(m) for name, m in matrices.items() if name in health]
+        return {name: specialisation(m) for name, m in matrices.items() if name in health}
+
+    def _specialisation(self, usage) -> float:
+        """Mean of :meth:`_layer_specialisation`; 0 for a model without a routed layer (a
+        dense model sends every class one way)."""
+        values = list(self._layer_specialisation(usage).values())
         return statistics.fmean(values) if values else 0.0
 
     def _inherit(self, trial: optuna.Trial, candidate: Candidate):
@@ -357,13 +366,6 @@ class TrialRunner:
                                         "(experts x classes)").savefig(figure, dpi=100)
                 upload_artifact(artifact_store=self.artifact_store, file_path=str(figure),
                                 study_or_trial=trial, mimetype="image/png")
-
-
-def _layer_specialisation(name: str, class_usage: dict | None) -> dict:
-    """``{"specialisation": NMI}`` of a routed layer, for its router-health record."""
-    if not class_usage or name not in class_usage:
-        return {}
-    return {"specialisation": specialisation(class_usage[name])}
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:
