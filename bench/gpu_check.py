@@ -20,7 +20,11 @@ printed as it ends, so a run cut short still brings back what it finished:
 5. A 3-trial search through the CLI on synthetic CIFAR-shaped image files.
 
 ``--dry-run`` runs the same code on the CPU at toy sizes (the kernels through the Triton
-interpreter) so that a broken part shows before a GPU is lent; its timings mean nothing.
+interpreter) so that a broken part shows before a GPU is lent; its timings mean nothing. It
+first prints each part's predicted autotune sessions and compiles on a GPU
+(bench/gpu_compiles.py). On the GPU the kernel part autotunes over every config and the
+other parts over one or two (``AUTOMOE_TRITON_CONFIGS``, :data:`PART_CONFIGS`), all sharing
+autotune results through Triton's disk cache (``TRITON_CACHE_AUTOTUNING=1``).
 """
 
 from __future__ import annotations
@@ -50,23 +54,33 @@ import torch.nn.functional as F  # noqa: E402
 KERNEL_SHAPES = [(128, 32, 128, 4, 1), (128, 32, 128, 8, 2), (128, 16, 256, 4, 1),
                  (128, 16, 256, 8, 2), (128, 8, 512, 4, 1), (128, 8, 512, 8, 1)]
 DRY_KERNEL_SHAPES = [(4, 6, 16, 4, 1), (4, 5, 16, 3, 2)]
-PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
-              "bf16": (torch.bfloat16, True)}
+# in order of value (what training uses first): a part cut short keeps the rows it measured
+PRECISIONS = {"bf16": (torch.bfloat16, True), "tf32": (torch.float32, True),
+              "fp32": (torch.float32, False)}
 
 
 def timed_ms(fn, repeats: int, cuda: bool) -> float:
-    """Median milliseconds of ``fn`` after two warm-up calls (autotuning happens there)."""
+    """Median milliseconds of ``fn`` after two warm-up calls (autotuning happens there).
+
+    On CUDA, events on the stream time the GPU's work alone: a host clock around a sync
+    would also count the launch overhead, ~15 launches for the Triton op against cuDNN's one.
+    """
     for _ in range(2):
         fn()
     times = []
     for _ in range(repeats):
         if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - start))
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
     return sorted(times)[len(times) // 2]
 
 
@@ -196,6 +210,10 @@ def part_epoch(device: torch.device, dry_run: bool, images: int) -> str:
     from automoe.training import TrainConfig, train
 
     cuda = device.type == "cuda"
+    batch = 32 if dry_run else 256
+    # whole batches only: a last, smaller batch would be a shape the warm-up never ran, so
+    # cuDNN's benchmark mode would tune (and Triton autotune) inside the timed epoch
+    images = max(batch, images // batch * batch)
     generator = torch.Generator().manual_seed(0)
     info = DatasetInfo("cifar10", 10, 3, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     train_set = TensorImages(
@@ -213,21 +231,22 @@ def part_epoch(device: torch.device, dry_run: bool, images: int) -> str:
             torch.manual_seed(0)
             model = create_model("resnet18", in_channels=3, num_classes=10, image_size=32,
                                  input_mean=info.mean, input_std=info.std, **fields, **extra)
-            config = TrainConfig(epochs=1, batch_size=32 if dry_run else 256, lr=0.05,
+            config = TrainConfig(epochs=1, batch_size=batch, lr=0.05,
                                  precision=precision, channels_last=cuda)
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            # a short warm-up run (autotuning, cuDNN plans) is not counted
-            warm = TensorImages(train_set.images[:config.batch_size * 2],
-                                train_set.labels[:config.batch_size * 2], info, "train",
-                                np.arange(config.batch_size * 2), augment=True)
+            # a warm-up run on the one batch shape the epoch has (autotuning, compiles,
+            # cuDNN's benchmark plans) is not counted
+            warm = TensorImages(train_set.images[:batch * 2], train_set.labels[:batch * 2],
+                                info, "train", np.arange(batch * 2), augment=True)
             train(model, warm, config, device=device)
             result = train(model, train_set, config, device=device)
             peak = (f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if cuda else "-")
             rows.append([precision, name, f"{images / result.seconds:,.0f}", peak,
                          f"{result.history[-1]['loss']:.3f}"])
-    return table(["precision", "model", "images/s", "peak GiB", "loss"], rows)
+    return f"{images} images, batch {batch}\n\n" + table(
+        ["precision", "model", "images/s", "peak GiB", "loss"], rows)
 
 
 def part_search(device: torch.device, dry_run: bool, timeout: float) -> str:
@@ -285,6 +304,9 @@ sampler: {{name: random}}
             f"```\n{tail}\n```")
 
 
+# autotune configs each part tries (None: every one); see bench/gpu_compiles.py, which
+# predicts their compiles from the same table
+PART_CONFIGS = {"environment": None, "kernels": None, "pytest": 1, "epoch": 2, "search": 1}
 # key -> (heading, the most seconds it may take), in order of value: what a cut run
 # brings back first matters most
 PARTS = {
@@ -308,9 +330,26 @@ def run_part(key: str, args: argparse.Namespace, timeout: float) -> str:
     parts = {"environment": lambda: part_environment(device),
              "pytest": lambda: part_pytest(args.dry_run, inner),
              "kernels": lambda: part_kernels(device, args.dry_run),  # lines, as measured
-             "epoch": lambda: f"{images} images\n\n" + part_epoch(device, args.dry_run, images),
+             "epoch": lambda: part_epoch(device, args.dry_run, images),
              "search": lambda: part_search(device, args.dry_run, inner)}
     return parts[key]()
+
+
+def predicted_compiles(deadline: float) -> str:
+    """The section of bench/gpu_compiles.py's table (a process of its own)."""
+    timeout = max(10.0, min(180.0, deadline - time.monotonic()))
+    command = [sys.executable, str(ROOT / "bench" / "gpu_compiles.py")]
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+        body = proc.stdout.strip() + ("" if proc.returncode == 0 else
+                                      f"\n\nOVER BUDGET or FAILED\n\n```\n"
+                                      f"{proc.stderr[-1500:]}\n```")
+    except subprocess.TimeoutExpired:
+        body = f"CUT at {timeout:.0f} s"
+    return ("## Predicted Triton compiles on a GPU (replayed launches)\n\n" + body
+            + "\n\nsessions x configs tried, plus one compile per further specialisation; "
+            "each part on empty caches (an upper bound: the parts share Triton's caches)\n")
 
 
 def write_report(out: Path, sections: list[str]) -> None:
@@ -333,7 +372,8 @@ def main() -> int:
                              "its CPU timings mean nothing)")
     parser.add_argument("--epoch-images", type=int, default=20_000,
                         help="images in the timed ResNet-18 epoch")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list(PARTS))
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*PARTS, "compiles"],
+                        help="parts to leave out (compiles: a dry run's compile prediction)")
     parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--part-timeout", type=float, default=600, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -355,7 +395,14 @@ def main() -> int:
                 "cut at the smaller of its limit and the budget left\n"]
     out = Path(args.out)
     failed = []
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # autotune timings go to Triton's disk cache, so a shape timed in one part's process is
+    # not timed again in the next
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+           "TRITON_CACHE_AUTOTUNING": "1"}
+    if args.dry_run and "compiles" not in args.skip:  # from the parts' replayed launches
+        sections.append(predicted_compiles(deadline))
+        write_report(out, sections)
+        print(sections[-1], flush=True)
     for key, (heading, cap) in PARTS.items():
         if key in args.skip:
             continue
@@ -370,10 +417,16 @@ def main() -> int:
             command = [sys.executable, str(Path(__file__).resolve()), "--part", key,
                        "--part-timeout", str(timeout), "--epoch-images",
                        str(args.epoch_images), *(["--dry-run"] if args.dry_run else [])]
+            # the kernel part times every autotune config (it measures the kernels' best);
+            # the others try one or two, or their compiles alone would outlast the budget
+            part_env = {k: v for k, v in env.items() if k != "AUTOMOE_TRITON_CONFIGS"}
+            if PART_CONFIGS[key]:
+                part_env["AUTOMOE_TRITON_CONFIGS"] = str(PART_CONFIGS[key])
+            if args.dry_run:
+                part_env["TRITON_INTERPRET"] = "1"
             try:  # a part of its own process: a cut or a crash loses that part alone
                 proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                      timeout=timeout, env={**env, **(
-                                          {"TRITON_INTERPRET": "1"} if args.dry_run else {})})
+                                      timeout=timeout, env=part_env)
                 body, code = proc.stdout.strip(), proc.returncode
                 if code != 0:
                     body += "\n\nFAILED\n\n```\n" + proc.stderr[-3000:] + "\n```"

@@ -24,8 +24,11 @@ expert by walking the E run lengths, so the grid is sized from shapes alone (row
   program reduces one contiguous chunk of its expert's rows into its own partial buffer, and
   the partials are summed in a fixed order, so the result is deterministic (no atomics).
 
-On CUDA every kernel is autotuned over :data:`CONFIGS`; under the interpreter (CPU tests) it
-runs the fixed :data:`BLOCK_SIZES`.
+On CUDA every kernel is autotuned over :data:`CONFIGS` (the first ``AUTOMOE_TRITON_CONFIGS``
+of them when that is set); under the interpreter (CPU tests) it runs the fixed
+:data:`BLOCK_SIZES`. Arguments that change with the batch (``SPLITS``) or between layers of
+one autotune key (``E``, ``SLOTS``, ``DY_DIV``) are not specialised, so they cost no extra
+compile; :mod:`automoe.kernels.launches` counts what a run compiles.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from automoe.kernels.launches import configs_in_use, note_launch
+
 # The interpreter has no GPU to time configs on, so it runs one fixed config.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # The fixed config. tl.dot needs every dimension >= 16 on the GPU (the interpreter would
@@ -49,6 +54,13 @@ _TUNED = ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 12
           (64, 32, 32, 4, 4), (32, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 64, 64, 4, 3))
 CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
            for m, n, k, w, s in _TUNED]
+_CONFIGS_TRIED = configs_in_use(len(CONFIGS))  # read once: the autotuners are built once
+_TUNE_KEY = ("C", "O", "OH", "OW", "KH", "KW", "STRIDE", "USE_IEEE")  # layer shape, precision
+# Each kernel's ints that vary per batch (SPLITS) or between layers of one autotune key (E,
+# SLOTS, DY_DIV) are left unspecialised: specialising them (== 1, % 16) would compile the
+# kernel again for each value class, for no faster code (they index, never bound, a tile).
+_UNSPECIALISED = {"_forward_kernel": ["E", "SLOTS"], "_dx_kernel": ["E", "DY_DIV"],
+                  "_dw_kernel": ["SLOTS", "DY_DIV", "SPLITS"]}
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 # Row-chunk length a weight-gradient program aims for, and the most partial sums kept.
 _DW_ROWS_PER_SPLIT = 2048
@@ -113,7 +125,7 @@ def _tile_rows(tile, offsets_ptr, E, P, BLOCK_M: tl.constexpr):
     return expert, start, end
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_UNSPECIALISED["_forward_kernel"])
 def _forward_kernel(x_ptr, w_ptr, y_ptr, pos_ptr, offsets_ptr, E, SLOTS,
                     C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
                     STRIDE: tl.constexpr, PAD: tl.constexpr,
@@ -153,7 +165,7 @@ def _forward_kernel(x_ptr, w_ptr, y_ptr, pos_ptr, offsets_ptr, E, SLOTS,
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_UNSPECIALISED["_dx_kernel"])
 def _dx_kernel(dy_ptr, w_ptr, dx_ptr, pos_ptr, offsets_ptr, gate_ptr, E, DY_DIV,
                C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
                STRIDE: tl.constexpr, PAD: tl.constexpr,
@@ -198,7 +210,7 @@ def _dx_kernel(dy_ptr, w_ptr, dx_ptr, pos_ptr, offsets_ptr, gate_ptr, E, DY_DIV,
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_UNSPECIALISED["_dw_kernel"])
 def _dw_kernel(dy_ptr, x_ptr, dw_ptr, pos_ptr, offsets_ptr, gate_ptr, SLOTS, DY_DIV, SPLITS,
                C, H, W, O, OH, OW, KH: tl.constexpr, KW: tl.constexpr,
                STRIDE: tl.constexpr, PAD: tl.constexpr,
@@ -253,8 +265,7 @@ def _tunable(kernel):
     interpreter (which then gets :data:`BLOCK_SIZES`)."""
     if _INTERPRETED:
         return kernel
-    return triton.autotune(configs=CONFIGS, key=["C", "O", "OH", "OW", "KH", "KW", "STRIDE",
-                                                 "USE_IEEE"])(kernel)
+    return triton.autotune(configs=CONFIGS[:_CONFIGS_TRIED], key=list(_TUNE_KEY))(kernel)
 
 
 _forward = _tunable(_forward_kernel)
@@ -262,11 +273,16 @@ _dx = _tunable(_dx_kernel)
 _dw = _tunable(_dw_kernel)
 
 
-def _launch(kernel, grid: Callable[[dict], tuple[int, ...]], *args, **constexprs) -> None:
+def _launch(kernel, grid: Callable[[dict], tuple[int, ...]], *args, **constexprs) -> bool:
+    """Launch ``kernel``; False when a :func:`~automoe.kernels.launches.record_launches`
+    block only records (the outputs are then left as allocated)."""
+    if not note_launch(kernel, args, constexprs, _TUNE_KEY, _UNSPECIALISED, _CONFIGS_TRIED):
+        return False
     if _INTERPRETED:
         kernel[grid(BLOCK_SIZES)](*args, **constexprs, **BLOCK_SIZES)
     else:
         kernel[grid](*args, **constexprs)
+    return True
 
 
 # ------------------------------------------------------------------------- launchers
@@ -422,11 +438,13 @@ def expert_conv_dw(dy: torch.Tensor, x: torch.Tensor, plan: SortedAssignments,
         return torch.zeros(E, O, C, KH, KW, device=x.device, dtype=torch.float32)
     # every program writes its whole tile (zeros if its chunk is empty): no memset needed
     partial = torch.empty(splits, E, O, C, KH, KW, device=x.device, dtype=torch.float32)
-    _launch(_dw, lambda meta: (E * splits, triton.cdiv(O, meta["BLOCK_M"]),
+    launched = _launch(_dw, lambda meta: (E * splits, triton.cdiv(O, meta["BLOCK_M"]),
                                triton.cdiv(C * KH * KW, meta["BLOCK_N"])),
             dy, x, partial, plan.positions, plan.offsets,
             plan.positions if gates is None else gates, plan.slots,
             plan.slots if dy_per_sample else 1, splits, C, H, W, O, OH, OW, KH, KW, stride,
             padding, *dy.stride(), *x.stride(), *partial.stride(), HAS_GATE=gates is not None,
             USE_IEEE=_use_ieee(x.dtype, allow_tf32))
+    if not launched:  # only recorded: no program wrote the partial sums
+        partial.zero_()
     return partial.sum(0) if splits > 1 else partial[0]

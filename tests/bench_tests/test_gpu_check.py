@@ -20,10 +20,12 @@ def test_dry_run_runs_every_part_and_writes_one_report(tmp_path):
     report = out.read_text()
     assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
     assert "FAILED" not in report and "MISS" not in report.split("## Kernels")[0]
-    for heading in ("## Environment", "## pytest -m gpu", "## Kernels", "## ResNet-18 epoch",
-                    "## 3-trial search"):
+    for heading in ("## Predicted Triton compiles", "## Environment", "## pytest -m gpu",
+                    "## Kernels", "## ResNet-18 epoch", "## 3-trial search"):
         assert heading in report
     assert "tests/kernels_tests/test_gpu.py" in report  # the GPU tests were collected
+    predicted = report.split("## Predicted Triton compiles")[1].split("## ")[0]
+    assert predicted.count(" ok |") == 4 and "OVER" not in predicted
     kernels = report.split("## Kernels")[1].split("## ")[0]
     assert kernels.count("| fp32 |") == 2 and kernels.count("| tf32 |") == 2
     epoch = report.split("## ResNet-18 epoch")[1].split("## ")[0]
@@ -46,7 +48,8 @@ def test_without_cuda_or_dry_run_it_says_what_to_do(tmp_path):
 def test_the_report_grows_part_by_part_and_is_cut_at_the_budget(tmp_path):
     out = tmp_path / "report.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run",
-                           "--budget", "30", "--skip", "environment", "--out", str(out)],
+                           "--budget", "30", "--skip", "environment", "compiles", "--out",
+                           str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     report = out.read_text()
     assert not list(tmp_path.glob("*.tmp"))
