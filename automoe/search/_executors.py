@@ -14,6 +14,7 @@ heartbeat fails and retries its trial), and stops them all on Ctrl-C.
 
 from __future__ import annotations
 
+import _thread
 import ipaddress
 import math
 import multiprocessing
@@ -22,6 +23,7 @@ import queue
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -219,11 +221,26 @@ def fail_running_trials(study: optuna.Study, run: str, reason: str) -> list[int]
 _BAD_INPUT = 3  # exit code of a worker process stopped by bad input: not restarted
 
 
-def _process_main(config: WorkerConfig, env: dict, errors) -> None:
+def _stop_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
+    """Interrupt this worker (as the driver's SIGINT would) once its driver is gone.
+
+    A driver killed with SIGKILL cannot stop its workers, and daemon processes outlive a
+    parent that did not exit normally: left alone they would go on training and writing
+    to the study. Polling the parent id is portable (no ``PR_SET_PDEATHSIG``)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        _thread.interrupt_main()
+
+    threading.Thread(target=watch, name="automoe-driver-watch", daemon=True).start()
+
+
+def _process_main(config: WorkerConfig, env: dict, errors, parent: int) -> None:
     os.environ.update(env)  # before CUDA is first touched, so that it sees only its GPU
     # the driver stops a worker with SIGINT: take it even where the parent was started with
     # SIGINT ignored (nohup, a background job), which a new process would inherit
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_when_orphaned(parent)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         run_worker(config)
@@ -246,7 +263,8 @@ def _run_processes(configs: list[WorkerConfig], cluster: ClusterConfig, progress
     def start(i: int):
         # with --gpus-per-worker 1 each worker sees its own GPU; otherwise all see the same
         env = {"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {}
-        process = context.Process(target=_process_main, args=(configs[i], env, errors),
+        process = context.Process(target=_process_main,
+                                  args=(configs[i], env, errors, os.getpid()),
                                   name=f"automoe-worker-{i}", daemon=True)
         process.start()
         return process

@@ -19,7 +19,7 @@ import torch
 from optuna.artifacts import upload_artifact
 
 from automoe.data import load_dataset
-from automoe.errors import ConfigError, TrainingDivergedError
+from automoe.errors import ConfigError, StorageError, TrainingDivergedError
 from automoe.layers import expert_use, specialisation, track_expert_usage
 from automoe.models import count_flops, count_params, create_model, measure_latency
 from automoe.robustness import robust_accuracy
@@ -29,7 +29,7 @@ from automoe.search._plots import usage_figure
 from automoe.search._record import TrialRecord, TrialWriter
 from automoe.search._study import study_folder_name
 from automoe.search.space import CONSTRAINTS, Candidate, SearchSpace
-from automoe.storage import atomic_write, save_checkpoint, sha256_file
+from automoe.storage import DISK_ERRORS, atomic_write, save_checkpoint, sha256_file
 from automoe.training import TrainResult, evaluate_accuracy, recalibrate_batchnorm, train
 
 
@@ -81,6 +81,8 @@ class TrialRunner:
                  on_step: Callable[[int, int, int], None] | None = None,
                  resume_dir: str | os.PathLike[str] | None = None, usage_plots: bool = True,
                  supernet=None, recalibration_batches: int = 10, worker: dict | None = None):
+        if hasattr(artifact_store, "check_writable"):  # refused before a trial trains
+            artifact_store.check_writable()
         self.space = space
         self.worker = dict(worker or {})  # added to each trial's `worker` attribute
         self.artifact_store = artifact_store
@@ -136,6 +138,17 @@ class TrialRunner:
             if resume is not None:
                 record.resumed_from(origin, resume["epochs_done"], resume.get("repeat", 0))
             return self._train_and_measure(trial, candidate, seeds, resume, resume_path, key)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            # every later trial would fail the same way: fail this one with the reason and
+            # stop the search in one line (its files were written to temp names, now gone)
+            reason = f"its files could not be written: {exc.strerror}" + (
+                f" ({exc.filename})" if exc.filename else "")
+            record.failed(reason)
+            raise StorageError(f"trial {trial.number} failed, {reason}; free space or point "
+                               "--artifact-dir elsewhere, then rerun to continue the study"
+                               ) from None
         finally:
             _remove(resume_path)
 

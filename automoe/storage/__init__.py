@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from automoe.storage._atomic import atomic_write
-from automoe.storage.artifacts import AtomicFileSystemArtifactStore, default_artifact_dir
+from automoe.storage.artifacts import (
+    DISK_ERRORS,
+    AtomicFileSystemArtifactStore,
+    default_artifact_dir,
+)
 from automoe.storage.checkpoint import (
     load_checkpoint,
     read_checkpoint_metadata,
@@ -23,6 +27,7 @@ from automoe.storage.study_db import (
 __all__ = [
     "DEFAULT_STORAGE",
     "AtomicFileSystemArtifactStore",
+    "DISK_ERRORS",
     "atomic_write",
     "default_artifact_dir",
     "describe_location",

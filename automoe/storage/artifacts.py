@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -9,8 +10,12 @@ from typing import BinaryIO
 
 from optuna.artifacts import FileSystemArtifactStore
 
+from automoe.errors import StorageError
 from automoe.storage._atomic import atomic_write
 from automoe.storage.study_db import sqlite_path
+
+# errors of the disk under a folder, not of the program: full, read-only, over quota, denied
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
 
 
 class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
@@ -23,6 +28,22 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     def __init__(self, base_path: str | os.PathLike[str]):
         super().__init__(Path(base_path))
         self.base_path = Path(base_path)
+
+    def check_writable(self) -> None:
+        """Write and remove a probe file, so that a read-only or full folder is refused
+        before a trial runs rather than after it trained.
+
+        Raises:
+            StorageError: the folder cannot be created or written.
+        """
+        try:
+            self.base_path.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.base_path / ".write-probe") as tmp:
+                tmp.write_bytes(b"probe")
+            (self.base_path / ".write-probe").unlink()
+        except OSError as exc:  # any: a folder that fails a probe would fail a trial
+            raise StorageError(f"artifact dir {self.base_path} is not writable: "
+                               f"{exc.strerror or exc}") from None
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         # Created on first write, so a search that fails validation leaves no folder behind.

@@ -47,18 +47,31 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict:
         raise AutomoeError(f"cannot read checkpoint {str(path)!r}: {exc}") from None
     if raw.get("format") != FORMAT:
         raise AutomoeError(f"{str(path)!r} is not an automoe checkpoint")
-    return {
-        "model_name": raw["model_name"],
-        "model_config": json.loads(raw["model_config"]),
-        "extra": json.loads(raw.get("extra", "{}")),
-    }
+    try:
+        return {
+            "model_name": raw["model_name"],
+            "model_config": json.loads(raw["model_config"]),
+            "extra": json.loads(raw.get("extra", "{}")),
+        }
+    except (KeyError, ValueError) as exc:  # a damaged header: missing key or broken JSON
+        raise AutomoeError(f"checkpoint {str(path)!r} has damaged metadata "
+                           f"({type(exc).__name__}: {exc})") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict]:
     """Rebuild the model stored in a checkpoint and load its weights (strictly)."""
     meta = read_checkpoint_metadata(path)
     model = create_model(meta["model_name"], **meta["model_config"])
-    model.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on damaged data
+        raise AutomoeError(f"cannot read the weights of {str(path)!r}: {exc}") from None
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:  # weights of another architecture or config
+        first = str(exc).strip().splitlines()[0]
+        raise AutomoeError(f"the weights of {str(path)!r} do not fit its model "
+                           f"{meta['model_name']!r}: {first}") from None
     model.eval()
     return model, meta
 

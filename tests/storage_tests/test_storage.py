@@ -134,3 +134,14 @@ def test_two_processes_creating_one_sqlite_schema_is_retried(tmp_path, monkeypat
     storage = open_storage(url, create=False)
     assert len(calls) == 2 and storage.get_all_studies() == []
     storage.engine.dispose()
+
+
+def test_an_artifact_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    from automoe.errors import StorageError
+    from automoe.storage import AtomicFileSystemArtifactStore
+
+    AtomicFileSystemArtifactStore(tmp_path / "ok").check_writable()
+    assert list((tmp_path / "ok").iterdir()) == []  # the probe is removed
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError, match="artifact dir .*a-file/sub is not writable: "):
+        AtomicFileSystemArtifactStore(tmp_path / "a-file" / "sub").check_writable()
