@@ -40,7 +40,8 @@ def _still_running(url, number):
         return False
 
 
-def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
+def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1, kill_repeat=None):
+    kill_repeat = repeats - 1 if kill_repeat is None else kill_repeat
     # slower trials, so that a worker can be killed in the middle of one
     space = TINY_SPACE.replace("epochs: 1", "epochs: 6")
     if repeats > 1:
@@ -56,8 +57,8 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
                               stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     pids = {p.pid: p for p in procs}
     try:
-        # kill the worker of a trial that has saved an early epoch's training state (of its
-        # last seed, with repeats: the retry must keep the seeds measured before)
+        # kill the worker of a trial that has saved an early epoch's training state (of seed
+        # kill_repeat, with repeats: the retry must keep the seeds measured before)
         deadline = time.monotonic() + 300
         victim = None
         while victim is None:
@@ -65,7 +66,7 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
             progress = {int(p.stem.split("-")[1]): _saved_progress(p)
                         for p in (artifacts / "resume").rglob("trial-*.pt")}
             saved = {n for n, done in progress.items()
-                     if done is not None and done[0] == repeats - 1 and done[1] <= 3}
+                     if done is not None and done[0] == kill_repeat and done[1] <= 3}
             for t in _trials(url):
                 pid = t.user_attrs.get("worker", {}).get("pid")
                 if t.state.name == "RUNNING" and t.number in saved and pid in pids:
@@ -103,11 +104,11 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1):
     fresh = [t for t in trials if t.state.name == "COMPLETE" and "resumed_from" not in t.user_attrs]
     assert all(t.user_attrs["epochs_trained"] == 6 * repeats for t in fresh)
     if repeats > 1:
-        # it resumed inside the last seed, kept the seeds measured before and trained none twice
-        assert retry.user_attrs["resumed_from"]["repeat"] == repeats - 1
-        # the retry trained only the rest of the last seed: no seed measured before again
+        # it resumed inside the killed seed, kept the seeds measured before, trained none twice
+        assert retry.user_attrs["resumed_from"]["repeat"] == kill_repeat
+        # the retry trained the rest of that seed and the seeds after it, no seed before
         done = retry.user_attrs["resumed_from"]["epochs_done"]
-        assert retry.user_attrs["epochs_trained"] == 6 - done
+        assert retry.user_attrs["epochs_trained"] == 6 - done + 6 * (repeats - 1 - kill_repeat)
         seeds = [r["seed"] for r in retry.user_attrs["repeats"]]
         assert len(seeds) == repeats and seeds[0] == retry.user_attrs["config"]["train"]["seed"]
         assert len(set(seeds)) == repeats
@@ -122,9 +123,9 @@ def test_sqlite_two_workers_one_killed(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", workers=2, target=6)
 
 
-def test_sqlite_worker_killed_between_repeats_keeps_the_measured_seeds(workdir):
+def test_sqlite_worker_killed_in_the_second_of_three_repeats_keeps_the_first(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", workers=2, target=3,
-                               repeats=2)
+                               repeats=3, kill_repeat=1)
 
 
 def test_postgresql_three_workers_one_killed(workdir, postgres_url):

@@ -1,0 +1,185 @@
+"""Property-based input fuzzing: every generated space file, CLI argument list and damaged
+checkpoint either works or ends in one line with exit 1/2, no traceback, nothing written.
+
+A valid space is taken one step further than validation: a candidate is sampled from it and
+its model built and run on one image of the space's size (a full trial per example would
+take the suite's whole time). The number of cases each property tried is printed.
+"""
+
+import contextlib
+import copy
+import io
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+import optuna
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+
+from automoe.cli import main
+from automoe.errors import AutomoeError
+from automoe.models import create_model
+from automoe.search.space import SearchSpace
+from automoe.storage import save_checkpoint
+
+from .conftest import TINY_SPACE
+
+BASE = yaml.safe_load(TINY_SPACE)
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+WEIRD = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.sampled_from(["", "../../etc", "a/b", "ünïcødé", "0", "-1", "1e400", "nan", "k > E",
+                     "{}", "[]"]),
+    st.lists(st.integers(-3, 9), max_size=3), st.just([]), st.just({}),
+    st.dictionaries(st.sampled_from(["low", "high", "choices", "log", "step"]),
+                    st.one_of(st.integers(-5, 10), st.floats(-1, 2), st.booleans(),
+                              st.just([])), max_size=3))
+KEYS = sorted(BASE["params"]) + ["name", "dataset", "model", "trials", "evaluation",
+                                  "sampler", "objectives", "constraints", "bogus_key"]
+COUNT = {"spaces": 0, "argv": 0, "checkpoints": 0}
+OUTCOMES = {"spaces": {}, "argv": {}, "checkpoints": {}}  # exit code (or outcome) -> cases
+
+
+def _tally(kind: str, outcome) -> None:
+    OUTCOMES[kind][outcome] = OUTCOMES[kind].get(outcome, 0) + 1
+
+
+def _one_line_or_ok(code: int, err: str) -> None:
+    assert code in (0, 1, 2), (code, err)
+    assert "Traceback" not in err, err
+    if code:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert lines and lines[-1].startswith(("automoe: error:", "usage:", "automoe ")), err
+        assert len([ln for ln in lines if "error" in ln]) == 1, err
+
+
+def _run(argv: list[str], cwd: Path) -> tuple[int, str]:
+    err = io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+    finally:
+        os.chdir(old)
+    return code, err.getvalue()
+
+
+@st.composite
+def mutated_spaces(draw):
+    raw = copy.deepcopy(BASE)
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(KEYS))
+        action = draw(st.sampled_from(["set", "delete", "top_k_over_experts", "empty"]))
+        target = raw["params"] if key in BASE["params"] else raw
+        if action == "delete":
+            target.pop(key, None)
+        elif action == "top_k_over_experts":
+            raw["params"]["experts"], raw["params"]["top_k"] = 2, draw(st.integers(3, 9))
+        elif action == "empty":
+            target[key] = {"choices": []}
+        else:
+            target[key] = draw(WEIRD)
+    return raw
+
+
+@FUZZ
+@given(raw=mutated_spaces())
+def test_a_fuzzed_space_validates_and_builds_or_is_one_line(raw):
+    COUNT["spaces"] += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+        code, err = _run(["spaces", "validate", str(path)], Path(tmp))
+        _one_line_or_ok(code, err)
+        _tally("spaces", code)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["space.yaml"]  # nothing written
+        if code == 0:  # valid: a candidate of it builds and runs
+            space = SearchSpace.from_dict(raw, str(path))
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            trial = optuna.create_study().ask()
+            try:
+                candidate = space.suggest(trial)
+            except AutomoeError:
+                return  # a draw the space check cannot rule out; the trial fails with it
+            if space.dataset["name"] != "digits":
+                return  # the fields below are digits' (no other dataset is on disk here)
+            size = space.dataset.get("image_size") or 8  # digits: 8x8 by default, 1 channel
+            model = create_model(candidate.model_name, **candidate.model, in_channels=1,
+                                 num_classes=10, image_size=size)
+            model(torch.rand(1, 1, size, size))
+
+
+ARGV = st.lists(st.one_of(
+    st.sampled_from(["--trials", "--storage", "--study", "--seed", "--workers", "--threads",
+                     "--space", "--sampler", "--executor", "--repeats", "--heartbeat",
+                     "--until", "--debug-not", "-q"]),
+    WEIRD.map(str)), max_size=6)
+
+
+@FUZZ
+@given(command=st.sampled_from(["search", "pareto", "status", "studies", "worker", "verify",
+                                "spaces"]), rest=ARGV)
+def test_fuzzed_cli_arguments_run_or_end_in_one_line(command, rest):
+    COUNT["argv"] += 1
+    if command == "search":  # a valid draw runs at most one tiny trial
+        rest = ["--space", "tiny.yaml", "--no-verify", "--trials", "1", "-q", *rest]
+    if command == "status":
+        rest = [*rest, "--once"] if "--once" not in rest else rest
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tiny.yaml").write_text(TINY_SPACE)
+        code, err = _run([command, *rest], Path(tmp))
+        _one_line_or_ok(code, err)
+        _tally("argv", code)
+        if code:
+            assert sorted(p.name for p in Path(tmp).rglob("*")) in (
+                ["tiny.yaml"], ["studies", "tiny.yaml"]), err  # no half-written DB or files
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(create_model("resnet8", image_size=8, placement="last_stage",
+                                 num_experts=2, width_multiplier=0.25), path)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(damage=st.sampled_from(["truncate", "flip", "empty", "rename_model"]),
+       where=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_a_damaged_checkpoint_loads_or_is_one_clear_error(checkpoint, damage, where, seed):
+    import automoe
+
+    COUNT["checkpoints"] += 1
+    data = bytearray(checkpoint)
+    at = int(where * (len(data) - 1))
+    if damage == "truncate":
+        data = data[:at]
+    elif damage == "flip":
+        data[at] ^= 1 << random.Random(seed).randrange(8)
+    elif damage == "empty":
+        data = bytearray()
+    else:  # the metadata names another architecture
+        data = bytearray(bytes(data).replace(b'"resnet8"', b'"vgg11"', 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        path.write_bytes(bytes(data))
+        try:
+            automoe.load(path)
+            _tally("checkpoints", "loaded")
+        except AutomoeError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            _tally("checkpoints", "refused")
+
+
+def test_report_the_number_of_cases():
+    print(f"fuzzed cases: {COUNT}; outcomes: {OUTCOMES}")
+    if all(COUNT.values()):  # the whole module ran: each property saw both outcomes
+        assert all(len(outcomes) >= 2 for outcomes in OUTCOMES.values()), OUTCOMES
