@@ -307,8 +307,8 @@ def driver_sigkill(work: Path) -> Row:
     children = subprocess.run(["pgrep", "-P", str(driver.pid)], capture_output=True,
                               text=True).stdout.split()
     driver.send_signal(signal.SIGKILL)
-    driver.communicate()
     killed = time.monotonic()
+    driver.communicate()  # its stderr closes when the last process holding it (a child) ends
     while any(_alive(int(pid)) for pid in children) and time.monotonic() - killed < 300:
         time.sleep(0.1)
     linger = time.monotonic() - killed
