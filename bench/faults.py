@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def inspect(row: Row, url: str, artifacts: Path, fault_end: float | None = None)
     from automoe.search._record import TrialRecord
     from automoe.storage import sha256_file
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     trials = study_trials(url)
     states = collections.Counter(t.state.name for t in trials)
     row.complete, row.running = states["COMPLETE"], states["RUNNING"]
@@ -219,7 +221,7 @@ def pg_restart(work: Path, port: int = 54351) -> Row:
     with postgres(port) as (url, down, up):
         common = start_study(work, url, work / "art", epochs=4)
         procs = workers(work, common, 3, 9)
-        time.sleep(20)
+        wait_mid_study(url)
         down()
         time.sleep(3)
         up()
@@ -232,18 +234,30 @@ def pg_restart(work: Path, port: int = 54351) -> Row:
     return row
 
 
+def wait_mid_study(url: str, timeout: float = 300) -> None:
+    """Until a trial has completed and another is running: the middle of a study."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            states = [t.state.name for t in study_trials(url)]
+            if states.count("COMPLETE") >= 2 and "RUNNING" in states:
+                return
+    raise RuntimeError("the study never reached its middle")
+
+
 def pg_down_past_budget(work: Path, port: int = 54352) -> Row:
     """PostgreSQL down longer than the workers' retry budget (10 s), then back, then rerun."""
     with postgres(port) as (url, down, up):
         common = start_study(work, url, work / "art", epochs=6)
-        procs = workers(work, common, 2, 6, env={"AUTOMOE_DB_RETRY_SECONDS": "10"})
-        time.sleep(15)
+        procs = workers(work, common, 2, 8, env={"AUTOMOE_DB_RETRY_SECONDS": "10"})
+        wait_mid_study(url)
         down()
         ends = finish(procs, timeout=120)
         up()
         fault_end = time.time()
-        rerun = finish(workers(work, common, 1, 6))
-        row = inspect(Row("PostgreSQL down past the retry budget, then a rerun", 6), url,
+        rerun = finish(workers(work, common, 1, 8))
+        row = inspect(Row("PostgreSQL down past the retry budget, then a rerun", 8), url,
                       work / "art", fault_end)
     row.error = "; ".join(sorted({e for _, e in ends if e}))
     row.notes.append("exit codes " + ",".join(str(c) for c, _ in ends)
@@ -297,13 +311,7 @@ def driver_sigkill(work: Path) -> Row:
               str(work / "art"), "--keep", "all", "-q", "--threads", "1", "--no-verify",
               "--workers", "2", "--executor", "processes", "--heartbeat", "1"]
     driver = cli("search", "--trials", "10", *common, cwd=work, wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until a trial has finished and others run
-        time.sleep(1)
-        with contextlib.suppress(Exception):
-            states = [t.state.name for t in study_trials(url)]
-            if "COMPLETE" in states and "RUNNING" in states:
-                break
+    wait_mid_study(url)
     children = subprocess.run(["pgrep", "-P", str(driver.pid)], capture_output=True,
                               text=True).stdout.split()
     driver.send_signal(signal.SIGKILL)
