@@ -5,6 +5,7 @@ import pytest
 
 from automoe.search._pareto import is_feasible, pareto_trials
 from automoe.search._plots import hypervolume_history, write_plot
+from automoe.search._record import TrialWriter
 
 
 @pytest.fixture()
@@ -79,16 +80,19 @@ def _moe_study():
     """A study whose trials carry what the usage and curves plots read."""
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_metric_names(["val_accuracy", "mmacs"])
-    # (experts, top_k, val %, MMACs): trial 1 (k = E) and 2 are on the front with 3
+    # (experts, top_k, val %, MMACs): 0, 1 (k = E), 2 and 4 on the front, 3 dominated
     for experts, top_k, val, mmacs in ((4, 1, 80.0, 1.0), (4, 4, 95.0, 4.0),
-                                       (4, 2, 90.0, 2.0), (2, 1, 70.0, 3.0)):
+                                       (4, 2, 90.0, 2.0), (2, 1, 70.0, 3.0),
+                                       (4, 1, 85.0, 1.8)):
         trial = study.ask()
-        trial.set_user_attr("config", {"model": {"num_experts": experts, "top_k": top_k}})
-        trial.set_user_attr("expert_usage", {"stage3.0": [10] * experts})
-        trial.set_user_attr("expert_class_usage", {"stage3.0": [[5, 5]] * experts})
-        trial.set_user_attr("router_health", {"stage3.0": {
-            "num_experts": experts, "effective_experts": experts * 0.9}})
-        trial.set_user_attr("history", [{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(3)])
+        record = TrialWriter(trial)  # as a trial writes it, with the record's own keys
+        record.started({"model": {"num_experts": experts, "top_k": top_k}},
+                       {"model": "resnet8", "experts": experts, "top_k": top_k},
+                       {"name": "digits"}, {"pid": 1}, supernet=False)
+        record.routers({"stage3.0": {"num_experts": experts,
+                                     "effective_experts": experts * 0.9}},
+                       {"stage3.0": [10] * experts}, {"stage3.0": [[5, 5]] * experts})
+        record.training([{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(3)], 3, 1.0, 0.5)
         study.tell(trial, (val, mmacs))
     return study
 
@@ -97,9 +101,10 @@ def test_usage_defaults_to_the_knee_of_the_trials_that_choose(tmp_path):
     from automoe.search._plots import _trial_for_usage
 
     study = _moe_study()
-    assert {t.number for t in pareto_trials(study)} == {0, 1, 2}
-    # trial 1 runs every expert (k = E): not the default, though it is on the front
-    assert _trial_for_usage(study, None).number in (0, 2)
+    assert {t.number for t in pareto_trials(study)} == {0, 1, 2, 4}
+    # trial 1 runs every expert (k = E): not the default, though it is on the front. The
+    # knee of the whole front is trial 2; of the trials that choose (0, 2, 4), trial 4
+    assert _trial_for_usage(study, None).number == 4
     out = tmp_path / "usage.png"
     write_plot(study, "usage", out)
     assert out.stat().st_size > 1000
