@@ -334,6 +334,68 @@ def driver_sigkill(work: Path) -> Row:
     return row
 
 
+# a two-node Ray cluster on this machine (Ray's own test helper), driven over stdin
+_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                  "include_dashboard": False})
+worker = cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+for line in sys.stdin:
+    if line.strip() == "kill":
+        cluster.remove_node(worker, allow_graceful=False)
+        print("killed", flush=True)
+    elif line.strip() == "stop":
+        break
+cluster.shutdown()
+"""
+
+
+def ray_two_nodes(work: Path, port: int = 54354) -> Row:
+    """``search --executor ray`` on a head and a worker node with PostgreSQL; the worker
+    node killed mid-study. Also: SQLite on the two nodes is refused."""
+    holder = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = holder.stdout.readline().strip()
+        (work / "faults.yaml").write_text(SPACE.format(epochs=6))
+        refused = cli("search", "--space", "faults.yaml", "--storage",
+                      f"sqlite:///{work}/ray.db", "--executor", "ray", "--ray-address",
+                      address, "--workers", "2", "--trials", "2", "--no-verify", "-q",
+                      cwd=work)
+        with postgres(port) as (url, _, _):
+            driver = cli("search", "--space", "faults.yaml", "--storage", url,
+                         "--artifact-dir", str(work / "art"), "--keep", "all", "-q",
+                         "--threads", "1", "--heartbeat", "1", "--no-verify", "--executor",
+                         "ray", "--ray-address", address, "--workers", "2",
+                         "--cpus-per-worker", "1", "--trials", "8", cwd=work, wait=False)
+            wait_mid_study(url)
+            nodes = {t.user_attrs.get("worker", {}).get("ray_node") for t in study_trials(url)}
+            holder.stdin.write("kill\n")
+            holder.stdin.flush()
+            holder.stdout.readline()
+            fault_end = time.time()
+            _, err = driver.communicate(timeout=900)
+            row = inspect(Row("two-node Ray cluster, the worker node killed mid-study", 8),
+                          url, work / "art", fault_end)
+    finally:
+        with contextlib.suppress(Exception):
+            holder.stdin.write("stop\n")
+            holder.stdin.flush()
+        try:
+            holder.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+    row.error = last_line(err) or "-"
+    row.notes.append(f"trials ran on {len(nodes - {None})} nodes before the kill; "
+                     f"driver exit {driver.returncode}")
+    row.notes.append(f"SQLite on 2 nodes: exit {refused.returncode}, "
+                     f"{last_line(refused.stderr)!r}")
+    return row
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -401,6 +463,7 @@ SCENARIOS = {
     "disk_full": disk_full,
     "read_only": read_only,
     "driver_sigkill": driver_sigkill,
+    "ray_two_nodes": ray_two_nodes,
     "load_sqlite": lambda work: load(work, "sqlite"),
     "load_postgresql": lambda work: load(work, "postgresql"),
 }

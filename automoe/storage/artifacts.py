@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -31,11 +32,13 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 
     def check_writable(self) -> None:
         """Write and remove a probe file, so that a read-only or full folder is refused
-        before a trial runs rather than after it trained.
+        before a trial runs rather than after it trained. Folders the probe had to create
+        are removed again: a search that then fails on other input leaves nothing behind.
 
         Raises:
             StorageError: the folder cannot be created or written.
         """
+        created = [p for p in (self.base_path, *self.base_path.parents) if not p.exists()]
         try:
             self.base_path.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.base_path / ".write-probe") as tmp:
@@ -44,6 +47,10 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
         except OSError as exc:  # any: a folder that fails a probe would fail a trial
             raise StorageError(f"artifact dir {self.base_path} is not writable: "
                                f"{exc.strerror or exc}") from None
+        finally:
+            for folder in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         # Created on first write, so a search that fails validation leaves no folder behind.

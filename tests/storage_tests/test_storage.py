@@ -140,8 +140,11 @@ def test_an_artifact_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path)
     from automoe.errors import StorageError
     from automoe.storage import AtomicFileSystemArtifactStore
 
+    (tmp_path / "ok").mkdir()
     AtomicFileSystemArtifactStore(tmp_path / "ok").check_writable()
     assert list((tmp_path / "ok").iterdir()) == []  # the probe is removed
+    AtomicFileSystemArtifactStore(tmp_path / "new" / "art").check_writable()
+    assert not (tmp_path / "new").exists()  # and so are the folders it had to create
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(StorageError, match="artifact dir .*a-file/sub is not writable: "):
         AtomicFileSystemArtifactStore(tmp_path / "a-file" / "sub").check_writable()
