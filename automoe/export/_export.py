@@ -23,7 +23,12 @@ from automoe.layers import MoEModule, expert_use, track_expert_usage
 from automoe.models import count_flops, count_params, create_model
 from automoe.robustness import AttackConfig, robust_accuracy
 from automoe.search import TrialRecord, is_feasible, pareto_trials, verified_results
-from automoe.storage import load_checkpoint, read_checkpoint_metadata, sha256_file
+from automoe.storage import (
+    load_checkpoint,
+    load_weights,
+    read_checkpoint_metadata,
+    sha256_file,
+)
 from automoe.training import evaluate_accuracy
 
 EXPORT_FORMAT = "automoe.export.v1"
@@ -196,7 +201,7 @@ def read_export_config(path: str | os.PathLike[str]) -> dict:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise AutomoeError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
-    if config.get("format") != EXPORT_FORMAT:
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise AutomoeError(f"{str(config_path)!r} is not an automoe export")
     return config
 
@@ -214,10 +219,13 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise AutomoeError(f"{str(weights)!r} is missing")
-    if sha256_file(weights) != config["weights_sha256"]:
+    name, fields = config.get("model_name"), config.get("model_config")
+    if not isinstance(name, str) or not isinstance(fields, dict):
+        raise AutomoeError(f"{str(path / CONFIG_FILE)!r} lacks a model_name and model_config")
+    if sha256_file(weights) != config.get("weights_sha256"):
         raise AutomoeError(f"{str(weights)!r} does not match the checksum in {CONFIG_FILE}")
-    model = create_model(config["model_name"], **config["model_config"])
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    model = create_model(name, **fields)
+    load_weights(model, weights, name)
     return model.eval()
 
 

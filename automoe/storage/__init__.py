@@ -10,6 +10,7 @@ from automoe.storage.artifacts import (
 )
 from automoe.storage.checkpoint import (
     load_checkpoint,
+    load_weights,
     read_checkpoint_metadata,
     save_checkpoint,
     sha256_file,
@@ -33,6 +34,7 @@ __all__ = [
     "describe_location",
     "describe_url",
     "load_checkpoint",
+    "load_weights",
     "load_study",
     "open_storage",
     "parse_url",

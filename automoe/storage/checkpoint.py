@@ -48,20 +48,34 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict:
     if raw.get("format") != FORMAT:
         raise AutomoeError(f"{str(path)!r} is not an automoe checkpoint")
     try:
-        return {
+        meta = {
             "model_name": raw["model_name"],
             "model_config": json.loads(raw["model_config"]),
             "extra": json.loads(raw.get("extra", "{}")),
         }
+        if not isinstance(meta["model_config"], dict) or not isinstance(meta["extra"], dict):
+            raise ValueError("model_config and extra must be JSON objects")
     except (KeyError, ValueError) as exc:  # a damaged header: missing key or broken JSON
         raise AutomoeError(f"checkpoint {str(path)!r} has damaged metadata "
                            f"({type(exc).__name__}: {exc})") from None
+    return meta
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict]:
     """Rebuild the model stored in a checkpoint and load its weights (strictly)."""
     meta = read_checkpoint_metadata(path)
     model = create_model(meta["model_name"], **meta["model_config"])
+    load_weights(model, path, meta["model_name"])
+    model.eval()
+    return model, meta
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], model_name: str) -> None:
+    """Load a safetensors file into ``model`` strictly, or raise one clear error.
+
+    Raises:
+        AutomoeError: unreadable weights, or weights of another architecture or config.
+    """
     try:
         weights = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types on damaged data
@@ -71,9 +85,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict]:
     except RuntimeError as exc:  # weights of another architecture or config
         first = str(exc).strip().splitlines()[0]
         raise AutomoeError(f"the weights of {str(path)!r} do not fit its model "
-                           f"{meta['model_name']!r}: {first}") from None
-    model.eval()
-    return model, meta
+                           f"{model_name!r}: {first}") from None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -43,8 +43,8 @@ WEIRD = st.one_of(
                               st.just([])), max_size=3))
 KEYS = sorted(BASE["params"]) + ["name", "dataset", "model", "trials", "evaluation",
                                   "sampler", "objectives", "constraints", "bogus_key"]
-COUNT = {"spaces": 0, "argv": 0, "checkpoints": 0}
-OUTCOMES = {"spaces": {}, "argv": {}, "checkpoints": {}}  # exit code (or outcome) -> cases
+COUNT = {"spaces": 0, "argv": 0, "checkpoints": 0, "exports": 0}
+OUTCOMES = {"spaces": {}, "argv": {}, "checkpoints": {}, "exports": {}}  # exit code (or outcome) -> cases
 
 
 def _tally(kind: str, outcome) -> None:
@@ -196,7 +196,68 @@ def test_a_damaged_checkpoint_loads_or_is_one_clear_error(checkpoint, damage, wh
             _tally("checkpoints", "refused")
 
 
+@pytest.fixture(scope="module")
+def export_files(checkpoint):
+    """The two files ``automoe.load`` reads of an export folder: the weights and a
+    ``config.json`` naming their model and checksum (as ``automoe export`` writes them)."""
+    import hashlib
+    import json
+
+    from automoe.export._export import EXPORT_FORMAT
+    from automoe.storage import read_checkpoint_metadata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        path.write_bytes(checkpoint)
+        meta = read_checkpoint_metadata(path)
+    config = {"format": EXPORT_FORMAT, "model_name": meta["model_name"],
+              "model_config": meta["model_config"],
+              "weights_sha256": hashlib.sha256(checkpoint).hexdigest()}
+    return {"model.safetensors": checkpoint, "config.json": json.dumps(config).encode()}
+
+
+@FUZZ
+@given(target=st.sampled_from(["model.safetensors", "config.json"]),
+       damage=st.sampled_from(["truncate", "flip", "missing", "other_model", "wrong_types"]),
+       where=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_a_damaged_export_folder_loads_or_is_one_clear_error(export_files, target, damage,
+                                                              where, seed):
+    import json
+
+    import automoe
+
+    COUNT["exports"] += 1
+    files = dict(export_files)
+    data = bytearray(files[target])
+    at = int(where * max(len(data) - 1, 0))
+    if damage == "truncate":
+        files[target] = bytes(data[:at])
+    elif damage == "flip":
+        data[at] ^= 1 << random.Random(seed).randrange(8)
+        files[target] = bytes(data)
+    elif damage == "missing":
+        del files[target]
+    else:  # the config names another architecture, or holds values of the wrong type
+        config = json.loads(files["config.json"])
+        if damage == "other_model":
+            config["model_name"] = "vgg11"
+        else:
+            config[random.Random(seed).choice(sorted(config))] = [1, "x"]
+        files["config.json"] = json.dumps(config).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            (Path(tmp) / name).write_bytes(content)
+        try:
+            automoe.load(tmp)
+            _tally("exports", "loaded")
+        except AutomoeError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            _tally("exports", "refused")
+
+
 def test_report_the_number_of_cases():
     print(f"fuzzed cases: {COUNT}; outcomes: {OUTCOMES}")
-    if all(COUNT.values()):  # the whole module ran: each property saw both outcomes
-        assert all(len(outcomes) >= 2 for outcomes in OUTCOMES.values()), OUTCOMES
+    if all(COUNT.values()):  # the whole module ran: the properties saw both outcomes
+        assert all(len(OUTCOMES[kind]) >= 2 for kind in ("spaces", "argv", "checkpoints")), \
+            OUTCOMES
+        assert OUTCOMES["exports"].get("refused"), OUTCOMES  # (nearly) every damage is
