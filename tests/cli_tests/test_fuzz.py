@@ -160,6 +160,18 @@ def test_fuzzed_cli_arguments_run_or_end_in_one_line(command, rest):
                 ["tiny.yaml"], ["studies", "tiny.yaml"]), err  # no half-written DB or files
 
 
+def _load_and_tally(kind: str, path) -> None:
+    """``automoe.load(path)`` either loads or raises one clear one-line error."""
+    import automoe
+
+    try:
+        automoe.load(path)
+        _tally(kind, "loaded")
+    except AutomoeError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        _tally(kind, "refused")
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
@@ -172,7 +184,6 @@ def checkpoint(tmp_path_factory):
 @given(damage=st.sampled_from(["truncate", "flip", "empty", "rename_model"]),
        where=st.floats(0, 1), seed=st.integers(0, 2**16))
 def test_a_damaged_checkpoint_loads_or_is_one_clear_error(checkpoint, damage, where, seed):
-    import automoe
 
     COUNT["checkpoints"] += 1
     data = bytearray(checkpoint)
@@ -188,12 +199,7 @@ def test_a_damaged_checkpoint_loads_or_is_one_clear_error(checkpoint, damage, wh
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
         path.write_bytes(bytes(data))
-        try:
-            automoe.load(path)
-            _tally("checkpoints", "loaded")
-        except AutomoeError as exc:
-            assert "\n" not in str(exc) and str(exc)
-            _tally("checkpoints", "refused")
+        _load_and_tally("checkpoints", path)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +230,6 @@ def test_a_damaged_export_folder_loads_or_is_one_clear_error(export_files, targe
                                                               where, seed):
     import json
 
-    import automoe
 
     COUNT["exports"] += 1
     files = dict(export_files)
@@ -247,12 +252,7 @@ def test_a_damaged_export_folder_loads_or_is_one_clear_error(export_files, targe
     with tempfile.TemporaryDirectory() as tmp:
         for name, content in files.items():
             (Path(tmp) / name).write_bytes(content)
-        try:
-            automoe.load(tmp)
-            _tally("exports", "loaded")
-        except AutomoeError as exc:
-            assert "\n" not in str(exc) and str(exc)
-            _tally("exports", "refused")
+        _load_and_tally("exports", tmp)
 
 
 def test_report_the_number_of_cases():
