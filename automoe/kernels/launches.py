@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from automoe.errors import ConfigError
+
 # Environment switch: autotune over only the first N configs (e.g. 2 for tests and short
 # GPU checks, where compile time would exceed the run); unset = all of them.
 CONFIGS_ENV = "AUTOMOE_TRITON_CONFIGS"
@@ -41,10 +43,10 @@ def configs_in_use(available: int) -> int:
     try:
         wanted = int(raw)
     except ValueError:
-        raise ValueError(f"{CONFIGS_ENV} must be a whole number of configs, got {raw!r}") \
+        raise ConfigError(f"{CONFIGS_ENV} must be a whole number of configs, got {raw!r}") \
             from None
     if wanted < 1:
-        raise ValueError(f"{CONFIGS_ENV} must be at least 1, got {wanted}")
+        raise ConfigError(f"{CONFIGS_ENV} must be at least 1, got {wanted}")
     return min(wanted, available)
 
 
