@@ -199,7 +199,7 @@ def read_export_config(path: str | os.PathLike[str]) -> dict:
         raise AutomoeError(f"{str(path)!r} is not an exported model (no {CONFIG_FILE})")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # broken JSON, or bytes that are not UTF-8 at all
         raise AutomoeError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise AutomoeError(f"{str(config_path)!r} is not an automoe export")

@@ -175,6 +175,7 @@ def _load_and_tally(kind: str, path) -> None:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    torch.manual_seed(0)  # the same bytes whatever ran before: the same cases each run
     save_checkpoint(create_model("resnet8", image_size=8, placement="last_stage",
                                  num_experts=2, width_multiplier=0.25), path)
     return path.read_bytes()
