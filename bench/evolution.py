@@ -18,7 +18,8 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from automoe.search import SearchSpace, make_sampler, resolve_space_path
+from automoe.search import make_sampler
+from automoe.space import SearchSpace, resolve_space_path
 
 
 def rewarded_share(sampler: str, seed: int, trials: int, population: int) -> float:

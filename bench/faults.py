@@ -122,7 +122,7 @@ def inspect(row: Row, url: str, artifacts: Path, fault_end: float | None = None)
     """Fill the row's counts from the study DB and the artifact folder."""
     import optuna
 
-    from automoe.search._record import TrialRecord
+    from automoe.results import TrialRecord
     from automoe.storage import sha256_file
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -372,7 +372,9 @@ def ray_two_nodes(work: Path, port: int = 54354) -> Row:
                          "ray", "--ray-address", address, "--workers", "2",
                          "--cpus-per-worker", "1", "--trials", "8", cwd=work, wait=False)
             wait_mid_study(url)
-            nodes = {t.user_attrs.get("worker", {}).get("ray_node") for t in study_trials(url)}
+            from automoe.results import TrialRecord
+
+            nodes = {TrialRecord(t).worker.get("ray_node") for t in study_trials(url)}
             holder.stdin.write("kill\n")
             holder.stdin.flush()
             holder.stdout.readline()
@@ -438,7 +440,7 @@ def load(work: Path, backend: str, count: int = 8, trials: int = 64,
 
 
 def _by_worker(trials) -> dict:
-    from automoe.search._record import TrialRecord
+    from automoe.results import TrialRecord
 
     groups = collections.defaultdict(list)
     for trial in trials:

@@ -34,13 +34,13 @@ from automoe.data import load_dataset
 from automoe.errors import TrainingDivergedError
 from automoe.layers import expert_use, track_expert_usage
 from automoe.models import count_flops, create_model
+from automoe.results._verify import VerifyConfig
 from automoe.robustness import (
     AttackConfig,
     robust_accuracy,
     transfer_examples,
     worst_case_accuracy,
 )
-from automoe.search._verify import VerifyConfig
 from automoe.training import TrainConfig, evaluate_accuracy, train
 
 # name -> model-config fields on top of ResNet-8 (every MoE config: placement last_two)

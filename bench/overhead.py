@@ -26,16 +26,10 @@ from optuna.artifacts import upload_artifact
 from rich.console import Console
 from rich.table import Table
 
-from automoe.search import (
-    SearchSpace,
-    checkpoint_retention,
-    create_or_resume_study,
-    resolve_space_path,
-    run_trials,
-    study_objectives,
-    trial_row,
-)
-from automoe.storage import AtomicFileSystemArtifactStore, open_storage
+from automoe.results import TrialWriter, trial_row
+from automoe.search import run_search
+from automoe.space import SearchSpace, resolve_space_path
+from automoe.storage import AtomicFileSystemArtifactStore
 
 
 def main() -> None:
@@ -51,9 +45,7 @@ def main() -> None:
     url = args.storage or f"sqlite:///{workdir / 'overhead.db'}"
     store = AtomicFileSystemArtifactStore(workdir / "artifacts")
     space = SearchSpace.from_file(resolve_space_path("default"))
-    study, _ = create_or_resume_study(open_storage(url, create=True), "overhead", space,
-                                      args.sampler, seed=0)
-    names = study_objectives(study)
+    names = space.objectives
     rng = random.Random(0)
     weights = workdir / "weights.bin"
     weights.write_bytes(b"\0" * 4096)
@@ -63,16 +55,18 @@ def main() -> None:
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         starts.append((time.perf_counter(), time.process_time()))
         candidate = space.suggest(trial)
-        trial.set_user_attr("config", candidate.to_dict())
-        trial.set_user_attr("history", [{"epoch": e, "loss": rng.random(), "aux_loss": 0.0,
-                                         "train_accuracy": rng.random(), "expert_use": 0.9}
-                                        for e in range(8)])
-        trial.set_user_attr("macs", {"active": 3e6, "dense": 9e6})
-        trial.set_user_attr("router_health", {f"layer{i}": {"effective_experts": 3.9}
-                                              for i in range(4)})
+        # what a real trial writes, through the same record
+        record = TrialWriter(trial)
+        record.started(candidate.to_dict(), candidate.architecture(), {"name": "digits"},
+                       {"host": "bench"}, supernet=False)
+        record.training([{"epoch": e, "loss": rng.random(), "aux_loss": 0.0,
+                          "train_accuracy": rng.random(), "expert_use": 0.9}
+                         for e in range(8)], 8)
+        record.costs({"active": 3e6, "dense": 9e6}, {})
+        record.routers({f"layer{i}": {"effective_experts": 3.9} for i in range(4)}, {}, None)
         artifact = upload_artifact(artifact_store=store, file_path=str(weights),
                                    study_or_trial=trial)
-        trial.set_user_attr("checkpoint", {"artifact_id": artifact, "sha256": "0"})
+        record.checkpoint(artifact, "0")
         experts = candidate.model["num_experts"]
         values = (90 + 5 * rng.random() - experts / 4, 0.5 * experts + rng.random(),
                   50 * rng.random())
@@ -83,13 +77,15 @@ def main() -> None:
         if trial.values is not None:
             trial_row(trial, names)
 
-    retention = checkpoint_retention(store)
     console = Console()
     done = 0
     with console.status("running trials") as status:
         while done < args.trials:
             chunk = min(500, args.trials - done)
-            run_trials(study, objective, chunk, callbacks=[progress, retention])
+            # one study, resumed per chunk; keep=pareto adds the checkpoint retention
+            run_search(space, url, study_name="overhead", trials=chunk, sampler=args.sampler,
+                       artifact_store=store, keep="pareto", objective=objective,
+                       callbacks=[progress])
             done += chunk
             status.update(f"{done} trials")
     wall = [starts[i + 1][0] - ends[i][0] for i in range(len(ends) - 1)]

@@ -32,15 +32,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from automoe.search import (
-    SearchSpace,
-    TrialRunner,
-    create_or_resume_study,
-    make_sampler,
-    pareto_trials,
-    resolve_space_path,
-    study_hypervolume,
-)
+from automoe.results import TrialRecord, pareto_trials, study_hypervolume
+from automoe.search import TrialRunner, make_sampler, run_search
+from automoe.space import SearchSpace, resolve_space_path
 from automoe.storage import AtomicFileSystemArtifactStore
 
 EPOCHS = 6
@@ -66,18 +60,18 @@ def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dic
     sampler_name, fidelity = STRATEGIES[strategy]
     space = bench_space(fidelity)
     sampler = make_sampler(sampler_name, seed, space.sampler["population_size"], space)
-    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(),
-                                      strategy.replace("+", "-"), space, sampler, seed)
-    runner = TrialRunner(space, AtomicFileSystemArtifactStore(workdir / f"{strategy}-{seed}"),
-                         seed=seed)
+    storage = optuna.storages.InMemoryStorage()
+    store = AtomicFileSystemArtifactStore(workdir / f"{strategy}-{seed}")
+    runner = TrialRunner(space, store)  # built once: its data is loaded once
     epochs = 0
     seconds = 0.0
     rows = []
     while epochs < budget_epochs:
-        study.optimize(runner, n_trials=1)
+        study = run_search(space, storage, study_name=strategy.replace("+", "-"), trials=1,
+                           sampler=sampler, seed=seed, artifact_store=store, objective=runner)
         trial = study.trials[-1]
-        attrs = trial.user_attrs
-        epochs += attrs.get("epochs_trained", len(attrs.get("history", [])))
+        record = TrialRecord(trial)
+        epochs += record.epochs_trained or len(record.history)
         # wall time of the whole trial: building, FLOPs, training, rungs, evaluation, saving
         seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
         front = [tuple(t.values) for t in pareto_trials(study)]

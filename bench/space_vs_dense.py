@@ -29,7 +29,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from automoe.search import resolve_space_path, study_hypervolume
+from automoe.results import study_hypervolume
+from automoe.space import resolve_space_path
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = ("val_accuracy", "mmacs", "robust_accuracy")

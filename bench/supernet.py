@@ -59,7 +59,6 @@ from torch.utils.data import TensorDataset
 
 from automoe.data import DatasetInfo, load_dataset
 from automoe.models import count_flops
-from automoe.search import SearchSpace, resolve_space_path
 from automoe.search.supernet import (
     EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
@@ -68,6 +67,7 @@ from automoe.search.supernet import (
     SubnetSpec,
     Supernet,
 )
+from automoe.space import SearchSpace, resolve_space_path
 from automoe.training import evaluate_accuracy, recalibrate_batchnorm, train
 
 
@@ -274,8 +274,8 @@ def trial_cost_part(args, console: Console, net: Supernet, specs: list[SubnetSpe
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from automoe.search import TrialRunner, create_or_resume_study, make_sampler
-    from automoe.storage import AtomicFileSystemArtifactStore
+    from automoe.results import TrialRecord
+    from automoe.search import make_sampler, run_search
 
     space = net.space
     names = list(space.dimensions["placement"].choices)
@@ -289,20 +289,23 @@ def trial_cost_part(args, console: Console, net: Supernet, specs: list[SubnetSpe
     with tempfile.TemporaryDirectory(prefix="bench-supernet-") as tmp:
         for i, (label, supernet, trial_space) in enumerate(runs):
             sampler = make_sampler("random", args.seed, 2, space)
-            study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), label,
-                                              trial_space, sampler, args.seed)
-            for spec in specs:
-                study.enqueue_trial({"placement": names[net.placements.index(spec.placement)],
-                                     "experts": spec.experts, "top_k": spec.top_k,
-                                     "width_multiplier": spec.width})
-            store = AtomicFileSystemArtifactStore(f"{tmp}/{i}")
-            runner = TrialRunner(trial_space, store, seed=args.seed, supernet=supernet,
-                                 usage_plots=False,
-                                 recalibration_batches=args.recal_batches[0])
-            study.optimize(runner, n_trials=len(specs))
+
+            def enqueue(study, resumed, complete):
+                for spec in specs:
+                    study.enqueue_trial({
+                        "placement": names[net.placements.index(spec.placement)],
+                        "experts": spec.experts, "top_k": spec.top_k,
+                        "width_multiplier": spec.width})
+
+            study = run_search(trial_space, optuna.storages.InMemoryStorage(),
+                               study_name=label, trials=len(specs), sampler=sampler,
+                               seed=args.seed, artifact_dir=f"{tmp}/{i}", resume=False,
+                               on_start=enqueue,
+                               trial_options={"supernet": supernet, "usage_plots": False,
+                                              "recalibration_batches": args.recal_batches[0]})
             seconds[label] = sum((t.datetime_complete - t.datetime_start).total_seconds()
                                  for t in study.trials) / len(study.trials)
-            seconds[label + " eval"] = sum(t.user_attrs.get("eval_seconds", 0.0)
+            seconds[label + " eval"] = sum(TrialRecord(t).eval_seconds
                                            for t in study.trials) / len(study.trials)
     table = Table(title=f"whole trials, {len(specs)} sub-networks each way (objectives "
                         f"{', '.join(space.objectives)}; PGD-{space.attack.steps} on val)",

@@ -20,13 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from automoe.data import load_dataset
+from automoe.results import TrialRecord, VerifyConfig, space_of_study, trial_model
 from automoe.robustness import worst_case_accuracy
-from automoe.search import VerifyConfig, space_of_study, trial_model
 from automoe.storage import AtomicFileSystemArtifactStore, default_artifact_dir, load_study, open_storage
 
 
 def kind(trial) -> str:
-    arch = trial.user_attrs["architecture"]
+    arch = TrialRecord(trial).architecture
     if arch["placement"] == "none" or arch["experts"] == 1:
         return "dense"
     if arch["granularity"] == "condconv":
@@ -54,17 +54,18 @@ def main() -> None:
     gaps: dict[str, list[float]] = defaultdict(list)
     console = Console()
     for trial in study.get_trials(deepcopy=False):
-        if trial.state.name != "COMPLETE" or "robust_accuracy" not in trial.user_attrs:
+        record = TrialRecord(trial)
+        if trial.state.name != "COMPLETE" or record.metric("robust_accuracy") is None:
             continue
         if data is None:
-            spec = trial.user_attrs["dataset"]
+            spec = record.dataset
             data = load_dataset(spec["name"], "val", image_size=spec.get("image_size"))
             if space.attack.max_samples is not None:
                 data = torch.utils.data.Subset(data, range(min(space.attack.max_samples,
                                                                len(data))))
         report = worst_case_accuracy(trial_model(trial, store), data, attacks,
                                      space.eval_batch_size, seed=space.attack.seed)
-        proxy, verified = trial.user_attrs["robust_accuracy"], 100 * report.worst
+        proxy, verified = record.metric("robust_accuracy"), 100 * report.worst
         gaps[kind(trial)].append(proxy - verified)
         console.print(f"trial {trial.number:>3} {kind(trial):24s} proxy {proxy:6.2f} "
                       f"verified {verified:6.2f}")

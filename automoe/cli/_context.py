@@ -14,19 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from automoe.cli._output import err, out, pareto_table, print_note, trial_line
 from automoe.errors import ConfigError
-from automoe.search import (
-    METRICS,
+from automoe.results import (
     TrialRecord,
     VerifyConfig,
     checkpoint_retention,
     front_hypervolume,
     pareto_trials,
-    parse_reference,
     study_objectives,
     trial_row,
     verified_results,
     verify_front,
 )
+from automoe.space import METRICS, parse_reference
 from automoe.storage import (
     DEFAULT_STORAGE,
     AtomicFileSystemArtifactStore,

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from automoe.search import COLLAPSED_BELOW, METRICS
+from automoe.space import COLLAPSED_BELOW, METRICS
 
 # Tables and JSON go to stdout; progress, logs and errors to stderr.
 # Piped output has no terminal width; give tables room rather than rich's 80 columns.

@@ -11,7 +11,7 @@ from automoe.cli._output import out
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
 from automoe.ops import GROUPED_MAX_CHANNELS, PADDED_FILTER_TO_MAPS, PADDED_MAX_RUN_MACS
-from automoe.search import METRICS, SearchSpace, list_spaces, resolve_space_path
+from automoe.space import METRICS, SearchSpace, list_spaces, resolve_space_path
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
 from automoe.export import PICKS, attack_export, evaluate_export, export_trial, pick_trial
 from automoe.robustness import ATTACKS, NORMS, STRONG_ATTACKS, strong_attacks
-from automoe.search import parse_number, resolve_device
+from automoe.search import resolve_device
+from automoe.space import parse_number
 
 
 def cmd_export(args: argparse.Namespace) -> int:

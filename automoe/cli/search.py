@@ -11,27 +11,20 @@ from automoe.cli import _context as ctx
 from automoe.cli._output import architecture, err, out, print_json
 from automoe.cli._parser import Commands, verify_budget
 from automoe.errors import ConfigError
+from automoe.results import check_study_name, pareto_trials, study_objectives, trial_row
 from automoe.search import (
     EXECUTORS,
     SAMPLERS,
     ClusterConfig,
-    SearchSpace,
-    TrialRunner,
     WorkerConfig,
-    check_study_name,
-    create_or_resume_study,
     make_sampler,
-    pareto_trials,
     resolve_device,
-    resolve_space_path,
-    run_trials,
+    run_search,
     run_worker,
-    search_with_workers,
-    study_objectives,
     training_seed,
-    trial_row,
 )
-from automoe.storage import describe_location, open_storage, parse_url
+from automoe.space import SearchSpace, resolve_space_path
+from automoe.storage import describe_location
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -52,86 +45,57 @@ def cmd_search(args: argparse.Namespace) -> int:
     sampler_name = args.sampler or space.sampler["name"]
     make_sampler(sampler_name, args.seed, space.sampler["population_size"], space)  # validates
     url = ctx.storage_url(args)
-    parse_url(url)
     cluster = ClusterConfig(executor=args.executor, workers=args.workers,
                             ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
                             cpus_per_worker=args.cpus_per_worker)
-    cluster.check_storage(url)
-    cluster.check_reachable()
     started = time.perf_counter()
     # the driver of a Ray search may have no GPU of its own: it verifies on what it has
-    here = "auto" if cluster.executor == "ray" else args.device
-    if cluster.executor != "local":
-        study = _search_with_workers(args, space, study_name, sampler_name, url, cluster,
-                                     n_trials)
-    else:
-        study = _search_here(args, space, study_name, sampler_name, url, n_trials,
-                             resolve_device(here))
-    if not args.no_verify and "robust_accuracy" in space.measured_metrics():
-        ctx.verify(study, args, args.verify_steps, args.verify_restarts, None,
-                   resolve_device(here))
-    ctx.print_front(study, f", this run {time.perf_counter() - started:.0f}s")
-    return 0
-
-
-def _search_here(args, space, study_name, sampler_name, url, n_trials, on_device):
-    """Trials one after another in this process."""
-    ctx.set_threads(args)
-    progress = ctx.TrialProgress(args.quiet, n_trials)
-    runner = TrialRunner(space, ctx.artifact_store(args), on_step=progress.on_step,
-                         device=on_device, seed=args.seed, data_root=args.data_root,
-                         download=args.download, resume_dir=ctx.resume_dir(args))
-    storage = open_storage(url, create=True, heartbeat_interval=args.heartbeat or None,
-                           make_folder=args.storage is None)
-    # a resumed study keeps its seed: the sampler's is derived from it and the trial count
-    # (so a resume proposes new candidates), and training uses it as in every worker
-    study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, args.seed)
-    runner.seed = training_seed(study)
-    if not args.quiet:
-        what = "resuming" if resumed else "created"
-        err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in {describe_location(url)} "
-                  f"({len(study.trials)} trials so far); space {space.source}, dataset "
-                  f"{space.dataset['name']}, sampler {sampler_name}, seed {runner.seed}, "
-                  f"device {on_device}")
-    with progress.progress:
-        run_trials(study, runner, n_trials, callbacks=[progress.after_trial,
-                                                       ctx.retention(args)])
-    return study
-
-
-def _search_with_workers(args, space, study_name, sampler_name, url, cluster, n_trials):
-    """`--workers N --executor processes|ray`: N worker loops elsewhere until the study has
-    ``n_trials`` more complete trials."""
-    worker = WorkerConfig(
-        storage_url=url, study_name=study_name, until=1,
-        artifact_dir=str(ctx.artifact_dir(args)), device=args.device, threads=args.threads,
-        data_root=args.data_root, download=args.download, heartbeat=args.heartbeat,
-        keep=args.keep)
+    here = resolve_device("auto" if cluster.executor == "ray" else args.device)
+    if cluster.executor == "local":
+        ctx.set_threads(args)
     where = (f"Ray cluster {cluster.ray_address}" if cluster.ray_address
              else "a local Ray cluster" if cluster.executor == "ray" else "local processes")
-    progress = ctx.bar(args.quiet)
-    bar = progress.add_task("trials", total=n_trials)
+    local = cluster.executor == "local"
+    progress = ctx.TrialProgress(args.quiet, n_trials) if local else None
+    bar = ctx.bar(args.quiet) if not local else None
+    task = bar.add_task("trials", total=n_trials) if bar is not None else None
     first = {}
 
-    def on_start(study, resumed: bool, complete: int, until: int) -> None:
+    def on_start(study, resumed: bool, complete: int) -> None:
         first["complete"] = complete
         if not args.quiet:
-            err.print(f"[bold]{'resuming' if resumed else 'created'}[/] study "
-                      f"[cyan]{study_name}[/] in {describe_location(url)} ({complete} "
-                      f"complete); {cluster.workers} workers on {where}, until {until} "
-                      "complete trials")
-        progress.start()
+            what = "resuming" if resumed else "created"
+            if local:
+                err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in "
+                          f"{describe_location(url)} ({len(study.trials)} trials so far); space "
+                          f"{space.source}, dataset {space.dataset['name']}, sampler "
+                          f"{sampler_name}, seed {training_seed(study)}, device {here}")
+            else:
+                err.print(f"[bold]{what}[/] study [cyan]{study_name}[/] in "
+                          f"{describe_location(url)} ({complete} complete); {cluster.workers} "
+                          f"workers on {where}, until {complete + n_trials} complete trials")
+        (progress.progress if local else bar).start()
 
     def on_progress(done: int, running: int, failed: int) -> None:
-        progress.update(bar, completed=min(done - first["complete"], n_trials),
-                        description=f"trials ({running} running, {failed} failed)")
+        bar.update(task, completed=min(done - first["complete"], n_trials),
+                   description=f"trials ({running} running, {failed} failed)")
 
     try:
-        return search_with_workers(space, study_name, sampler_name, args.seed, n_trials,
-                                   worker, cluster, make_folder=args.storage is None,
-                                   on_start=on_start, on_progress=on_progress)
+        study = run_search(
+            space, url, study_name=study_name, trials=n_trials, sampler=sampler_name,
+            seed=args.seed, cluster=cluster, artifact_dir=ctx.artifact_dir(args),
+            device=here if local else args.device, threads=args.threads,
+            data_root=args.data_root, download=args.download, heartbeat=args.heartbeat,
+            keep=args.keep, make_folder=args.storage is None,
+            callbacks=[progress.after_trial] if local else None,
+            on_step=progress.on_step if local else None, on_start=on_start,
+            on_progress=on_progress)
     finally:
-        progress.stop()
+        (progress.progress if local else bar).stop()
+    if not args.no_verify and "robust_accuracy" in space.measured_metrics():
+        ctx.verify(study, args, args.verify_steps, args.verify_restarts, None, here)
+    ctx.print_front(study, f", this run {time.perf_counter() - started:.0f}s")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -16,17 +16,13 @@ from automoe.cli import _context as ctx
 from automoe.cli._output import err, out, print_json, print_note
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
-from automoe.search import (
-    COLLAPSED_BELOW,
+from automoe.results import (
     MEASURED,
-    METRICS,
     MIN_TRIALS_FOR_IMPORTANCE,
     PLOTS,
     StudySummary,
     checkpoint_size,
-    count_trials,
     pareto_trials,
-    parse_reference,
     remove_dominated_checkpoints,
     study_objectives,
     summarize_study,
@@ -34,6 +30,8 @@ from automoe.search import (
     verified_results,
     write_plot,
 )
+from automoe.search import count_trials
+from automoe.space import COLLAPSED_BELOW, METRICS, parse_reference
 from automoe.storage import load_study, open_storage
 
 

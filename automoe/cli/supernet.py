@@ -14,7 +14,7 @@ from automoe.cli._output import err, out
 from automoe.cli._parser import Commands, HelpFormatter, Parser, verify_budget
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
-from automoe.search import KEEP, METRICS, SearchSpace, resolve_device, resolve_space_path
+from automoe.search import KEEP, resolve_device
 from automoe.search.supernet import (
     EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
@@ -24,6 +24,7 @@ from automoe.search.supernet import (
     finalize_front,
     screen_subnets,
 )
+from automoe.space import METRICS, SearchSpace, resolve_space_path
 from automoe.storage import open_storage
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 from torch import nn
@@ -19,17 +18,24 @@ from torch import nn
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError
 from automoe.export.card import CARD_FILE, model_card
-from automoe.layers import MoEModule, expert_use, track_expert_usage
-from automoe.models import count_flops, count_params, create_model
-from automoe.robustness import AttackConfig, robust_accuracy
-from automoe.search import TrialRecord, is_feasible, pareto_trials, verified_results
+from automoe.layers import MoEModule
+from automoe.models import create_model
+from automoe.results import (
+    CheckpointMissing,
+    TrialRecord,
+    fetch_checkpoint,
+    is_feasible,
+    pareto_trials,
+    verified_results,
+)
+from automoe.robustness import AttackConfig
+from automoe.space import Evaluation, Splits, measure
 from automoe.storage import (
     load_checkpoint,
     load_weights,
     read_checkpoint_metadata,
     sha256_file,
 )
-from automoe.training import evaluate_accuracy
 
 EXPORT_FORMAT = "automoe.export.v1"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,8 +70,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
         raise AutomoeError(f"trial {trial_number} is {trial.state.name}, not COMPLETE; "
                            "only finished trials have checkpoints")
     record = TrialRecord(trial)
-    checkpoint = record.checkpoint
-    if not checkpoint:
+    if not record.checkpoint:
         raise AutomoeError(f"trial {trial_number} stored no checkpoint")
     if out_dir.exists() and not force:
         raise AutomoeError(f"{str(out_dir)!r} already exists; pass --force to replace it")
@@ -74,9 +79,8 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
     try:
         weights = tmp_dir / WEIGHTS_FILE
         try:
-            download_artifact(artifact_store=artifact_store, file_path=str(weights),
-                              artifact_id=checkpoint["artifact_id"])
-        except Exception as exc:  # the store raises its own not-found error types
+            digest = fetch_checkpoint(trial, artifact_store, weights)
+        except CheckpointMissing:
             if not is_feasible(trial):
                 broken = ", ".join(f"{name} (by {value:g})" for name, value
                                    in trial.constraints.items() if value > 0)
@@ -89,12 +93,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
                     f"trial {trial_number} is off the Pareto front and its checkpoint was "
                     "removed (searches keep front checkpoints unless run with --keep all)"
                 ) from None
-            raise AutomoeError(f"checkpoint of trial {trial_number} is missing from the "
-                               f"artifact store ({exc}); check --artifact-dir") from None
-        digest = sha256_file(weights)
-        if digest != checkpoint["sha256"]:
-            raise AutomoeError(f"checkpoint of trial {trial_number} is corrupted "
-                               f"(sha256 {digest[:12]}..., expected {checkpoint['sha256'][:12]}...)")
+            raise
         meta = read_checkpoint_metadata(weights)
         config = {
             "format": EXPORT_FORMAT,
@@ -255,23 +254,22 @@ def evaluate_export(path: str | os.PathLike[str], *, data_root: str | None = Non
     attack_cfg = {k: v for k, v in (config.get("attack") or {}).items()
                   if k in AttackConfig.__dataclass_fields__}
     attack = AttackConfig(**attack_cfg)
-    probe = torch.stack([val_set[i][0] for i in range(min(len(val_set), 256))])
-    macs = count_flops(model, (cfg.in_channels, cfg.image_size, cfg.image_size), inputs=probe)
-    with track_expert_usage(model) as usage:  # router health of the val pass
-        val_accuracy = evaluate_accuracy(model, val_set, batch_size, device)
-    health = usage.health()
+    measured = measure(model, Splits(val_set, test_set),
+                       Evaluation(batch_size=batch_size, attack=attack, device=device))
+    metrics = measured.metrics
     result = {
         "model": config["model_name"],
         "dataset": name,
-        "val_accuracy": 100 * val_accuracy,
-        "expert_use": expert_use(health),
-        "router_health": {layer: h.to_dict() for layer, h in health.items()},
-        "test_accuracy": 100 * evaluate_accuracy(model, test_set, batch_size, device),
-        "robust_accuracy": 100 * robust_accuracy(model, val_set, attack, batch_size, device),
-        "mmacs": macs["active"] / 1e6,
-        "mmacs_dense": macs["dense"] / 1e6,
-        "mmacs_executed": macs["executed"] / 1e6,
-        "params": count_params(model),
+        "val_accuracy": metrics["val_accuracy"],
+        "expert_use": metrics.get("expert_use"),
+        "router_health": {layer: h.to_dict() for layer, h in measured.router_health.items()},
+        "specialisation": metrics["specialisation"],
+        "test_accuracy": metrics["test_accuracy"],
+        "robust_accuracy": metrics["robust_accuracy"],
+        "mmacs": metrics["mmacs"],
+        "mmacs_dense": measured.macs["dense"] / 1e6,
+        "mmacs_executed": measured.macs["executed"] / 1e6,
+        "params": measured.params,
         "attack": {**attack.to_dict(), "split": "val"},
         "stored": config.get("metrics"),
     }

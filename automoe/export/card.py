@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from automoe.data import split_description
 from automoe.models import default_config
-from automoe.search import METRICS
+from automoe.space import METRICS
 
 CARD_FILE = "MODEL_CARD.md"
 

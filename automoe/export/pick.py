@@ -8,14 +8,14 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from automoe.errors import AutomoeError
-from automoe.search import (
+from automoe.results import (
     TrialRecord,
     knee_order,
-    minimised,
     pareto_trials,
     study_objectives,
     verified_results,
 )
+from automoe.space import minimised
 
 PICKS = ("accuracy", "flops", "robust", "knee")
 
@@ -30,7 +30,7 @@ def pick_trial(study: optuna.Study, how: str, *, max_mmacs: float | None = None,
             once each objective is scaled to [0, 1] over the front, a balanced choice.
         max_mmacs, min_robust: only front trials within these bounds are considered.
 
-    Robust accuracy is the verified worst case (:mod:`automoe.search._verify`) where the
+    Robust accuracy is the verified worst case (:mod:`automoe.results._verify`) where the
     front was verified, else the search-time proxy. Ties go to the better val accuracy,
     then the lower trial number.
 

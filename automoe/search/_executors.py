@@ -15,113 +15,29 @@ heartbeat fails and retries its trial), and stops them all on Ctrl-C.
 from __future__ import annotations
 
 import _thread
-import ipaddress
 import math
 import multiprocessing
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import optuna
 import torch
 
-from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
-from automoe.search._record import TrialRecord, fail_stored_trial
-from automoe.search._study import create_or_resume_study, training_seed
-from automoe.search._workers import WorkerConfig, count_trials, run_worker
-from automoe.search.space import SearchSpace
+from automoe.results import TrialRecord, fail_stored_trial
+from automoe.search._study import training_seed
+from automoe.search._workers import WorkerConfig, run_worker
 from automoe.storage import load_study, open_storage, parse_url
 
-EXECUTORS = ("local", "processes", "ray")
 _STATES = optuna.trial.TrialState
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """How many workers run a study, and where."""
-
-    executor: str = "local"  # local: this process; processes: N local ones; ray: Ray tasks
-    workers: int = 1  # worker loops running at once
-    ray_address: str | None = None  # an existing cluster's address; None: a local one
-    gpus_per_worker: float = 0.0  # GPUs each worker holds (Ray's num_gpus; processes: 0 or 1)
-    cpus_per_worker: float = 1.0  # CPUs each worker holds (Ray's num_cpus)
-    max_restarts: int = 3  # times one worker is restarted after its process died
-    connect_timeout: float = 20.0  # seconds to reach a Ray address before giving up
-
-    def __post_init__(self):
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got "
-                              f"{self.executor!r}")
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.executor == "local" and self.workers > 1:
-            raise ConfigError("--workers > 1 needs --executor processes (this machine) or "
-                              "--executor ray (a Ray cluster)")
-        if self.ray_address is not None and self.executor != "ray":
-            raise ConfigError("--ray-address needs --executor ray")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise ConfigError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker > 0, got "
-                              f"{self.gpus_per_worker:g} and {self.cpus_per_worker:g}")
-        if self.executor == "processes" and self.gpus_per_worker not in (0, 1):
-            raise ConfigError("--executor processes gives each worker one GPU or none "
-                              "(--gpus-per-worker 0 or 1)")
-        if self.max_restarts < 0:
-            raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
-
-    def check_storage(self, url: str) -> None:
-        """Refuse a storage that the workers cannot all reach: SQLite is one machine's file,
-        so it serves a local cluster only."""
-        if self.executor != "ray" or self.ray_address is None:
-            return
-        if parse_url(url).drivername.startswith("sqlite") and not _is_local(self.ray_address):
-            raise ConfigError(f"SQLite cannot be shared by the nodes of the Ray cluster at "
-                              f"{self.ray_address}; use a PostgreSQL --storage that every node "
-                              "reaches")
-
-
-    def check_reachable(self) -> None:
-        """Fail at once on a Ray address nobody answers (``ray.init`` would wait long)."""
-        if self.executor != "ray" or self.ray_address in (None, "auto"):
-            return
-        host, port = _host_port(self.ray_address)
-        try:
-            socket.create_connection((host, port or 10001), timeout=self.connect_timeout).close()
-        except OSError as exc:
-            raise AutomoeError(f"cannot reach the Ray cluster at {self.ray_address} "
-                               f"({exc})") from None
-
-
-def _host_port(address: str) -> tuple[str, int | None]:
-    address = address.split("://", 1)[-1]
-    host, _, port = address.rpartition(":")
-    if not host:
-        return address, None
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        raise ConfigError(f"invalid --ray-address {address!r}; expected HOST:PORT, "
-                          "ray://HOST:PORT or auto") from None
-
-
-def _is_local(address: str) -> bool:
-    if address == "auto":  # the cluster started on this machine by `ray start`
-        return True
-    host, _ = _host_port(address)
-    if host in ("localhost", socket.gethostname()):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def worker_seed(base_seed: int, trials_so_far: int, index: int) -> int:
@@ -130,10 +46,11 @@ def worker_seed(base_seed: int, trials_so_far: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, trials_so_far, index]).generate_state(1)[0])
 
 
-def run_workers(worker: WorkerConfig, cluster: ClusterConfig, *,
+def run_workers(worker: WorkerConfig, cluster, *,
                 on_progress: Callable[[int, int, int], None] | None = None,
                 poll_seconds: float = 1.0) -> None:
-    """Run ``cluster.workers`` worker loops on the study until it has ``worker.until``
+    """Run ``cluster.workers`` worker loops (``cluster``: a
+    :class:`~automoe.search.ClusterConfig`) on the study until it has ``worker.until``
     complete trials. ``on_progress(complete, running, failed)`` is called as they move.
 
     Ctrl-C stops every worker; trials they left running are failed with the reason.
@@ -142,9 +59,6 @@ def run_workers(worker: WorkerConfig, cluster: ClusterConfig, *,
         AutomoeError: a worker failed on bad input (every worker would), or died more often
             than ``cluster.max_restarts``.
     """
-    if cluster.executor == "local":
-        raise ConfigError("run_workers places workers elsewhere; the local executor is "
-                          "run_worker in this process")
     study = load_study(open_storage(worker.storage_url, create=False), worker.study_name)
     base = training_seed(study)
     start = len(study.get_trials(deepcopy=False))
@@ -161,7 +75,7 @@ def run_workers(worker: WorkerConfig, cluster: ClusterConfig, *,
                         sum(t.state == _STATES.RUNNING for t in trials),
                         sum(t.state == _STATES.FAIL for t in trials))
 
-    runner = _run_processes if cluster.executor == "processes" else _run_ray
+    runner = PLACEMENTS[cluster.executor]
     try:
         runner(configs, cluster, progress, poll_seconds)
     except (KeyboardInterrupt, AutomoeError) as exc:
@@ -170,34 +84,6 @@ def run_workers(worker: WorkerConfig, cluster: ClusterConfig, *,
         fail_running_trials(study, run, reason)
         raise
     progress()
-
-
-def search_with_workers(space: SearchSpace, study_name: str, sampler_name: str, seed: int,
-                        n_trials: int, worker: WorkerConfig, cluster: ClusterConfig, *,
-                        make_folder: bool = False,
-                        on_start: Callable[[optuna.Study, bool, int, int], None] | None = None,
-                        on_progress: Callable[[int, int, int], None] | None = None
-                        ) -> optuna.Study:
-    """Create or resume the study here and run the cluster's workers on it until it has
-    ``n_trials`` more complete trials.
-
-    ``worker`` gives every worker's settings (its ``until`` is replaced). With local
-    processes the dataset is loaded here first, so that missing data fails once, before
-    any worker starts. ``on_start(study, resumed, complete, until)`` is called once the
-    study is open; ``on_progress`` as in :func:`run_workers`.
-    """
-    if cluster.executor == "processes":  # the workers run here: check their data now
-        load_dataset(space.dataset["name"], "train", worker.data_root,
-                     image_size=space.dataset["image_size"], download=worker.download)
-    storage = open_storage(worker.storage_url, create=True,
-                           heartbeat_interval=worker.heartbeat or None, make_folder=make_folder)
-    study, resumed = create_or_resume_study(storage, study_name, space, sampler_name, seed)
-    complete = count_trials(study)[0]
-    worker = replace(worker, study_name=study.study_name, until=complete + n_trials)
-    if on_start is not None:
-        on_start(study, resumed, complete, worker.until)
-    run_workers(worker, cluster, on_progress=on_progress)
-    return study
 
 
 def fail_running_trials(study: optuna.Study, run: str, reason: str) -> list[int]:
@@ -251,7 +137,7 @@ def _process_main(config: WorkerConfig, env: dict, errors, parent: int) -> None:
         sys.exit(130)
 
 
-def _run_processes(configs: list[WorkerConfig], cluster: ClusterConfig, progress,
+def _run_processes(configs: list[WorkerConfig], cluster, progress,
                    poll_seconds: float) -> None:
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
@@ -327,7 +213,7 @@ def _ray_main(config: WorkerConfig) -> int:
     return run_worker(replace(config, identity={**config.identity, "ray_node": node}))
 
 
-def _connect_ray(cluster: ClusterConfig) -> None:
+def _connect_ray(cluster) -> None:
     # optional extra: automoe[ray]
     import ray
 
@@ -345,7 +231,7 @@ def _connect_ray(cluster: ClusterConfig) -> None:
                            f"{str(exc).splitlines()[0]}") from None
 
 
-def _run_ray(configs: list[WorkerConfig], cluster: ClusterConfig, progress,
+def _run_ray(configs: list[WorkerConfig], cluster, progress,
              poll_seconds: float) -> None:
     # optional extra: automoe[ray]
     import ray
@@ -380,7 +266,7 @@ def _run_ray(configs: list[WorkerConfig], cluster: ClusterConfig, progress,
         ray.shutdown()
 
 
-def _ray_result(ref, cluster: ClusterConfig) -> None:
+def _ray_result(ref, cluster) -> None:
     # optional extra: automoe[ray]
     import ray
     from ray.exceptions import RayError, RayTaskError
@@ -396,3 +282,7 @@ def _ray_result(ref, cluster: ClusterConfig) -> None:
     except RayError as exc:  # its process died more often than Ray retries
         raise AutomoeError(f"a worker died {cluster.max_restarts + 1} times; stopping the "
                            f"search ({type(exc).__name__})") from None
+
+
+# executor name -> how it places the worker loops: (configs, cluster, progress, poll s)
+PLACEMENTS = {"processes": _run_processes, "ray": _run_ray}

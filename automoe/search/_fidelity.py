@@ -14,17 +14,13 @@ fuller rung.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
+import optuna
 
-
-def rung_epochs(min_epochs: int, reduction_factor: int, max_epochs: int) -> list[int]:
-    """Epochs at which trials are compared, below ``max_epochs`` (the final evaluation)."""
-    rungs, epochs = [], min_epochs
-    while epochs < max_epochs:
-        rungs.append(epochs)
-        epochs *= reduction_factor
-    return rungs
+from automoe.results import TrialRecord, TrialWriter
+from automoe.space import measure, minimised
 
 
 def nondominated_ranks(points) -> list[int]:
@@ -91,3 +87,54 @@ def is_promoted(key: int, entries: dict[int, tuple[tuple[float, ...], float]],
     """Whether ``key`` is among the best ``max(1, n // reduction_factor)`` entries."""
     keep = max(1, len(entries) // reduction_factor)
     return key in promotion_order(entries)[:keep]
+
+
+def promoted_at_rung(trial: optuna.Trial, epoch: int, metrics: dict, space) -> bool:
+    """Record ``trial``'s values at the rung ``epoch`` and rank it among every trial's
+    there (running, complete or pruned) by the space's objectives and constraints."""
+    rungs = dict(TrialRecord(trial).rungs)
+    rungs[str(epoch)] = {name: metrics[name] for name in space.objectives}
+    params = TrialRecord(trial).params
+    rungs[str(epoch)]["violation"] = sum(
+        max(v, 0.0) for v in space.violations({**metrics, "params": params}).values())
+    TrialWriter(trial).rungs(rungs)
+    states = optuna.trial.TrialState
+    entries = {}
+    for other in trial.study.get_trials(deepcopy=False, states=(
+            states.RUNNING, states.COMPLETE, states.PRUNED)):
+        record = (rungs if other.number == trial.number
+                  else TrialRecord(other).rungs).get(str(epoch))
+        if record is not None:
+            values = [record[name] for name in space.objectives]
+            entries[other.number] = (minimised(values, space.objectives), record["violation"])
+    return is_promoted(trial.number, entries, space.fidelity["reduction_factor"])
+
+
+def rung_check(trial: optuna.Trial, model, splits, space, device: str, seconds: dict,
+               already: int = 0):
+    """An epoch callback that, at each of the space's rungs, measures ``model`` and stores
+    the trial as PRUNED (raising :class:`optuna.TrialPruned`) when it is not promoted.
+
+    ``already``: epochs a resumed trial's origin trained. The time spent measuring is
+    added to ``seconds["eval"]``.
+    """
+    rungs = set(space.rungs())
+    evaluation = space.evaluation(device, test=False)
+
+    def check(epoch: int, progress) -> None:
+        if epoch not in rungs:
+            return
+        start = time.perf_counter()
+        measured = measure(model, splits, evaluation)
+        record = TrialWriter(trial)
+        record.costs(measured.macs, measured.costs())
+        seconds["eval"] += time.perf_counter() - start
+        if not promoted_at_rung(trial, epoch, measured.metrics, space):
+            record.training(progress.history, len(progress.history) - already, progress.seconds)
+            record.eval_seconds(seconds["eval"])
+            reason = (f"not among the best 1/{space.fidelity['reduction_factor']} of the trials "
+                      f"at epoch {epoch}")
+            record.pruned(reason)
+            raise optuna.TrialPruned(reason)
+
+    return check

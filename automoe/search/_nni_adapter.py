@@ -37,11 +37,11 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from automoe.errors import ConfigError
-from automoe.search._metrics import minimised
-from automoe.search._record import TrialRecord, write_nni
-from automoe.search.space import SAMPLERS, SearchSpace
+from automoe.results import TrialRecord
+from automoe.results._record import write_nni
+from automoe.space import SearchSpace, minimised
 
-NNI_TUNERS = tuple(name for name in SAMPLERS if name.startswith("nni-"))
+NNI_TUNERS = ("nni-tpe", "nni-evolution", "nni-random")
 _RHO = 0.05  # augmentation of the Chebyshev scalarisation (ParEGO's value)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import warnings
 from collections.abc import Callable
 
@@ -12,69 +10,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automoe.errors import ConfigError, StorageError, exception_chain
-from automoe.search._metrics import DEFAULT_OBJECTIVES, directions
-from automoe.search._nni_adapter import NNISampler
-from automoe.search._record import StudyRecord
-from automoe.search.space import SAMPLERS, SearchSpace
+from automoe.errors import StorageError, exception_chain
+from automoe.results import StudyRecord, check_study_name, study_objectives
+from automoe.search._samplers import make_sampler
+from automoe.space import SearchSpace, directions
 
 _logger = logging.getLogger(__name__)
-
-
-def make_sampler(name: str, seed: int, population_size: int = 8,
-                 space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler by name, always seeded (Optuna 5's multi-objective default is TPE).
-
-    ``grid`` enumerates the space's grid (every dimension must be categorical or stepped);
-    ``nni-*`` asks an NNI tuner (see :mod:`automoe.search._nni_adapter`).
-    """
-    with warnings.catch_warnings():  # "experimental since v3.2" (NSGA-III, GP): noise here
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _make_sampler(name, seed, population_size, space)
-
-
-def _make_sampler(name: str, seed: int, population_size: int,
-                  space: SearchSpace | None) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
-    if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population_size)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name.startswith("nni-"):
-        if space is None:
-            raise ConfigError(f"the {name} sampler needs the search space")
-        return NNISampler(name, space, space.objectives, seed, population_size)
-    if name == "grid":
-        if space is None:
-            raise ConfigError("the grid sampler needs the search space")
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
-
-
-# Study names become folder names (per-trial resume states): one plain path component.
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def check_study_name(name: str) -> str:
-    """``name`` if it is a valid study name, else a :class:`ConfigError` saying why."""
-    if not _STUDY_NAME.match(name) or ".." in name:
-        raise ConfigError(f"study name {name!r}: use letters, digits, '.', '_' and '-' (at "
-                          "most 128, starting with a letter or digit, no '..')")
-    return name
-
-
-def study_folder_name(name: str) -> str:
-    """A folder name for the study's files: the name itself where it is valid, else (a
-    study created by other tools) a hash of it, so no name can point outside the folder."""
-    try:
-        return check_study_name(name)
-    except ConfigError:
-        return "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def sampler_seed(base_seed: int, trials_so_far: int) -> int:
@@ -147,24 +88,6 @@ def _sampler(sampler: optuna.samplers.BaseSampler | str, base_seed: int, trials_
         return sampler
     return make_sampler(sampler, sampler_seed(base_seed, trials_so_far),
                         space.sampler["population_size"], space)
-
-
-def study_objectives(study: optuna.Study) -> tuple[str, ...]:
-    """The metric names a study optimises, in the order of its values."""
-    return tuple(study.metric_names or DEFAULT_OBJECTIVES)
-
-
-def space_of_study(study: optuna.Study) -> SearchSpace:
-    """The search space a study was created with (for workers joining it)."""
-    raw = StudyRecord(study).space_raw
-    if not raw:
-        raise StorageError(f"study {study.study_name!r} stores no search space; was it created "
-                           "by `automoe search`?")
-    space = SearchSpace.from_dict(raw, source=f"study {study.study_name}")
-    if space.fingerprint() != StudyRecord(study).space_fingerprint:
-        raise StorageError(f"the space stored with study {study.study_name!r} does not match "
-                           "its fingerprint; the study was written by another automoe version")
-    return space
 
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int,

@@ -20,9 +20,9 @@ import optuna
 import torch
 
 from automoe.errors import ConfigError
-from automoe.search._record import TrialWriter
-from automoe.search._retention import checkpoint_retention
-from automoe.search._study import make_sampler, run_one_trial, space_of_study, training_seed
+from automoe.results import TrialWriter, checkpoint_retention, space_of_study
+from automoe.search._samplers import make_sampler
+from automoe.search._study import run_one_trial, training_seed
 from automoe.search._trial import TrialRunner
 from automoe.storage import AtomicFileSystemArtifactStore, load_study, open_storage
 

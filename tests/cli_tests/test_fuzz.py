@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from automoe.cli import main
 from automoe.errors import AutomoeError
 from automoe.models import create_model
-from automoe.search.space import SearchSpace
+from automoe.space import SearchSpace
 from automoe.storage import save_checkpoint
 
 from .conftest import TINY_SPACE

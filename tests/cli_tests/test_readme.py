@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from automoe.cli import build_parser
-from automoe.search import SearchSpace
+from automoe.space import SearchSpace
 
 from .conftest import run_cli
 

@@ -6,7 +6,7 @@ import pytest
 from automoe.errors import ConfigError
 from automoe.layers import ROUTING_RULES, MoEConv2d, check_routing
 from automoe.models import default_config
-from automoe.search import SearchSpace
+from automoe.space import SearchSpace
 
 # (layer kwargs, config fields, the rule's words)
 BROKEN = [

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from automoe.search import SearchSpace, resolve_space_path
+from automoe.space import SearchSpace, resolve_space_path
 
 # the rewarded-design objective is the benchmark's own: one definition
 _SPEC = importlib.util.spec_from_file_location(

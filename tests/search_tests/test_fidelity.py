@@ -5,14 +5,14 @@ import math
 import optuna
 import pytest
 
-from automoe.search import SearchSpace, TrialRunner, create_or_resume_study, make_sampler
+from automoe.search import TrialRunner, create_or_resume_study, make_sampler
 from automoe.search._fidelity import (
     crowding_distances,
     is_promoted,
     nondominated_ranks,
     promotion_order,
-    rung_epochs,
 )
+from automoe.space import SearchSpace, rung_epochs
 from automoe.storage import AtomicFileSystemArtifactStore
 
 

@@ -3,8 +3,9 @@
 import optuna
 import pytest
 
-from automoe.search import SearchSpace, TrialRunner, create_or_resume_study, make_sampler
+from automoe.search import TrialRunner, create_or_resume_study, make_sampler
 from automoe.search._nni_adapter import NNI_TUNERS, NNISampler, nni_search_space
+from automoe.space import SearchSpace
 from automoe.storage import AtomicFileSystemArtifactStore, open_storage
 
 pytest.importorskip("nni", reason="the NNI adapter tests need `pip install 'automoe[nni]'`")

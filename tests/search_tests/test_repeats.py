@@ -6,8 +6,10 @@ import optuna
 import pytest
 
 from automoe.errors import ConfigError
-from automoe.search import SearchSpace, TrialRunner, trial_row
-from automoe.search._trial import repeat_seeds
+from automoe.results import trial_row
+from automoe.search import TrialRunner
+from automoe.search._resume import repeat_seeds
+from automoe.space import SearchSpace
 from automoe.storage import AtomicFileSystemArtifactStore
 
 SPACE = {

@@ -3,7 +3,8 @@
 import optuna
 import pytest
 
-from automoe.search import SearchSpace, create_or_resume_study, sampler_seed, training_seed
+from automoe.search import create_or_resume_study, sampler_seed, training_seed
+from automoe.space import SearchSpace
 
 SPACE = {"name": "s", "sampler": {"name": "nsga2", "population_size": 8},
          "params": {"placement": {"choices": ["none", "last_stage", "all"]},
@@ -53,8 +54,7 @@ def test_a_resumed_study_keeps_its_training_seed():
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "x" * 129, "a\\b"])
 def test_study_names_that_would_leave_their_folder_are_refused(name):
     from automoe.errors import ConfigError
-    from automoe.search import check_study_name
-    from automoe.search._study import study_folder_name
+    from automoe.results import check_study_name, study_folder_name
 
     with pytest.raises(ConfigError, match="study name"):
         check_study_name(name)

@@ -3,14 +3,15 @@ recalibration, and which spaces it accepts."""
 
 import random
 
+import optuna
 import pytest
 import torch
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
 from automoe.models import list_models
-from automoe.search import SearchSpace
 from automoe.search.supernet import SubnetSpec, Supernet
+from automoe.space import SearchSpace
 from automoe.training import TrainConfig, recalibrate_batchnorm
 
 SPACE = {
@@ -314,3 +315,22 @@ def test_supernet_trials_with_repeats_average_over_recalibration_seeds(data, tmp
         assert len(runs) == 2 and runs[0]["seed"] != runs[1]["seed"]
         assert trial.values[0] == pytest.approx((runs[0]["val_accuracy"]
                                                  + runs[1]["val_accuracy"]) / 2)
+
+
+def test_a_candidate_with_unset_expert_fields_gets_the_subnet_its_config_builds(data):
+    # the space searches placement only: a trial's model takes E and k from the model
+    # config's defaults, and the supernet must build that same network (not E = 1)
+    space = SearchSpace.from_dict({"name": "p", "dataset": {"name": "digits"},
+                                   "params": {"placement": {"choices": ["none", "last_stage"]},
+                                              "width_multiplier": 0.5}})
+    net = Supernet(space, data.dataset.info)
+    candidate = space.suggest(optuna.trial.FixedTrial({"placement": "last_stage"}))
+    spec = net.spec_for(candidate)
+    assert spec == SubnetSpec.from_config(candidate.config, space.units_per_stage())
+    assert (spec.experts, spec.top_k) == (candidate.config.num_experts, candidate.config.top_k)
+    sub = net.extract(spec)
+    assert sub.config.num_experts == candidate.config.num_experts
+    assert sub.config.is_moe and sub.config.top_k == candidate.config.top_k
+    dense = space.suggest(optuna.trial.FixedTrial({"placement": "none"}))
+    assert net.spec_for(dense).is_dense
+

@@ -3,7 +3,8 @@
 import optuna
 import pytest
 
-from automoe.search import SearchSpace, TrialRunner
+from automoe.search import TrialRunner
+from automoe.space import SearchSpace
 from automoe.storage import AtomicFileSystemArtifactStore
 
 TINY = {
@@ -101,7 +102,9 @@ def test_a_stale_training_state_is_never_resumed(tmp_path):
 
 
 def test_resume_state_written_atomically_and_swept(tmp_path):
-    from automoe.search._trial import _load_resume, _remove, _save_resume
+    from automoe.search._resume import load_resume as _load_resume
+    from automoe.search._resume import remove_resume as _remove
+    from automoe.search._resume import save_resume as _save_resume
 
     path = tmp_path / "resume" / "trial-3.pt"
     _save_resume(path, {"candidate": "k", "epochs_done": 2})

@@ -14,8 +14,7 @@ from torch.func import functional_call
 from automoe.data import DatasetInfo
 from automoe.errors import AutomoeError, ConfigError
 from automoe.layers import MoEConv2d
-from automoe.models import create_model
-from automoe.search.space import PARAMS, SearchSpace
+from automoe.models import create_model, default_config
 from automoe.search.supernet._spec import (
     SUBNET_PARAMS,
     SUPERNET_FORMAT,
@@ -24,8 +23,9 @@ from automoe.search.supernet._spec import (
     space_values,
 )
 from automoe.search.supernet._train import train_supernet
+from automoe.space import PARAMS, SearchSpace
 from automoe.storage import read_checkpoint_metadata, save_checkpoint
-from automoe.training import TrainConfig
+from automoe.training import TrainConfig, recalibrate_batchnorm
 
 
 class _WithAux(nn.Module):
@@ -92,10 +92,14 @@ class Supernet:
         self.info = info
         self.units = sum(space.units_per_stage())
         self.placements = self._placements()
-        self.expert_choices = space_values(space, "experts", 2, int)
+        # a dimension the space leaves unset takes the model config's default, as in the
+        # trials' own models (SubnetSpec.from_config)
+        defaults = default_config(space.model_name, **space.model_fixed)
+        self.expert_choices = space_values(space, "experts", defaults.num_experts, int)
         self.max_experts = max(self.expert_choices)
-        self.k_choices = space_values(space, "top_k", 1, int)
-        self.width_choices = space_values(space, "width_multiplier", 1.0, float)
+        self.k_choices = space_values(space, "top_k", defaults.top_k, int)
+        self.width_choices = space_values(space, "width_multiplier",
+                                          defaults.width_multiplier, float)
         self.fixed_model = self._fixed_model_fields()
         self.model = self.build(SubnetSpec("1" * self.units, self.max_experts,
                                            min(max(self.k_choices), self.max_experts),
@@ -200,14 +204,14 @@ class Supernet:
             return SubnetSpec(spec.placement, min(self.expert_choices), 1, spec.width)
         return spec
 
-    def spec_for(self, model_fields: dict) -> SubnetSpec:
-        """The (canonical) sub-network of a candidate's model fields."""
-        spec = SubnetSpec(placement_bits(model_fields.get("placement", "none"),
-                                         self.space.units_per_stage()),
-                          int(model_fields.get("num_experts", 1)),
-                          int(model_fields.get("top_k", 1)),
-                          float(model_fields.get("width_multiplier", 1.0)))
-        spec = self.canonical(spec)
+    def spec_for(self, candidate) -> SubnetSpec:
+        """The (canonical) sub-network of a :class:`~automoe.space.Candidate`, from its
+        resolved config."""
+        if candidate.config is None:
+            raise ConfigError("the candidate has no resolved config; sample it with "
+                              "SearchSpace.suggest")
+        spec = self.canonical(SubnetSpec.from_config(candidate.config,
+                                                     self.space.units_per_stage()))
         if spec.width not in self.width_choices or (
                 not spec.is_dense and spec.experts not in self.expert_choices):
             raise ConfigError(f"sub-network {spec.describe()} is not in the supernet")
@@ -255,6 +259,15 @@ class Supernet:
         """``spec`` as a module on the supernet's live tensors (training, attacks), on the
         first E experts or on the first E of the order ``experts``."""
         return SubnetView(self, spec, self._skeleton(spec), experts).train(self.model.training)
+
+    def inherit(self, candidate, train_set, *, batches: int, device: str = "cpu",
+                seed: int = 0) -> tuple[nn.Module, SubnetSpec]:
+        """A candidate's sub-network with the supernet's weights, its BatchNorm statistics
+        recalibrated on ``batches`` training batches (drawn with ``seed``)."""
+        spec = self.spec_for(candidate)
+        model = recalibrate_batchnorm(self.extract(spec), train_set, batches=batches,
+                                      device=device, seed=seed)
+        return model, spec
 
     def extract(self, spec: SubnetSpec) -> nn.Module:
         """The stand-alone model of ``spec`` with the supernet's weights (and its BN

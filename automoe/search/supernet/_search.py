@@ -8,16 +8,15 @@ from dataclasses import dataclass, replace
 import optuna
 
 from automoe.errors import AutomoeError, ConfigError
-from automoe.search._pareto import pareto_trials
-from automoe.search._record import StudyRecord, TrialRecord, enqueue_finalist
-from automoe.search._study import (
-    create_or_resume_study,
-    run_trials,
+from automoe.results import (
+    StudyRecord,
+    TrialRecord,
+    enqueue_finalist,
+    pareto_trials,
     space_of_study,
     study_objectives,
-    training_seed,
 )
-from automoe.search._trial import TrialRunner
+from automoe.search._run import run_search
 from automoe.search.supernet._net import Supernet
 
 
@@ -38,13 +37,14 @@ def screen_subnets(net: Supernet, storage: optuna.storages.BaseStorage, study_na
     screen = space  # what the trials measure with; the study keeps the space as written
     if attack_samples is not None:
         screen = replace(space, attack=replace(space.attack, max_samples=attack_samples))
-    study, _ = create_or_resume_study(storage, study_name, space, space.sampler["name"], seed)
-    StudyRecord(study).write_supernet_screen(screen.attack.max_samples)
-    runner = TrialRunner(screen, artifact_store, device=device, seed=training_seed(study),
-                         data_root=data_root, download=download, supernet=net,
-                         recalibration_batches=recalibration_batches, usage_plots=False)
-    run_trials(study, runner, n_trials, callbacks=callbacks)
-    return study
+    return run_search(
+        space, storage, study_name=study_name, trials=n_trials, seed=seed,
+        artifact_store=artifact_store, device=device, data_root=data_root, download=download,
+        callbacks=callbacks,
+        on_start=lambda study, resumed, complete: StudyRecord(study).write_supernet_screen(
+            screen.attack.max_samples),
+        trial_options={"space": screen, "supernet": net, "usage_plots": False,
+                       "recalibration_batches": recalibration_batches})
 
 
 @dataclass
@@ -87,17 +87,21 @@ def finalize_front(source: optuna.Study, storage: optuna.storages.BaseStorage,
     front = pareto_trials(source)[:top]
     if not front:
         raise AutomoeError(f"study {source.study_name!r} has no complete sub-network yet")
-    target, _ = create_or_resume_study(storage, target_name or space.name, space,
-                                       space.sampler["name"], seed)
-    before = len(target.trials)
-    for trial in front:
-        enqueue_finalist(target, trial.params, source.study_name, trial.number,
-                         dict(zip(names, trial.values, strict=True)))
-    runner = TrialRunner(space, artifact_store, device=device, seed=training_seed(target),
-                         data_root=data_root, download=download, resume_dir=resume_dir)
-    run_trials(target, runner, len(front), callbacks=callbacks)
+    before = {}
+
+    def enqueue(target: optuna.Study, resumed: bool, complete: int) -> None:
+        before["trials"] = len(target.trials)
+        for trial in front:
+            enqueue_finalist(target, trial.params, source.study_name, trial.number,
+                             dict(zip(names, trial.values, strict=True)))
+
+    target = run_search(space, storage, study_name=target_name or space.name,
+                        trials=len(front), seed=seed, artifact_store=artifact_store,
+                        device=device, data_root=data_root, download=download,
+                        callbacks=callbacks, on_start=enqueue,
+                        trial_options={"resume_dir": resume_dir})
     finalists = []
-    for trial in target.get_trials(deepcopy=False)[before:]:
+    for trial in target.get_trials(deepcopy=False)[before["trials"]:]:
         origin = TrialRecord(trial).supernet_origin
         finalists.append(Finalist(
             subnet_trial=origin.get("trial"), trial=trial.number,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from automoe.models import resolve_placement
-from automoe.search.space import SearchSpace
+from automoe.space import SearchSpace
 
 SUPERNET_FORMAT = "automoe.supernet.v2"
 # the model parameters a supernet's sub-networks differ in; every other one is shared
@@ -47,6 +47,21 @@ class SubnetSpec:
 
     def describe(self) -> str:
         return f"{self.placement} E{self.experts} k{self.top_k} w{self.width:g}"
+
+    def to_record(self) -> dict:
+        """The trial record's ``subnet`` entry."""
+        return {"placement": self.placement, "experts": self.experts, "top_k": self.top_k,
+                "width_multiplier": self.width}
+
+    @classmethod
+    def from_config(cls, config, units_per_stage: tuple[int, ...]) -> SubnetSpec:
+        """The sub-network of a resolved model config (a candidate's ``config``: every
+        field, defaults included, as the trial builds it); a dense config has no MoE unit,
+        E 1 and k 1."""
+        if not config.is_moe:
+            return cls("0" * sum(units_per_stage), 1, 1, float(config.width_multiplier))
+        return cls(placement_bits(config.placement, units_per_stage), int(config.num_experts),
+                   int(config.top_k), float(config.width_multiplier))
 
 
 def space_values(space: SearchSpace, name: str, default, cast) -> list:

@@ -31,39 +31,33 @@ declared here (so evolutionary samplers can evolve it); when the sampled placeme
 block in MoE form, the MoE parameters are recorded as unused, and a ``top_k`` above the
 sampled ``experts`` builds ``top_k = experts``.
 
-Objectives are any of :data:`automoe.search.METRICS` (val_accuracy,
+Objectives are any of :data:`automoe.space.METRICS` (val_accuracy,
 robust_accuracy, mmacs, mparams, latency_ms); each has its one sensible direction.
 
 The package's parts: ``_schema`` (what a file may say: parameters derived from the config
 dataclasses, constraints, samplers, value and section parsers), ``_space``
 (:class:`SearchSpace`: validation across parameters, identity), ``_sampling`` (from sampled
-values to a :class:`Candidate`) and ``_catalogue`` (spaces found by name).
+values to a :class:`Candidate`), ``_catalogue`` (spaces found by name) and ``_metrics``
+(the metrics table: what each objective is, its direction and unit). The front is lazy:
+the catalogue and the metrics table load without torch.
 """
 
 from __future__ import annotations
 
-from automoe.search.space._catalogue import list_spaces, resolve_space_path, space_folders
-from automoe.search.space._sampling import Candidate
-from automoe.search.space._schema import (
-    CONSTRAINTS,
-    MOE_PARAMS,
-    PARAMS,
-    SAMPLERS,
-    Dimension,
-    parse_number,
-)
-from automoe.search.space._space import SearchSpace
+from automoe._lazy import lazy_front
 
-__all__ = [
-    "CONSTRAINTS",
-    "MOE_PARAMS",
-    "PARAMS",
-    "SAMPLERS",
-    "Candidate",
-    "Dimension",
-    "SearchSpace",
-    "list_spaces",
-    "parse_number",
-    "resolve_space_path",
-    "space_folders",
-]
+_EXPORTS = {
+    "list_spaces": "._catalogue", "resolve_space_path": "._catalogue",
+    "space_folders": "._catalogue",
+    "COLLAPSED_BELOW": "._metrics", "DEFAULT_OBJECTIVES": "._metrics", "METRICS": "._metrics",
+    "Metric": "._metrics", "default_reference": "._metrics", "directions": "._metrics",
+    "minimised": "._metrics", "parse_objectives": "._metrics", "parse_reference": "._metrics",
+    "Evaluation": "._measure", "Measurement": "._measure", "Splits": "._measure",
+    "measure": "._measure",
+    "Candidate": "._sampling",
+    "CONSTRAINTS": "._schema", "MOE_PARAMS": "._schema", "PARAMS": "._schema",
+    "Dimension": "._schema", "parse_number": "._schema", "rung_epochs": "._schema",
+    "SearchSpace": "._space",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

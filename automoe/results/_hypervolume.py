@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from automoe.search._metrics import minimised
+from automoe.space._metrics import minimised
 
 
 def hypervolume(points, reference) -> float:

@@ -5,9 +5,11 @@ import pytest
 
 from automoe.errors import ConfigError
 from automoe.export.pick import pick_trial
-from automoe.search import SearchSpace, TrialRunner, create_or_resume_study, pareto_trials
-from automoe.search import _verify as verify_module
-from automoe.search._verify import VerifyConfig, verified_results, verify_front
+from automoe.results import _verify as verify_module
+from automoe.results import pareto_trials
+from automoe.results._verify import VerifyConfig, verified_results, verify_front
+from automoe.search import TrialRunner, create_or_resume_study
+from automoe.space import SearchSpace
 from automoe.storage import AtomicFileSystemArtifactStore
 
 SPACE = {
@@ -141,7 +143,7 @@ def test_bad_verify_settings(kwargs):
 def test_verified_values_go_into_the_dashboard_notes_keeping_the_users_text(study_and_store):
     from optuna_dashboard import get_note, save_note
 
-    from automoe.search._notes import note_section
+    from automoe.results._notes import note_section
 
     study, store = study_and_store
     save_note(study, "my own remarks on this study")

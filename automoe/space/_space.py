@@ -15,14 +15,15 @@ from typing import Any
 import optuna
 import yaml
 
+from automoe.data import load_dataset
 from automoe.errors import ConfigError
 from automoe.layers import check_routing
 from automoe.models import MoENetConfig, default_config, resolve_placement
 from automoe.robustness import AttackConfig
-from automoe.search._fidelity import rung_epochs
-from automoe.search._metrics import DEFAULT_OBJECTIVES, parse_objectives
-from automoe.search.space._sampling import Candidate, grid, make_candidate, suggest
-from automoe.search.space._schema import (
+from automoe.space._measure import Evaluation, Splits
+from automoe.space._metrics import DEFAULT_OBJECTIVES, parse_objectives
+from automoe.space._sampling import Candidate, grid, make_candidate, suggest
+from automoe.space._schema import (
     CONSTRAINTS,
     LATENCY_DEFAULTS,
     TOP_KEYS,
@@ -34,6 +35,7 @@ from automoe.search.space._schema import (
     parse_model,
     parse_params,
     parse_sampler,
+    rung_epochs,
 )
 from automoe.training import TrainConfig
 
@@ -222,6 +224,36 @@ class SearchSpace:
         (robust accuracy and latency cost time, so they are skipped when unused)."""
         needed = set(self.objectives) | {CONSTRAINTS[c][0] for c in self.constraints}
         return needed | {"val_accuracy", "mmacs"}
+
+    def load_data(self, root: str | None = None, download: bool = False):
+        """``(train set, Splits of val and test)`` of the space's dataset section."""
+        ds = self.dataset
+        common = dict(root=root, image_size=ds["image_size"], download=download,
+                      cache=ds.get("cache"))
+        train_set = load_dataset(ds["name"], "train", augment=ds["augment"], **common)
+        return train_set, Splits(load_dataset(ds["name"], "val", **common),
+                                 load_dataset(ds["name"], "test", **common))
+
+    def evaluation(self, device: str = "cpu", *, test: bool = True) -> Evaluation:
+        """How its trials are measured (:func:`~automoe.space.measure`): the robust accuracy
+        and latency only when measured (they cost time)."""
+        measured = self.measured_metrics()
+        return Evaluation(batch_size=self.eval_batch_size,
+                          attack=self.attack if "robust_accuracy" in measured else None,
+                          latency=self.latency if "latency_ms" in measured else None,
+                          test=test, device=device)
+
+    def violations(self, measured: dict) -> dict[str, float]:
+        """Optuna 5 constraint values (feasible when <= 0) of the space's constraints on
+        the ``measured`` values (metrics and ``params``)."""
+        values = {}
+        for key, bound in self.constraints.items():
+            metric, kind = CONSTRAINTS[key]
+            if measured.get(metric) is None:  # e.g. expert use of a dense trial: no router
+                values[key] = 0.0
+                continue
+            values[key] = measured[metric] - bound if kind == "max" else bound - measured[metric]
+        return values
 
     def fingerprint(self) -> str:
         """Hash of everything that defines the study's candidates and objectives.

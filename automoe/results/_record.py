@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search._metrics import METRICS
+from automoe.space._metrics import METRICS
 
 # measured values stored under their own names: the objectives and the rest
 MEASURED = (*METRICS, "test_accuracy")
@@ -151,6 +151,11 @@ class TrialRecord:
         return self._attrs.get("train_seconds", 0) + self._attrs.get("eval_seconds", 0)
 
     @property
+    def eval_seconds(self) -> float:
+        """Evaluation time of the trial (rungs included)."""
+        return self._attrs.get("eval_seconds", 0.0)
+
+    @property
     def epochs_trained(self) -> int | None:
         return self._attrs.get("epochs_trained")
 
@@ -211,17 +216,17 @@ class TrialWriter:
         for name, value in costs.items():
             self._set(name, value)
 
-    def metrics(self, metrics: dict[str, float]) -> None:
-        """The measured values, under names the dashboard shows beside the config."""
+    def metrics(self, metrics: dict[str, float], attack: dict | None = None) -> None:
+        """The measured values, under names the dashboard shows beside the config, and the
+        attack robust accuracy was measured under."""
         for name, value in metrics.items():
             self._set(name, value)
+        if attack is not None:
+            self._set("attack", attack)
 
     def repeats(self, finished: list[dict], std: dict[str, float]) -> None:
         self._set("repeats", finished)
         self._set("objective_std", std)
-
-    def attack(self, attack: dict) -> None:
-        self._set("attack", attack)
 
     def routers(self, health: dict | None, usage: dict, class_usage: dict | None) -> None:
         if health:
@@ -229,6 +234,16 @@ class TrialWriter:
         self._set("expert_usage", usage)
         if class_usage:
             self._set("expert_class_usage", class_usage)
+
+    def router_health(self, measurement, class_usage: dict | None) -> None:
+        """The routers of a :class:`~automoe.space.Measurement`'s val pass: per layer its
+        health and (top-k routed layers) its expert-class specialisation, the expert counts
+        and the experts x classes counts."""
+        nmi = measurement.specialisation
+        self.routers({name: {**h.to_dict(), **({"specialisation": nmi[name]} if name in nmi
+                                               else {})}
+                      for name, h in measurement.router_health.items()},
+                     measurement.usage.counts(), class_usage)
 
     def training(self, history: list[dict], epochs_trained: int,
                  train_seconds: float | None = None, eval_seconds: float | None = None) -> None:
@@ -244,7 +259,9 @@ class TrialWriter:
 
     def constraints(self, violations: dict[str, float]) -> None:
         """Optuna 5 constraints, mirrored in user attrs: optuna-dashboard 0.21 does not
-        show v5 constraints."""
+        show v5 constraints (none for a space without constraints)."""
+        if not violations:
+            return
         for name, value in violations.items():
             self.trial.set_constraint(name, value)
         self._set("constraints", violations)
@@ -337,3 +354,9 @@ class StudyRecord:
 
     def write_verified(self, number: int, record: dict) -> None:
         self.study.set_user_attr(f"{_VERIFIED_PREFIX}{number}", record)
+
+
+def verified_results(study: optuna.Study) -> dict[int, dict]:
+    """Trial number -> its verification record (``robust_accuracy_verified`` in %, the
+    accuracy per attack, the attacks' settings and the number of samples)."""
+    return StudyRecord(study).verified

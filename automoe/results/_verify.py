@@ -21,17 +21,17 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.artifacts import download_artifact
 from torch.utils.data import Subset
 
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
+from automoe.results._artifacts import fetch_checkpoint
+from automoe.results._notes import set_note_section
+from automoe.results._pareto import pareto_trials
+from automoe.results._record import StudyRecord, TrialRecord, verified_results
+from automoe.results._study import space_of_study
 from automoe.robustness import AttackConfig, transfer_examples, worst_case_accuracy
-from automoe.search._notes import set_note_section
-from automoe.search._pareto import pareto_trials
-from automoe.search._record import StudyRecord, TrialRecord
-from automoe.search._study import space_of_study
-from automoe.storage import load_checkpoint, sha256_file
+from automoe.storage import load_checkpoint
 
 # the strong worst case: both APGD losses and the attack that also moves the routing
 VERIFY_ATTACKS = ("apgd-ce", "apgd-dlr", "router-pgd")
@@ -73,12 +73,6 @@ class VerifyConfig:
         """The PGD run on the dense surrogate: the verifying budget, one restart."""
         return replace(proxy, attack="pgd", steps=self.steps, restarts=1, random_start=True,
                        max_samples=None)
-
-
-def verified_results(study: optuna.Study) -> dict[int, dict]:
-    """Trial number -> its verification record (``robust_accuracy_verified`` in %, the
-    accuracy per attack, the attacks' settings and the number of samples)."""
-    return StudyRecord(study).verified
 
 
 def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | None = None,
@@ -234,18 +228,8 @@ def _front_note(records: dict[int, dict]) -> str:
 
 def trial_model(trial: optuna.trial.FrozenTrial, artifact_store) -> torch.nn.Module:
     """The trained model of a complete trial, from its checkpoint (hash checked)."""
-    checkpoint = TrialRecord(trial).checkpoint
-    if not checkpoint:
-        raise AutomoeError(f"front trial {trial.number} stored no checkpoint")
     with tempfile.TemporaryDirectory(prefix="automoe-verify-") as tmp:
         path = Path(tmp) / "model.safetensors"
-        try:
-            download_artifact(artifact_store=artifact_store, file_path=str(path),
-                              artifact_id=checkpoint["artifact_id"])
-        except Exception as exc:  # the store raises its own not-found error types
-            raise AutomoeError(f"checkpoint of front trial {trial.number} is missing from "
-                               f"the artifact store ({exc}); check --artifact-dir") from None
-        if sha256_file(path) != checkpoint["sha256"]:
-            raise AutomoeError(f"checkpoint of front trial {trial.number} is corrupted")
+        fetch_checkpoint(trial, artifact_store, path)
         model, _ = load_checkpoint(path)
     return model

@@ -23,11 +23,11 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from automoe.errors import AutomoeError
-from automoe.search._hypervolume import study_hypervolume
-from automoe.search._metrics import METRICS, default_reference, minimised
-from automoe.search._pareto import is_feasible, knee_order, pareto_trials
-from automoe.search._record import TrialRecord
-from automoe.search._study import study_objectives
+from automoe.results._hypervolume import study_hypervolume
+from automoe.results._pareto import is_feasible, knee_order, pareto_trials
+from automoe.results._record import TrialRecord
+from automoe.results._study import study_objectives
+from automoe.space._metrics import METRICS, default_reference, minimised
 from automoe.storage import atomic_write
 
 PLOTS = ("pareto", "history", "importance", "curves", "usage")

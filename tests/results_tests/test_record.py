@@ -7,7 +7,8 @@ import pytest
 
 import automoe
 from automoe.models import MoENetConfig
-from automoe.search import SearchSpace, StudyRecord, TrialRecord, TrialWriter
+from automoe.results import StudyRecord, TrialRecord, TrialWriter
+from automoe.space import SearchSpace
 
 SPACE = {
     "name": "rec",

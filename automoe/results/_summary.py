@@ -11,10 +11,10 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search._metrics import COLLAPSED_BELOW, METRICS
-from automoe.search._pareto import front_hypervolume, is_feasible, pareto_trials
-from automoe.search._record import StudyRecord, TrialRecord
-from automoe.search._study import study_objectives
+from automoe.results._pareto import front_hypervolume, is_feasible, pareto_trials
+from automoe.results._record import StudyRecord, TrialRecord
+from automoe.results._study import study_objectives
+from automoe.space._metrics import COLLAPSED_BELOW, METRICS
 
 STATES = ("COMPLETE", "RUNNING", "PRUNED", "FAIL", "WAITING")
 

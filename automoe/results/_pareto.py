@@ -6,10 +6,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from automoe.search._hypervolume import study_hypervolume
-from automoe.search._metrics import default_reference, minimised
-from automoe.search._record import TrialRecord
-from automoe.search._study import study_objectives
+from automoe.results._hypervolume import study_hypervolume
+from automoe.results._record import TrialRecord
+from automoe.results._study import study_objectives
+from automoe.space._metrics import default_reference, minimised
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -88,7 +88,7 @@ def trial_row(trial: FrozenTrial, names, verified: dict | None = None) -> dict:
 def front_hypervolume(study: optuna.Study, reference: tuple[float, ...] | None = None
                       ) -> tuple[float, tuple[float, ...]]:
     """``(hypervolume of the feasible front, reference point used)``; the default reference
-    is :func:`~automoe.search._metrics.default_reference` over the complete trials."""
+    is :func:`~automoe.space._metrics.default_reference` over the complete trials."""
     names = study_objectives(study)
     if reference is None:
         complete = [tuple(t.values) for t in study.get_trials(

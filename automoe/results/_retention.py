@@ -11,9 +11,9 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
-from automoe.search._pareto import nondominated, pareto_trials
-from automoe.search._record import TrialRecord
-from automoe.search._study import study_objectives
+from automoe.results._pareto import nondominated, pareto_trials
+from automoe.results._record import TrialRecord
+from automoe.results._study import study_objectives
 
 RETENTION = ("pareto", "all")
 

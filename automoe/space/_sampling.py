@@ -17,8 +17,8 @@ from typing import Any
 import optuna
 
 from automoe.errors import ConfigError
-from automoe.models import MoENetConfig, default_config, resolve_placement
-from automoe.search.space._schema import MOE_PARAMS, PARAMS, Dimension
+from automoe.models import MoENetConfig, create_model, default_config, resolve_placement
+from automoe.space._schema import MOE_PARAMS, PARAMS, Dimension
 from automoe.training import TrainConfig
 
 
@@ -43,6 +43,12 @@ class Candidate:
         return {"model": self.model_name, "moe": config.is_moe, "placement": config.placement,
                 "granularity": config.granularity, "experts": config.num_experts,
                 "top_k": config.top_k, "width_multiplier": config.width_multiplier}
+
+    def build_model(self, info):
+        """The candidate's model for a dataset (its fields filled from ``info``)."""
+        return create_model(self.model_name, **self.model, in_channels=info.in_channels,
+                            num_classes=info.num_classes, image_size=info.image_size,
+                            input_mean=info.mean, input_std=info.std)
 
     def to_dict(self) -> dict:
         return {"model_name": self.model_name, "model": self.model,

@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.artifacts import upload_artifact
 
-from automoe.search._pareto import nondominated, pareto_trials
-from automoe.search._retention import checkpoint_retention
+from automoe.results._pareto import nondominated, pareto_trials
+from automoe.results._retention import checkpoint_retention
 from automoe.storage import AtomicFileSystemArtifactStore
 
 

@@ -3,9 +3,9 @@
 import optuna
 import pytest
 
-from automoe.search._pareto import is_feasible, pareto_trials
-from automoe.search._plots import hypervolume_history, write_plot
-from automoe.search._record import TrialWriter
+from automoe.results._pareto import is_feasible, pareto_trials
+from automoe.results._plots import hypervolume_history, write_plot
+from automoe.results._record import TrialWriter
 
 
 @pytest.fixture()
@@ -47,7 +47,7 @@ def test_plots_of_a_constrained_study(constrained_study, tmp_path, kind, suffix)
 def test_front_labels_do_not_overlap_where_there_is_room():
     from matplotlib.figure import Figure
 
-    from automoe.search._plots import place_labels
+    from automoe.results._plots import place_labels
 
     # a tight cluster of ten front points plus outliers: their labels must not collide
     points = [(1.0 + 0.01 * i, 90.0 + 0.05 * i) for i in range(10)] + [(3.0, 60.0), (0.5, 99.0)]
@@ -98,7 +98,7 @@ def _moe_study():
 
 
 def test_usage_defaults_to_the_knee_of_the_trials_that_choose(tmp_path):
-    from automoe.search._plots import _trial_for_usage
+    from automoe.results._plots import _trial_for_usage
 
     study = _moe_study()
     assert {t.number for t in pareto_trials(study)} == {0, 1, 2, 4}

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from automoe.search._hypervolume import hypervolume, study_hypervolume
+from automoe.results._hypervolume import hypervolume, study_hypervolume
 
 
 def _inclusion_exclusion(points, ref):
