@@ -129,3 +129,60 @@ def test_readme_layout_names_every_package():
     listed = set(re.findall(r"^(automoe/[\w/]+/)", layout, re.M))
     packages = {f"{p.parent.relative_to(REPO)}/" for p in PACKAGE.rglob("*/__init__.py")}
     assert listed == packages
+
+
+def test_the_trial_orchestrates_only():
+    trial = PACKAGE / "search" / "_trial.py"
+    assert len(trial.read_text().splitlines()) <= 150
+
+
+def _calls(path: Path, name: str) -> list[int]:
+    tree = ast.parse(path.read_text())
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and (
+        getattr(n.func, "id", None) == name or getattr(n.func, "attr", None) == name)]
+
+
+def test_run_search_is_the_only_way_to_run_trials():
+    # the product and the benchmarks: run_trials is called by the module of run_search only
+    callers = []
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "bench").glob("*.py"), REPO / "cli.py"]:
+        for line in _calls(path, "run_trials"):
+            callers.append(f"{path.relative_to(REPO)}:{line}")
+    assert callers and all(c.startswith("automoe/search/_run.py:") for c in callers), callers
+
+
+_PLOTTING = ("matplotlib", "plotly", "automoe.results._plots")
+
+
+def test_plotting_is_imported_only_by_results():
+    wrong = []
+    for module, path in MODULES.items():
+        if module.startswith("automoe.results"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.startswith(_PLOTTING) for n in names):
+                wrong.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert wrong == []
+
+
+def test_running_a_trial_loads_no_plotting():
+    # a worker imports the trial and runs it: plotting loads only where a heatmap is drawn
+    import subprocess
+    import sys
+
+    code = ("import sys, automoe.search._trial, automoe.search._workers; "
+            f"print(sorted(m for m in sys.modules if m.startswith({_PLOTTING!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_no_bench_touches_user_attrs():
+    # benchmarks read and write trials through the record (automoe.results.TrialRecord)
+    touching = [f"{p.relative_to(REPO)}:{i}" for p in (REPO / "bench").glob("*.py")
+                for i, line in enumerate(p.read_text().splitlines(), 1)
+                if "user_attr" in line]
+    assert touching == []

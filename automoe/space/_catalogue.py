@@ -13,7 +13,7 @@ _SUFFIXES = (".yaml", ".yml")
 def space_folders() -> list[Path]:
     """The folders searched for a space name, first match wins: ``./search_spaces``, then
     the ``search_spaces`` folder of the automoe source tree."""
-    return [Path.cwd() / "search_spaces", Path(__file__).resolve().parents[3] / "search_spaces"]
+    return [Path.cwd() / "search_spaces", Path(__file__).resolve().parents[2] / "search_spaces"]
 
 
 def resolve_space_path(space: str | os.PathLike[str]) -> Path:

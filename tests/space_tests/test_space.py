@@ -181,3 +181,11 @@ def test_grid_needs_steps():
     space = SearchSpace.from_dict({"name": "s", "params": {"lr": {"low": 0.01, "high": 0.1}}})
     with pytest.raises(ConfigError, match="params.lr: the grid sampler needs"):
         space.grid()
+
+
+def test_the_shipped_spaces_are_found_from_any_folder(tmp_path, monkeypatch):
+    from automoe.space import list_spaces, resolve_space_path
+
+    monkeypatch.chdir(tmp_path)  # no search_spaces/ here: the package's own are found
+    assert resolve_space_path("default").name == "default.yaml"
+    assert {"default", "robust_moe"} <= set(list_spaces())
