@@ -13,8 +13,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from automoe.data import load_dataset
-from automoe.models import count_flops, create_model, list_models
+from automoe._lazy import lazy_front
+
+# loaded on first use: `import automoe` (and the CLI that lives under it) starts without torch
+_EXPORTS = {"load_dataset": ".data", "count_flops": ".models", "create_model": ".models",
+            "list_models": ".models"}
 
 
 def load(path):
@@ -27,3 +30,4 @@ def load(path):
 
 
 __all__ = ["__version__", "count_flops", "create_model", "list_models", "load", "load_dataset"]
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

@@ -112,7 +112,8 @@ def replay_epoch() -> None:
 def replay_search() -> None:
     """Every MoE design the check's space can sample (its 3 trials draw among these):
     training in bf16, then the fp32 evaluation and the PGD attack's backward."""
-    from automoe.robustness.attacks import AttackConfig, attack_batch
+    from automoe.robustness.attacks import attack_batch
+    from automoe.robustness.config import AttackConfig
 
     for placement in ("last_stage", "all"):
         for experts in (2, 4):

@@ -61,11 +61,11 @@ from automoe.data import DatasetInfo, load_dataset
 from automoe.models import count_flops
 from automoe.search.supernet import (
     EXPERT_SAMPLING,
-    RECIPE_EPOCHS_FACTOR,
     STEP_RULES,
     WIDTH_SCHEDULES,
     SubnetSpec,
     Supernet,
+    SupernetTrainConfig,
 )
 from automoe.space import SearchSpace, resolve_space_path
 from automoe.training import evaluate_accuracy, recalibrate_batchnorm, train
@@ -159,13 +159,15 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
                   f"stand-alone recipe {recipe.epochs} epochs, lr {recipe.lr}, batch "
                   f"{recipe.batch_size}")
 
-    supernet_epochs = args.supernet_epochs or RECIPE_EPOCHS_FACTOR * recipe.epochs
+    options = SupernetTrainConfig(subnets_per_step=args.subnets_per_step, distill=args.distill,
+                                  expert_sampling=args.expert_sampling,
+                                  step_rule=args.step_rule, width_schedule=args.width_schedule,
+                                  epochs=args.supernet_epochs)
+    supernet_epochs = options.epochs_for(recipe.epochs)
     start = time.perf_counter()
     supernet_seed = args.seed if args.supernet_seed is None else args.supernet_seed
     history = net.train(train_set, replace(recipe, epochs=supernet_epochs, seed=supernet_seed),
-                        subnets_per_step=args.subnets_per_step, distill=args.distill,
-                        expert_sampling=args.expert_sampling, step_rule=args.step_rule,
-                        width_schedule=args.width_schedule)
+                        options)
     supernet_seconds = time.perf_counter() - start
     console.print(f"supernet: {supernet_epochs} epochs in {supernet_seconds:.0f}s, "
                   f"last loss {history[-1]['loss']:.3f}")
@@ -380,16 +382,19 @@ def main() -> None:
     parser.add_argument("--subnets", type=int, default=24)
     parser.add_argument("--supernet-epochs", type=int, default=None,
                         help="supernet epochs (default: 4 x the recipe's, as `supernet train`)")
-    parser.add_argument("--subnets-per-step", type=int, default=4)
-    parser.add_argument("--step-rule", choices=STEP_RULES, default="sandwich",
+    defaults = SupernetTrainConfig()  # the library's defaults, declared once
+    parser.add_argument("--subnets-per-step", type=int, default=defaults.subnets_per_step)
+    parser.add_argument("--step-rule", choices=STEP_RULES, default=defaults.step_rule,
                         help="a step's sub-networks: the largest, the smallest and random ones "
                              "(sandwich), or the largest and random ones")
-    parser.add_argument("--width-schedule", choices=WIDTH_SCHEDULES, default="progressive",
+    parser.add_argument("--width-schedule", choices=WIDTH_SCHEDULES,
+                        default=defaults.width_schedule,
                         help="widths a step draws from: progressive shrinking (the widest "
                              "alone for half the steps, then narrower ones added), or all")
     parser.add_argument("--distill", action="store_true",
                         help="in-place distillation from the largest sub-network")
-    parser.add_argument("--expert-sampling", choices=EXPERT_SAMPLING, default="first",
+    parser.add_argument("--expert-sampling", choices=EXPERT_SAMPLING,
+                        default=defaults.expert_sampling,
                         help="experts a training step's sub-network runs: the first E, or "
                              "the first E of a random order of all")
     parser.add_argument("--recal-batches", type=int, nargs="+", default=[2, 10],

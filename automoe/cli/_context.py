@@ -9,21 +9,19 @@ import logging
 from pathlib import Path
 
 import optuna
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from automoe import results
 from automoe.cli._output import err, out, pareto_table, print_note, trial_line
 from automoe.errors import ConfigError
 from automoe.results import (
     TrialRecord,
-    VerifyConfig,
     checkpoint_retention,
     front_hypervolume,
     pareto_trials,
     study_objectives,
     trial_row,
     verified_results,
-    verify_front,
 )
 from automoe.space import METRICS, parse_reference
 from automoe.storage import (
@@ -42,6 +40,9 @@ def set_threads(args: argparse.Namespace) -> None:
         return
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    # deferred: only commands that compute load torch
+    import torch
+
     torch.set_num_threads(args.threads)
 
 
@@ -157,7 +158,7 @@ class TrialProgress:
 def verify(study: optuna.Study, args: argparse.Namespace, steps: int, restarts: int,
            max_samples: int | None, on_device: str) -> dict:
     """Re-attack the front (what is not yet verified with these settings) with progress."""
-    config = VerifyConfig(steps=steps, restarts=restarts, max_samples=max_samples)
+    config = results.VerifyConfig(steps=steps, restarts=restarts, max_samples=max_samples)
     status = (contextlib.nullcontext() if args.quiet else err.status(
         "verifying the front's robust accuracy (worst case of APGD-CE, APGD-DLR and "
         f"router-PGD; {steps} steps, {restarts} restarts)"))
@@ -170,7 +171,7 @@ def verify(study: optuna.Study, args: argparse.Namespace, steps: int, restarts: 
                       f"{record['robust_accuracy_verified']:.2f}")
 
     with status:
-        return verify_front(study, artifact_store(args), config, device=on_device,
+        return results.verify_front(study, artifact_store(args), config, device=on_device,
                             data_root=getattr(args, "data_root", None),
                             download=getattr(args, "download", False), on_trial=on_trial)
 

@@ -7,7 +7,29 @@ import argparse
 from dataclasses import dataclass
 
 from automoe.cli._output import print_error
-from automoe.search import KEEP
+from automoe.results import KEEP
+
+
+class LazyChoices:
+    """A flag's choices read from a library table when first needed (checking a value, or
+    printing that command's help), so that building the parser loads no library module
+    (``automoe --help`` and the commands that read a study start without torch). Tables
+    that plug-ins extend (samplers, executors) are read at parse time, after them.
+
+    Give the flag a ``metavar``: argparse formats the choices of one without it as soon as
+    the flag is added."""
+
+    def __init__(self, table):
+        self._table = table  # () -> an iterable of the choices
+
+    def __iter__(self):
+        return iter(list(self._table()))
+
+    def __contains__(self, value) -> bool:
+        return value in list(self._table())
+
+    def __len__(self) -> int:
+        return len(list(self._table()))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from rich.table import Table
 
+from automoe import space as spaces
 from automoe.cli._output import out
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
-from automoe.ops import GROUPED_MAX_CHANNELS, PADDED_FILTER_TO_MAPS, PADDED_MAX_RUN_MACS
-from automoe.space import METRICS, SearchSpace, list_spaces, resolve_space_path
+from automoe.space import METRICS, list_spaces, resolve_space_path
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     """Which backend each MoE op runs with ``dispatch: auto`` on this machine, and why."""
+    # deferred: torch and the ops load for this command only (the CLI starts without them)
+    import torch
+
+    # (the ops' dispatch thresholds, printed below)
+    from automoe.ops import GROUPED_MAX_CHANNELS, PADDED_FILTER_TO_MAPS, PADDED_MAX_RUN_MACS
+
     cuda = torch.cuda.is_available()
     try:
         # optional: triton ships with CUDA builds of torch only
@@ -54,7 +59,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             table.add_column(col)
         for name, path in list_spaces().items():
             try:
-                space = SearchSpace.from_file(path)
+                space = spaces.SearchSpace.from_file(path)
             except ConfigError as exc:
                 table.add_row(name, "-", "-", "-", "-", f"[red]invalid[/]: {exc}")
                 continue
@@ -64,7 +69,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         return 0
     if args.space is None:
         raise ConfigError(f"`automoe spaces {args.action}` needs a space file or name")
-    space = SearchSpace.from_file(resolve_space_path(args.space))
+    space = spaces.SearchSpace.from_file(resolve_space_path(args.space))
     if args.action == "validate":
         out.print(f"{space.source}: valid ({len(space.dimensions)} searched, "
                   f"{len(space.fixed)} fixed parameters; fingerprint {space.fingerprint()})")
@@ -73,7 +78,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _space_table(space: SearchSpace) -> Table:
+def _space_table(space: spaces.SearchSpace) -> Table:
     table = Table(title=f"{space.name}: {space.description}", title_justify="left")
     table.add_column("parameter")
     table.add_column("values")

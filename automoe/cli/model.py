@@ -6,14 +6,13 @@ import argparse
 
 from rich.table import Table
 
+from automoe import export, search, space
 from automoe.cli import _context as ctx
 from automoe.cli._output import err, out, print_json
 from automoe.cli._parser import Commands
 from automoe.errors import ConfigError
-from automoe.export import PICKS, attack_export, evaluate_export, export_trial, pick_trial
+from automoe.export import PICKS, pick_trial
 from automoe.robustness import ATTACKS, NORMS, STRONG_ATTACKS, strong_attacks
-from automoe.search import resolve_device
-from automoe.space import parse_number
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -27,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.pick is not None:
         number = pick_trial(study, args.pick, max_mmacs=args.max_mmacs,
                             min_robust=args.min_robust).number
-    path = export_trial(study, number, args.out, ctx.artifact_store(args), force=args.force,
+    path = export.export_trial(study, number, args.out, ctx.artifact_store(args), force=args.force,
                         torchscript=args.torchscript, onnx=args.onnx)
     if not args.quiet:
         how = f" (--pick {args.pick})" if args.pick else ""
@@ -37,8 +36,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate an exported model: accuracy, PGD robust accuracy and FLOPs."""
-    result = evaluate_export(args.path, data_root=args.data_root, dataset=args.dataset,
-                             device=resolve_device(args.device), download=args.download)
+    result = export.evaluate_export(args.path, data_root=args.data_root, dataset=args.dataset,
+                             device=search.resolve_device(args.device), download=args.download)
     if args.json:
         print_json(result)
         return 0
@@ -65,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _budget(value: str, flag: str) -> float:
     """A budget given as a number or a fraction like 8/255."""
     try:
-        return parse_number(value)
+        return space.parse_number(value)
     except ValueError:
         raise ConfigError(f"{flag} must be a number or a fraction like 8/255, got "
                           f"{value!r}") from None
@@ -81,10 +80,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     step = _budget(args.step_size, "--step-size") if args.step_size else None
     attacks = strong_attacks(args.norm, eps, step, args.steps, args.restarts, args.attack)
     with ctx.attack_progress(args.quiet) as on_progress:
-        report, dataset = attack_export(
+        report, dataset = export.attack_export(
             args.path, attacks, split=args.split, data_root=args.data_root,
             download=args.download, max_samples=args.max_samples,
-            device=resolve_device(args.device), on_progress=on_progress)
+            device=search.resolve_device(args.device), on_progress=on_progress)
     rows = {"clean": 100 * report.clean,
             **{name: 100 * value for name, value in report.per_attack.items()},
             "worst case over the attacks": 100 * report.worst}

@@ -7,6 +7,8 @@ import time
 
 from rich.table import Table
 
+from automoe import search
+from automoe import space as spaces
 from automoe.cli import _context as ctx
 from automoe.cli._output import architecture, err, out, print_json
 from automoe.cli._parser import Commands, verify_budget
@@ -16,14 +18,11 @@ from automoe.search import (
     EXECUTORS,
     SAMPLERS,
     ClusterConfig,
-    WorkerConfig,
     make_sampler,
-    resolve_device,
     run_search,
-    run_worker,
     training_seed,
 )
-from automoe.space import SearchSpace, resolve_space_path
+from automoe.space import resolve_space_path
 from automoe.storage import describe_location
 
 
@@ -36,7 +35,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     """
     ctx.quiet_optuna(args)
     # Validate everything before the DB is touched, so bad input writes nothing.
-    space = SearchSpace.from_file(resolve_space_path(args.space)).with_dataset(
+    space = spaces.SearchSpace.from_file(resolve_space_path(args.space)).with_dataset(
         args.dataset).with_repeats(args.repeats)
     n_trials = args.trials if args.trials is not None else space.trials
     if n_trials < 1:
@@ -50,7 +49,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                             cpus_per_worker=args.cpus_per_worker)
     started = time.perf_counter()
     # the driver of a Ray search may have no GPU of its own: it verifies on what it has
-    here = resolve_device("auto" if cluster.executor == "ray" else args.device)
+    here = search.resolve_device("auto" if cluster.executor == "ray" else args.device)
     if cluster.executor == "local":
         ctx.set_threads(args)
     where = (f"Ray cluster {cluster.ray_address}" if cluster.ray_address
@@ -107,7 +106,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ctx.quiet_optuna(args)
     study = ctx.existing_study(args)
     records = ctx.verify(study, args, args.steps, args.restarts, args.max_samples,
-                         resolve_device(args.device))
+                         search.resolve_device(args.device))
     if args.json:
         print_json({str(k): v for k, v in records.items()})
         return 0
@@ -145,7 +144,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     machines). Trials of a worker that died are failed and retried by the others.
     """
     ctx.quiet_optuna(args)
-    config = WorkerConfig(
+    config = search.WorkerConfig(
         storage_url=ctx.storage_url(args), study_name=args.study, until=args.until,
         artifact_dir=str(ctx.artifact_dir(args)), device=args.device, seed=args.seed,
         threads=args.threads, data_root=args.data_root, download=args.download,
@@ -155,12 +154,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def on_start(study, complete: int) -> None:  # the bar shows once the study is open
         if not args.quiet:
             err.print(f"[bold]worker[/] on study [cyan]{study.study_name}[/]: {complete} "
-                      f"complete, until {args.until}; device {resolve_device(args.device)}")
+                      f"complete, until {args.until}; device {search.resolve_device(args.device)}")
         progress.progress.update(progress.trials, total=max(args.until - complete, 0))
         progress.progress.start()
 
     try:
-        run_worker(config, on_step=progress.on_step, callbacks=[progress.after_trial],
+        search.run_worker(config, on_step=progress.on_step, callbacks=[progress.after_trial],
                    on_start=on_start)
     finally:
         if progress.progress.live.is_started:

@@ -12,14 +12,13 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
+from automoe import results
 from automoe.cli import _context as ctx
 from automoe.cli._output import err, out, print_json, print_note
-from automoe.cli._parser import Commands
+from automoe.cli._parser import Commands, LazyChoices
 from automoe.errors import ConfigError
 from automoe.results import (
     MEASURED,
-    MIN_TRIALS_FOR_IMPORTANCE,
-    PLOTS,
     StudySummary,
     checkpoint_size,
     pareto_trials,
@@ -28,7 +27,6 @@ from automoe.results import (
     summarize_study,
     trial_row,
     verified_results,
-    write_plot,
 )
 from automoe.search import count_trials
 from automoe.space import COLLAPSED_BELOW, METRICS, parse_reference
@@ -194,12 +192,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     study = ctx.existing_study(args)
     reference = (parse_reference(args.reference, study_objectives(study)) if args.reference
                  else None)
-    path = write_plot(study, args.kind, args.out, trial=args.trial, reference=reference)
+    path = results.write_plot(study, args.kind, args.out, trial=args.trial, reference=reference)
     if not args.quiet:
         complete = count_trials(study)[0]
-        if args.kind == "importance" and complete < MIN_TRIALS_FOR_IMPORTANCE:
+        if args.kind == "importance" and complete < results.MIN_TRIALS_FOR_IMPORTANCE:
             print_note(f"only {complete} complete trials: parameter importances are "
-                       f"unreliable below {MIN_TRIALS_FOR_IMPORTANCE}")
+                       f"unreliable below {results.MIN_TRIALS_FOR_IMPORTANCE}")
         err.print(f"wrote {path}")
     return 0
 
@@ -258,7 +256,7 @@ def register(commands: Commands) -> None:
 
     p = commands.add("plot", cmd_plot, [f.common, f.storage],
                      "draw a figure of a study (.html: interactive; .png/.svg/.pdf: static)")
-    p.add_argument("kind", choices=PLOTS,
+    p.add_argument("kind", choices=LazyChoices(lambda: results.PLOTS), metavar="KIND",
                    help="pareto: the front (2D or 3D); history: hypervolume after each trial; "
                         "importance: fANOVA parameter importances per objective; curves: "
                         "learning curves (pruned trials dashed); usage: a trial's experts x "

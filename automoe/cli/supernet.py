@@ -6,25 +6,24 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from rich.table import Table
 
+from automoe import data, search
+from automoe import space as spaces
 from automoe.cli import _context as ctx
 from automoe.cli._output import err, out
 from automoe.cli._parser import Commands, HelpFormatter, Parser, verify_budget
-from automoe.data import load_dataset
 from automoe.errors import ConfigError
-from automoe.search import KEEP, resolve_device
+from automoe.results import KEEP
+from automoe.search import supernet
 from automoe.search.supernet import (
     EXPERT_SAMPLING,
     RECIPE_EPOCHS_FACTOR,
     STEP_RULES,
     WIDTH_SCHEDULES,
-    Supernet,
-    finalize_front,
-    screen_subnets,
+    SupernetTrainConfig,
 )
-from automoe.space import METRICS, SearchSpace, resolve_space_path
+from automoe.space import METRICS, resolve_space_path
 from automoe.storage import open_storage
 
 
@@ -37,7 +36,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     sub-networks of that front stand-alone, as normal trials that record their supernet
     values beside their own."""
     ctx.quiet_optuna(args)
-    on_device = resolve_device(args.device)
+    on_device = search.resolve_device(args.device)
     ctx.set_threads(args)
     if args.action == "train":
         return _supernet_train(args, on_device)
@@ -52,14 +51,21 @@ def _supernet_train(args: argparse.Namespace, on_device: str) -> int:
         raise ConfigError("`supernet train` needs --out FILE")
     if Path(args.out).exists() and not args.force:
         raise ConfigError(f"{args.out!r} already exists; pass --force to replace it")
-    space = SearchSpace.from_file(resolve_space_path(args.space))
-    train_set = load_dataset(space.dataset["name"], "train", args.data_root,
+    space = spaces.SearchSpace.from_file(resolve_space_path(args.space))
+    train_set = data.load_dataset(space.dataset["name"], "train", args.data_root,
                              image_size=space.dataset["image_size"],
                              augment=space.dataset["augment"], download=args.download,
                              cache=space.dataset["cache"])
+    options = SupernetTrainConfig(
+        subnets_per_step=args.subnets_per_step, distill=args.distill,
+        expert_sampling=args.expert_sampling, step_rule=args.step_rule,
+        width_schedule=args.width_schedule, epochs=args.epochs)
+    # deferred: torch loads for the commands that compute
+    import torch
+
     torch.manual_seed(args.seed)
-    net = Supernet(space, train_set.info)
-    epochs = args.epochs or RECIPE_EPOCHS_FACTOR * net.recipe().epochs
+    net = supernet.Supernet(space, train_set.info)
+    epochs = options.epochs_for(net.recipe().epochs)
     recipe = replace(net.recipe(), epochs=epochs, seed=args.seed)
     if args.adversarial:
         recipe = replace(recipe, scheme="pgd_at")
@@ -71,10 +77,7 @@ def _supernet_train(args: argparse.Namespace, on_device: str) -> int:
                                  completed=step, total=total, visible=True)
 
     with progress.progress:
-        history = net.train(train_set, recipe, subnets_per_step=args.subnets_per_step,
-                            distill=args.distill, expert_sampling=args.expert_sampling,
-                            step_rule=args.step_rule, width_schedule=args.width_schedule,
-                            device=on_device, on_step=on_step)
+        history = net.train(train_set, recipe, options, device=on_device, on_step=on_step)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     net.save(args.out, history)
     if not args.quiet:
@@ -91,10 +94,10 @@ def _supernet_search(args: argparse.Namespace, storage, on_device: str) -> int:
         raise ConfigError(f"--recal-batches must be >= 1, got {args.recal_batches}")
     if args.attack_samples is not None and args.attack_samples < 1:
         raise ConfigError(f"--attack-samples must be >= 1, got {args.attack_samples}")
-    net = Supernet.load(args.supernet)
+    net = supernet.Supernet.load(args.supernet)
     progress = ctx.TrialProgress(args.quiet, args.trials)
     with progress.progress:
-        study = screen_subnets(
+        study = supernet.screen_subnets(
             net, storage, args.study or f"{net.space.name}-supernet", args.trials,
             ctx.artifact_store(args), seed=args.seed, device=on_device,
             data_root=args.data_root, download=args.download,
@@ -110,7 +113,7 @@ def _supernet_finalize(args: argparse.Namespace, storage, on_device: str) -> int
     source = ctx.existing_study(args)
     progress = ctx.TrialProgress(args.quiet, args.top)
     with progress.progress:
-        done = finalize_front(source, storage, args.target_study, args.top,
+        done = supernet.finalize_front(source, storage, args.target_study, args.top,
                               ctx.artifact_store(args), seed=args.seed, device=on_device,
                               data_root=args.data_root, download=args.download,
                               resume_dir=ctx.resume_dir(args),
@@ -169,19 +172,22 @@ def register(commands: Commands) -> None:
     t.add_argument("--epochs", type=int, default=None,
                    help=f"supernet epochs (default: {RECIPE_EPOCHS_FACTOR} x the space's "
                         "epochs)")
-    t.add_argument("--subnets-per-step", type=int, default=4,
+    defaults = SupernetTrainConfig()  # the flags' defaults are the library's
+    t.add_argument("--subnets-per-step", type=int, default=defaults.subnets_per_step,
                    help="sub-networks per step (the largest first)")
-    t.add_argument("--step-rule", choices=STEP_RULES, default="sandwich",
+    t.add_argument("--step-rule", choices=STEP_RULES, default=defaults.step_rule,
                    help="a step's sub-networks: the largest, the smallest and random ones "
                         "(sandwich), or the largest and random ones")
-    t.add_argument("--width-schedule", choices=WIDTH_SCHEDULES, default="progressive",
+    t.add_argument("--width-schedule", choices=WIDTH_SCHEDULES,
+                   default=defaults.width_schedule,
                    help="the widths a step draws from: progressive shrinking (the widest alone "
                         "for the first half of the steps, then each narrower width added in "
                         "turn), or all of them from the start")
     t.add_argument("--distill", action="store_true",
                    help="the sub-networks other than the largest learn its predictions "
                         "(in-place distillation; otherwise cross-entropy on the labels)")
-    t.add_argument("--expert-sampling", choices=EXPERT_SAMPLING, default="first",
+    t.add_argument("--expert-sampling", choices=EXPERT_SAMPLING,
+                   default=defaults.expert_sampling,
                    help="the experts a step's sub-network of E experts runs: the first E (as "
                         "evaluated), or the first E of a random order of all, a dense unit "
                         "the order's first (every expert trains in every role)")

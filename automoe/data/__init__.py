@@ -10,30 +10,15 @@ Splits that fit in memory are decoded once into a :class:`TensorImages`;
 
 from __future__ import annotations
 
-from automoe.data._cached import DeviceLoader, TensorImages, crop_flip, make_loader, to_float
-from automoe.data._datasets import (
-    AUTO_CACHE_BYTES,
-    DATASET_NAMES,
-    SPLITS,
-    ImageDataset,
-    dataset_info,
-    load_dataset,
-    split_description,
-)
-from automoe.data._info import DatasetInfo
+from automoe._lazy import lazy_front
 
-__all__ = [
-    "AUTO_CACHE_BYTES",
-    "DATASET_NAMES",
-    "SPLITS",
-    "DatasetInfo",
-    "DeviceLoader",
-    "ImageDataset",
-    "TensorImages",
-    "crop_flip",
-    "dataset_info",
-    "load_dataset",
-    "make_loader",
-    "split_description",
-    "to_float",
-]
+_EXPORTS = {
+    "DeviceLoader": "._cached", "TensorImages": "._cached", "crop_flip": "._cached",
+    "make_loader": "._cached", "to_float": "._cached",
+    "AUTO_CACHE_BYTES": "._datasets", "DATASET_NAMES": "._datasets", "SPLITS": "._datasets",
+    "ImageDataset": "._datasets", "dataset_info": "._datasets", "load_dataset": "._datasets",
+    "split_description": "._datasets",
+    "DatasetInfo": "._info",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

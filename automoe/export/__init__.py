@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from automoe.export._export import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    evaluate_export,
-    export_trial,
-    load,
-    read_export_config,
-)
-from automoe.export._report import attack_export
-from automoe.export.pick import PICKS, pick_trial
+from automoe._lazy import lazy_front
 
-__all__ = ["CONFIG_FILE", "PICKS", "WEIGHTS_FILE", "attack_export", "evaluate_export",
-           "export_trial", "load", "pick_trial", "read_export_config"]
+_EXPORTS = {
+    "CONFIG_FILE": "._export", "WEIGHTS_FILE": "._export", "evaluate_export": "._export",
+    "export_trial": "._export", "load": "._export", "read_export_config": "._export",
+    "attack_export": "._report",
+    "PICKS": ".pick", "pick_trial": ".pick",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

@@ -27,7 +27,7 @@ _EXPORTS = {
     # checkpoints: stored and fetched (sha256 checked) in one place, kept for the front only
     "CheckpointMissing": "._artifacts", "fetch_checkpoint": "._artifacts",
     "store_trial_files": "._artifacts", "failing_on_disk_errors": "._artifacts",
-    "checkpoint_retention": "._retention", "checkpoint_size": "._retention",
+    "KEEP": "._retention", "checkpoint_retention": "._retention", "checkpoint_size": "._retention",
     "remove_dominated_checkpoints": "._retention",
     # plots (matplotlib, plotly) and verification (torch): loaded when used
     "MIN_TRIALS_FOR_IMPORTANCE": "._plots", "PLOTS": "._plots", "usage_figure": "._plots",

@@ -15,7 +15,8 @@ from automoe.results._pareto import nondominated, pareto_trials
 from automoe.results._record import TrialRecord
 from automoe.results._study import study_objectives
 
-RETENTION = ("pareto", "all")
+# --keep: the checkpoints of the front's trials (removed once dominated), or all
+KEEP = ("pareto", "all")
 
 
 def remove_dominated_checkpoints(study: optuna.Study, artifact_store) -> list[int]:

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-from automoe.robustness.attacks import (
-    ATTACKS,
-    BLACK_BOX_ATTACKS,
-    NORMS,
-    STRONG_ATTACKS,
-    AttackConfig,
-    Normalized,
-    attack_batch,
-    dlr_loss,
-    pgd_step,
-    strong_attacks,
-)
-from automoe.robustness.evaluate import (
-    WorstCase,
-    robust_accuracy,
-    transfer_examples,
-    worst_case_accuracy,
-)
-from automoe.robustness.square import square_attack
+from automoe._lazy import lazy_front
 
-__all__ = [
-    "ATTACKS",
-    "BLACK_BOX_ATTACKS",
-    "NORMS",
-    "STRONG_ATTACKS",
-    "AttackConfig",
-    "Normalized",
-    "WorstCase",
-    "attack_batch",
-    "dlr_loss",
-    "pgd_step",
-    "robust_accuracy",
-    "square_attack",
-    "strong_attacks",
-    "transfer_examples",
-    "worst_case_accuracy",
-]
+_EXPORTS = {
+    "ATTACKS": ".config", "BLACK_BOX_ATTACKS": ".config", "NORMS": ".config",
+    "STRONG_ATTACKS": ".config", "AttackConfig": ".config", "Normalized": ".attacks",
+    "attack_batch": ".attacks", "dlr_loss": ".attacks", "pgd_step": ".attacks",
+    "strong_attacks": ".config",
+    "WorstCase": ".evaluate", "robust_accuracy": ".evaluate", "transfer_examples": ".evaluate",
+    "worst_case_accuracy": ".evaluate",
+    "square_attack": ".square",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset, Subset
 
 from automoe.data import make_loader
 from automoe.errors import ConfigError
-from automoe.robustness.attacks import BLACK_BOX_ATTACKS, AttackConfig, attack_batch
+from automoe.robustness.attacks import attack_batch
+from automoe.robustness.config import BLACK_BOX_ATTACKS, AttackConfig
 
 
 def robust_accuracy(model: nn.Module, dataset: Dataset, config: AttackConfig,

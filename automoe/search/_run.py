@@ -17,18 +17,18 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 
-from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
 from automoe.results import checkpoint_retention
-from automoe.search._executors import run_workers
-from automoe.search._study import create_or_resume_study, run_trials, training_seed
-from automoe.search._trial import TrialRunner
-from automoe.search._workers import WorkerConfig, count_trials, resolve_device
-from automoe.space import SearchSpace
+from automoe.search._study import count_trials, create_or_resume_study, run_trials, training_seed
 from automoe.storage import AtomicFileSystemArtifactStore, open_storage, parse_url
+
+if TYPE_CHECKING:  # annotations only: the executors' table loads without torch
+    from automoe.search._workers import WorkerConfig
+    from automoe.space import SearchSpace
 
 
 @dataclass
@@ -52,6 +52,9 @@ Executor = Callable[[SearchRun], None]
 
 def _run_here(run: SearchRun) -> None:
     """``local``: the trials one after another in this process."""
+    # deferred: the trial loads torch; the executors' table (--executor) must not
+    from automoe.search._trial import TrialRunner
+
     objective = run.objective
     if objective is None:
         objective = _trial_runner(run.space, run.artifact_store, run.trial_options)
@@ -60,7 +63,11 @@ def _run_here(run: SearchRun) -> None:
     run_trials(run.study, objective, run.trials, callbacks=run.callbacks)
 
 
-def _trial_runner(space: SearchSpace, artifact_store, options: dict) -> TrialRunner:
+def _trial_runner(space: SearchSpace, artifact_store, options: dict):
+    # deferred: the trial loads torch; the executors' table (--executor) must not
+    from automoe.search._trial import TrialRunner
+    from automoe.search._workers import resolve_device
+
     options = dict(options)
     options["device"] = resolve_device(options.get("device", "cpu"))
     return TrialRunner(options.pop("space", space), artifact_store, **options)
@@ -73,6 +80,9 @@ def _place_workers(run: SearchRun) -> None:
                           "artifact folder that its workers can open")
     if run.objective is not None:
         raise ConfigError("a custom objective runs with --executor local only")
+    # deferred: the worker placements load torch; the executors' table must not
+    from automoe.search._executors import run_workers
+
     until = count_trials(run.study)[0] + run.trials
     run_workers(replace(run.worker, study_name=run.study.study_name, until=until),
                 run.cluster, on_progress=run.on_progress)
@@ -208,6 +218,10 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
         on_step: ``(trial, step, steps)`` as a local trial trains.
         on_progress: ``(complete, running, failed)`` as workers elsewhere move.
     """
+    # deferred: the data and the workers' settings load torch; the executors' table must not
+    from automoe.data import load_dataset
+    from automoe.search._workers import WorkerConfig
+
     cluster = cluster or ClusterConfig()
     trials = space.trials if trials is None else trials
     if trials < 1:

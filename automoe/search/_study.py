@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -13,7 +14,10 @@ from optuna.trial import TrialState
 from automoe.errors import StorageError, exception_chain
 from automoe.results import StudyRecord, check_study_name, study_objectives
 from automoe.search._samplers import make_sampler
-from automoe.space import SearchSpace, directions
+from automoe.space import directions
+
+if TYPE_CHECKING:  # a space is passed in; parsing one is not this module's (torch) load
+    from automoe.space import SearchSpace
 
 _logger = logging.getLogger(__name__)
 
@@ -88,6 +92,13 @@ def _sampler(sampler: optuna.samplers.BaseSampler | str, base_seed: int, trials_
         return sampler
     return make_sampler(sampler, sampler_seed(base_seed, trials_so_far),
                         space.sampler["population_size"], space)
+
+
+def count_trials(study: optuna.Study) -> tuple[int, list[int]]:
+    """``(complete trials, numbers of the running ones, ascending)``."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return complete, sorted(t.number for t in trials if t.state == TrialState.RUNNING)
 
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int,

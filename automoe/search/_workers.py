@@ -20,14 +20,13 @@ import optuna
 import torch
 
 from automoe.errors import ConfigError
-from automoe.results import TrialWriter, checkpoint_retention, space_of_study
+from automoe.results import KEEP, TrialWriter, checkpoint_retention, space_of_study
 from automoe.search._samplers import make_sampler
-from automoe.search._study import run_one_trial, training_seed
+from automoe.search._study import count_trials, run_one_trial, training_seed
 from automoe.search._trial import TrialRunner
 from automoe.storage import AtomicFileSystemArtifactStore, load_study, open_storage
 
 _STATES = optuna.trial.TrialState
-KEEP = ("pareto", "all")
 
 
 def resolve_device(name: str) -> str:
@@ -71,13 +70,6 @@ class WorkerConfig:
             raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.heartbeat < 0:
             raise ConfigError(f"--heartbeat must be >= 0, got {self.heartbeat}")
-
-
-def count_trials(study: optuna.Study) -> tuple[int, list[int]]:
-    """``(complete trials, numbers of the running ones, ascending)``."""
-    trials = study.get_trials(deepcopy=False, states=(_STATES.COMPLETE, _STATES.RUNNING))
-    complete = sum(t.state == _STATES.COMPLETE for t in trials)
-    return complete, sorted(t.number for t in trials if t.state == _STATES.RUNNING)
 
 
 def fits_target(study: optuna.Study, number: int, until: int) -> bool:

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-from automoe.storage._atomic import atomic_write
-from automoe.storage.artifacts import (
-    DISK_ERRORS,
-    AtomicFileSystemArtifactStore,
-    default_artifact_dir,
-)
-from automoe.storage.checkpoint import (
-    load_checkpoint,
-    load_weights,
-    read_checkpoint_metadata,
-    save_checkpoint,
-    sha256_file,
-)
-from automoe.storage.study_db import (
-    DEFAULT_STORAGE,
-    describe_location,
-    describe_url,
-    load_study,
-    open_storage,
-    parse_url,
-    sqlite_path,
-)
+from automoe._lazy import lazy_front
 
-__all__ = [
-    "DEFAULT_STORAGE",
-    "AtomicFileSystemArtifactStore",
-    "DISK_ERRORS",
-    "atomic_write",
-    "default_artifact_dir",
-    "describe_location",
-    "describe_url",
-    "load_checkpoint",
-    "load_weights",
-    "load_study",
-    "open_storage",
-    "parse_url",
-    "read_checkpoint_metadata",
-    "save_checkpoint",
-    "sha256_file",
-    "sqlite_path",
-]
+_EXPORTS = {
+    "atomic_write": "._atomic",
+    "DISK_ERRORS": ".artifacts", "AtomicFileSystemArtifactStore": ".artifacts",
+    "default_artifact_dir": ".artifacts",
+    "load_checkpoint": ".checkpoint", "load_weights": ".checkpoint",
+    "read_checkpoint_metadata": ".checkpoint", "save_checkpoint": ".checkpoint",
+    "sha256_file": ".checkpoint",
+    "DEFAULT_STORAGE": ".study_db", "describe_location": ".study_db",
+    "describe_url": ".study_db", "load_study": ".study_db", "open_storage": ".study_db",
+    "parse_url": ".study_db", "sqlite_path": ".study_db",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

@@ -10,7 +10,7 @@ import torch
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
 from automoe.models import list_models
-from automoe.search.supernet import SubnetSpec, Supernet
+from automoe.search.supernet import SubnetSpec, Supernet, SupernetTrainConfig
 from automoe.space import SearchSpace
 from automoe.training import TrainConfig, recalibrate_batchnorm
 
@@ -51,7 +51,8 @@ def test_dimensions_and_units(data):
 def trained(data):
     net = _supernet(data)
     # train a little so the experts and routers differ from their initialisation
-    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05), subnets_per_step=3)
+    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05),
+              SupernetTrainConfig(subnets_per_step=3))
     return net
 
 
@@ -102,7 +103,8 @@ def test_reordering_all_experts_and_their_router_rows_is_the_same_network(data, 
     raw = {**SPACE, "model": {"name": "resnet8", "global_router_blocks": 1},
            "params": {**SPACE["params"], "router": router, **gate}}
     net = Supernet(SearchSpace.from_dict(raw), data.dataset.info)
-    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05), subnets_per_step=2)
+    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05),
+              SupernetTrainConfig(subnets_per_step=2))
     x = torch.rand(5, 1, 8, 8)
     largest = net.largest()
     with torch.no_grad():
@@ -137,7 +139,7 @@ def test_subset_sampling_trains_every_expert_as_the_dense_conv(data, sampling):
     # unit 0 only ever runs expert 0; with random orders, each of its experts in turn
     # (no weight decay, which would move every expert of a tensor with a gradient)
     config = TrainConfig(epochs=3, batch_size=64, lr=0.05, weight_decay=0.0)
-    net.train(data, config, subnets_per_step=2, expert_sampling=sampling)
+    net.train(data, config, SupernetTrainConfig(subnets_per_step=2, expert_sampling=sampling))
     moved = (weight.detach() - before).flatten(1).abs().sum(1) > 0  # per expert
     assert moved.tolist() == ([True] * 5 if sampling == "subset" else [True] + [False] * 4)
 
@@ -158,7 +160,7 @@ def test_step_rules_pick_the_largest_first_and_the_smallest_only_in_the_sandwich
 def test_training_with_the_largest_and_random_subnets_lowers_the_loss(data):
     net = _supernet(data)
     history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                        subnets_per_step=2, step_rule="largest_random")
+                        SupernetTrainConfig(subnets_per_step=2, step_rule="largest_random"))
     assert history[-1]["loss"] < history[0]["loss"]
     assert net.trained_with["step_rule"] == "largest_random"
 
@@ -186,30 +188,31 @@ def test_progressive_widths_start_with_the_widest_and_end_with_every_width(data)
 def test_training_with_progressive_widths_lowers_the_loss(data):
     net = _supernet(data)  # progressive shrinking is the default
     history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                        subnets_per_step=2)
+                        SupernetTrainConfig(subnets_per_step=2))
     assert history[-1]["loss"] < history[0]["loss"]
     assert net.trained_with["width_schedule"] == "progressive"
 
 
 def test_an_unknown_width_schedule_is_named(data):
     with pytest.raises(ConfigError, match="width_schedule must be one of all, progressive"):
-        _supernet(data).train(data, TrainConfig(epochs=1), width_schedule="shrinking")
+        _supernet(data).train(data, TrainConfig(epochs=1),
+                              SupernetTrainConfig(width_schedule="shrinking"))
 
 
 def test_an_unknown_step_rule_is_named(data):
     with pytest.raises(ConfigError, match="step_rule must be one of sandwich, largest_random"):
-        _supernet(data).train(data, TrainConfig(epochs=1), step_rule="smallest")
+        _supernet(data).train(data, TrainConfig(epochs=1), SupernetTrainConfig(step_rule="smallest"))
 
 
 def test_an_unknown_expert_sampling_is_named(data):
     with pytest.raises(ConfigError, match="expert_sampling must be one of first, subset"):
-        _supernet(data).train(data, TrainConfig(epochs=1), expert_sampling="random")
+        _supernet(data).train(data, TrainConfig(epochs=1), SupernetTrainConfig(expert_sampling="random"))
 
 
 def test_sandwich_training_lowers_the_loss(data):
     net = _supernet(data)
     history = net.train(data, TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                        subnets_per_step=4, distill=True)
+                        SupernetTrainConfig(subnets_per_step=4, distill=True))
     assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
 
 
@@ -227,7 +230,8 @@ def test_batchnorm_recalibration_routes_as_evaluation_does(data):
     # a noisy top-k router adds noise only in training mode; the statistics must be those
     # of the routes the evaluated model takes, so they do not depend on the global RNG
     net = _supernet(data, gate="noisy_topk")
-    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05), subnets_per_step=2)
+    net.train(data, TrainConfig(epochs=1, batch_size=64, lr=0.05),
+              SupernetTrainConfig(subnets_per_step=2))
     stats = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -242,7 +246,7 @@ def test_batchnorm_recalibration_routes_as_evaluation_does(data):
 def test_adversarial_supernet_training(data):
     net = _supernet(data)
     config = TrainConfig(epochs=2, batch_size=64, lr=0.05, scheme="pgd_at", adv_steps=2)
-    history = net.train(data, config, subnets_per_step=3)
+    history = net.train(data, config, SupernetTrainConfig(subnets_per_step=3))
     assert len(history) == 2 and history[-1]["loss"] < history[0]["loss"]
     with pytest.raises(ConfigError, match="scheme standard or pgd_at"):
         net.train(data, TrainConfig(epochs=1, scheme="trades"))

@@ -30,46 +30,25 @@ examples (the space's ``scheme: pgd_at``). BatchNorm statistics are shared by al
 sub-networks while training, so they are recomputed for each sub-network
 (:func:`~automoe.training.recalibrate_batchnorm`) before it is evaluated.
 
-Parts: ``_spec`` (sub-networks and training options), ``_net`` (:class:`Supernet`),
+Parts: ``_spec`` (sub-networks), ``_options`` (:class:`SupernetTrainConfig` and its
+choices), ``_net`` (:class:`Supernet`),
 ``_train`` (its training loop) and ``_search`` (screening sub-networks with inherited
 weights, then retraining the front stand-alone).
 """
 
 from __future__ import annotations
 
-from automoe.search.supernet._net import SubnetView, Supernet
-from automoe.search.supernet._search import (
-    Finalist,
-    Finalists,
-    finalize_front,
-    screen_subnets,
-)
-from automoe.search.supernet._spec import (
-    EXPERT_SAMPLING,
-    RECIPE_EPOCHS_FACTOR,
-    STEP_RULES,
-    SUBNET_PARAMS,
-    SUPERNET_FORMAT,
-    SUPERNET_SCHEMES,
-    WIDTH_SCHEDULES,
-    SubnetSpec,
-    placement_bits,
-)
+from automoe._lazy import lazy_front
 
-__all__ = [
-    "EXPERT_SAMPLING",
-    "RECIPE_EPOCHS_FACTOR",
-    "STEP_RULES",
-    "SUBNET_PARAMS",
-    "SUPERNET_FORMAT",
-    "SUPERNET_SCHEMES",
-    "WIDTH_SCHEDULES",
-    "Finalist",
-    "Finalists",
-    "SubnetSpec",
-    "SubnetView",
-    "Supernet",
-    "finalize_front",
-    "placement_bits",
-    "screen_subnets",
-]
+_EXPORTS = {
+    "SubnetView": "._net", "Supernet": "._net",
+    "Finalist": "._search", "Finalists": "._search", "finalize_front": "._search",
+    "screen_subnets": "._search",
+    "EXPERT_SAMPLING": "._options", "RECIPE_EPOCHS_FACTOR": "._options",
+    "STEP_RULES": "._options", "SUBNET_PARAMS": "._options", "SUPERNET_FORMAT": "._options",
+    "SUPERNET_SCHEMES": "._options", "WIDTH_SCHEDULES": "._options",
+    "SupernetTrainConfig": "._options",
+    "SubnetSpec": "._spec", "placement_bits": "._spec",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

@@ -15,9 +15,8 @@ from automoe.data import DatasetInfo
 from automoe.errors import AutomoeError, ConfigError
 from automoe.layers import MoEConv2d
 from automoe.models import create_model, default_config
+from automoe.search.supernet._options import SUBNET_PARAMS, SUPERNET_FORMAT, SupernetTrainConfig
 from automoe.search.supernet._spec import (
-    SUBNET_PARAMS,
-    SUPERNET_FORMAT,
     SubnetSpec,
     placement_bits,
     space_values,
@@ -278,11 +277,10 @@ class Supernet:
                              for name in sub.state_dict()})
         return sub
 
-    def train(self, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
-              distill: bool = False, expert_sampling: str = "first",
-              step_rule: str = "sandwich", width_schedule: str = "progressive",
-              device: str = "cpu", on_step=None) -> list[dict]:
-        """Train the supernet on several sub-networks per step (``step_rule``: the sandwich
+    def train(self, train_set, config: TrainConfig, options: SupernetTrainConfig | None = None,
+              *, device: str = "cpu", on_step=None) -> list[dict]:
+        """Train the supernet with the recipe ``config`` (its epochs as given) on several
+        sub-networks per step (:class:`SupernetTrainConfig`; ``step_rule``: the sandwich
         rule, or ``"largest_random"``: the largest and random ones; ``width_schedule``:
         ``"progressive"`` shrinking, see :meth:`step_widths`, or ``"all"`` widths from the
         start); returns a per-epoch history of the largest sub-network's cross-entropy
@@ -299,9 +297,7 @@ class Supernet:
         a dense unit on that order's first expert, instead of always the first E and
         expert 0: every expert is trained as the dense conv and in every position.
         Sub-networks are still evaluated on the first E."""
-        return train_supernet(self, train_set, config, subnets_per_step=subnets_per_step,
-                              distill=distill, expert_sampling=expert_sampling,
-                              step_rule=step_rule, width_schedule=width_schedule,
+        return train_supernet(self, train_set, config, options or SupernetTrainConfig(),
                               device=device, on_step=on_step)
 
     # ------------------------------------------------------------ files

@@ -1,4 +1,4 @@
-"""What a supernet's sub-networks are, and the options of its training."""
+"""What a supernet's sub-networks are."""
 
 from __future__ import annotations
 
@@ -6,30 +6,6 @@ from dataclasses import dataclass
 
 from automoe.models import resolve_placement
 from automoe.space import SearchSpace
-
-SUPERNET_FORMAT = "automoe.supernet.v2"
-# the model parameters a supernet's sub-networks differ in; every other one is shared
-SUBNET_PARAMS = ("placement", "experts", "top_k", "width_multiplier")
-# training schemes the supernet runs: clean, or Madry's PGD-AT through the largest
-SUPERNET_SCHEMES = ("standard", "pgd_at")
-# which of the supernet's experts a training step's sub-network runs: the first E (what
-# every sub-network is evaluated on), or the first E of a random order of all of them
-EXPERT_SAMPLING = ("first", "subset")
-# the sub-networks of a training step: the sandwich rule (the largest, the smallest and
-# random ones; BigNAS), or the largest and random ones, drawn as a search draws them. A
-# narrow sub-network's tensors are the leading slices of every wider one's, so every step
-# trains them even without the smallest; which rule ranks sub-networks better is measured
-# in bench/RESULTS.md
-STEP_RULES = ("sandwich", "largest_random")
-# which widths a training step draws from: all of them from the start, or progressive
-# shrinking (once-for-all networks): the widest alone for the first half of the steps,
-# then each narrower width added in turn. Trained on every width from the start, narrow
-# sub-networks inherit more than they train to stand-alone, which crowds the widths
-# together and blurs the ranking across them; bench/RESULTS.md measures both
-WIDTH_SCHEDULES = ("all", "progressive")
-# a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
-# sub-networks on shared weights, so it gets longer than one of them would
-RECIPE_EPOCHS_FACTOR = 4
 
 
 @dataclass(frozen=True)

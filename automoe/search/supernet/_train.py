@@ -9,12 +9,7 @@ import torch.nn.functional as F
 
 from automoe.errors import ConfigError
 from automoe.robustness import AttackConfig, attack_batch
-from automoe.search.supernet._spec import (
-    EXPERT_SAMPLING,
-    STEP_RULES,
-    SUPERNET_SCHEMES,
-    WIDTH_SCHEDULES,
-)
+from automoe.search.supernet._options import SUPERNET_SCHEMES, SupernetTrainConfig
 from automoe.training import (
     TrainConfig,
     check_finite,
@@ -24,20 +19,15 @@ from automoe.training import (
 )
 
 
-def train_supernet(net, train_set, config: TrainConfig, *, subnets_per_step: int = 4,
-                   distill: bool = False, expert_sampling: str = "first",
-                   step_rule: str = "sandwich", width_schedule: str = "progressive",
+def train_supernet(net, train_set, config: TrainConfig, options: SupernetTrainConfig, *,
                    device: str = "cpu", on_step=None) -> list[dict]:
-    """Train the :class:`~automoe.search.supernet.Supernet` ``net`` in place; see
-    :meth:`Supernet.train <automoe.search.supernet.Supernet.train>` for the options.
-    Returns the per-epoch history and keeps it, with the options, on ``net``."""
-    for name, value, choices in (("step_rule", step_rule, STEP_RULES),
-                                 ("width_schedule", width_schedule, WIDTH_SCHEDULES),
-                                 ("expert_sampling", expert_sampling, EXPERT_SAMPLING)):
-        if value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    if subnets_per_step < 2:
-        raise ConfigError("subnets_per_step must be >= 2 (the largest and one more)")
+    """Train the :class:`~automoe.search.supernet.Supernet` ``net`` in place with the
+    recipe ``config`` (its epochs as given) and ``options``; see :meth:`Supernet.train
+    <automoe.search.supernet.Supernet.train>`. Returns the per-epoch history and keeps it,
+    with the options, on ``net``."""
+    subnets_per_step, distill = options.subnets_per_step, options.distill
+    expert_sampling, step_rule = options.expert_sampling, options.step_rule
+    width_schedule = options.width_schedule
     if config.scheme not in SUPERNET_SCHEMES:
         raise ConfigError(f"the supernet trains with scheme {' or '.join(SUPERNET_SCHEMES)}"
                           f", not {config.scheme!r}")
@@ -93,7 +83,6 @@ def train_supernet(net, train_set, config: TrainConfig, *, subnets_per_step: int
         # the largest sub-network's cross-entropy, and the others' (distillation) loss
         history.append({"epoch": epoch + 1, "loss": largest, "subnet_loss": others})
     net.history = history
-    net.trained_with = {"recipe": config.to_dict(), "subnets_per_step": subnets_per_step,
-                         "distill": distill, "expert_sampling": expert_sampling,
-                         "step_rule": step_rule, "width_schedule": width_schedule}
+    options = {k: v for k, v in options.to_dict().items() if k != "epochs"}  # in the recipe
+    net.trained_with = {"recipe": config.to_dict(), **options}
     return history
