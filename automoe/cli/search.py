@@ -90,7 +90,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             on_step=progress.on_step if local else None, on_start=on_start,
             on_progress=on_progress)
     finally:
-        (progress.progress if local else bar).stop()
+        if first:  # stopping a display that never started would print a stray newline
+            (progress.progress if local else bar).stop()
     if not args.no_verify and "robust_accuracy" in space.measured_metrics():
         ctx.verify(study, args, args.verify_steps, args.verify_restarts, None, here)
     ctx.print_front(study, f", this run {time.perf_counter() - started:.0f}s")

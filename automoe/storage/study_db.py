@@ -42,17 +42,22 @@ def db_retry_seconds() -> float:
     return value
 
 
+def _make_url(url: str) -> URL:
+    """``make_url`` with a malformed URL as a StorageError, whichever caller meets it first."""
+    try:
+        return make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"invalid storage URL {url!r}; expected e.g. {DEFAULT_STORAGE} or "
+                           "postgresql://user:password@host/dbname") from None
+
+
 def parse_url(url: str) -> URL:
     """Parse a SQLAlchemy URL and check its driver is installed.
 
     Raises:
         StorageError: malformed URL, unknown database or missing driver.
     """
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(f"invalid storage URL {url!r}; expected e.g. {DEFAULT_STORAGE} or "
-                           "postgresql://user:password@host/dbname") from None
+    parsed = _make_url(url)
     try:
         parsed.get_dialect().import_dbapi()
     except sqlalchemy.exc.NoSuchModuleError:
@@ -83,7 +88,7 @@ def describe_location(url: str) -> str:
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
-    parsed = make_url(url)
+    parsed = _make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)

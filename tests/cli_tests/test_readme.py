@@ -92,7 +92,7 @@ def test_one_config_file_drives_search_and_worker(workdir):
 
 
 def test_the_python_api_snippet_runs(workdir):
-    (snippet,) = _blocks("python")
+    snippet = _blocks("python")[0]
     run_cli("search", "--space", "tiny.yaml", "--trials", "1", "--no-verify", "-q",
             cwd=workdir, check=0)
     run_cli("export", "--trial", "0", "--out", "exports/trial-5", cwd=workdir, check=0)
@@ -105,6 +105,26 @@ def test_the_python_api_snippet_runs(workdir):
     try:
         os.chdir(workdir)
         exec(compile(code, "README.md", "exec"), {})
+    finally:
+        os.chdir(here)
+
+
+def test_the_run_search_snippet_runs(workdir):
+    snippet = _blocks("python")[1]
+    assert "run_search(" in snippet and 'executor="processes"' in snippet
+    # the tiny space, two trials, in this process (the snippet's two worker processes are
+    # the workers tests' subject)
+    code = (snippet.replace('resolve_space_path("default")', 'resolve_space_path("tiny.yaml")')
+            .replace("trials=12", "trials=2")
+            .replace('ClusterConfig(executor="processes", workers=2)', "ClusterConfig()"))
+    import os
+
+    here = os.getcwd()
+    try:
+        os.chdir(workdir)
+        scope = {}
+        exec(compile(code, "README.md", "exec"), scope)
+        assert len(scope["study"].trials) >= 2 and scope["study"].study_name == "tiny"
     finally:
         os.chdir(here)
 

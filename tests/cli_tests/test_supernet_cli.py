@@ -98,22 +98,25 @@ def test_supernet_refuses_spaces_it_cannot_share(workdir):
 
 def test_the_parser_offers_the_supernets_own_choices_and_defaults():
     # the parser takes the choices from the supernet package; its defaults must stay
-    # those of Supernet.train
-    import inspect
-
+    # those of SupernetTrainConfig, which Supernet.train reads
     from automoe.cli import build_parser
-    from automoe.search.supernet import EXPERT_SAMPLING, STEP_RULES, WIDTH_SCHEDULES
+    from automoe.search.supernet import (
+        EXPERT_SAMPLING,
+        STEP_RULES,
+        WIDTH_SCHEDULES,
+        SupernetTrainConfig,
+    )
 
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if a.choices and "supernet" in a.choices]
     (steps,) = [a for a in subparsers.choices["supernet"]._actions
                 if a.choices and "train" in a.choices]
     flags = {a.dest: a for a in steps.choices["train"]._actions}
-    defaults = inspect.signature(Supernet.train).parameters
+    defaults = SupernetTrainConfig()
     for dest, choices in (("step_rule", STEP_RULES), ("width_schedule", WIDTH_SCHEDULES),
                           ("expert_sampling", EXPERT_SAMPLING)):
         assert sorted(flags[dest].choices) == sorted(choices)
-        assert flags[dest].default == defaults[dest].default
+        assert flags[dest].default == getattr(defaults, dest)
 
 
 def test_each_supernet_step_offers_only_its_own_options():
