@@ -66,6 +66,19 @@ CONFIGS = {
     "conv-e8-up": dict(granularity="conv", num_experts=8, top_k=1, train=dict(upcycle=0.5)),
     "block-e4-up": dict(granularity="block", num_experts=4, top_k=1, train=dict(upcycle=0.5)),
     "block-e8-up": dict(granularity="block", num_experts=8, top_k=1, train=dict(upcycle=0.5)),
+    # gates and router learning rates, upcycled conv E8 (the default is noisy top-k gates
+    # under the top-k softmax, router lr = lr)
+    "conv-e8-up-topk": dict(granularity="conv", num_experts=8, top_k=1, gate="topk",
+                            train=dict(upcycle=0.5)),
+    "conv-e8-up-topk-st": dict(granularity="conv", num_experts=8, top_k=1,
+                               gate_softmax="topk_st", train=dict(upcycle=0.5)),
+    "conv-e8-up-all": dict(granularity="conv", num_experts=8, top_k=1, gate_softmax="all",
+                           train=dict(upcycle=0.5)),
+    "conv-e8-up-st": dict(granularity="conv", num_experts=8, top_k=1, gate="st_top1",
+                          train=dict(upcycle=0.5)),
+    **{f"conv-e8-up-rlr{mult:g}": dict(granularity="conv", num_experts=8, top_k=1,
+                                        train=dict(upcycle=0.5, router_lr_mult=mult))
+       for mult in (0.01, 0.1, 10.0)},
     # Pavlitska et al.'s robust ConvMoE: straight-through top-1, entropy loss 0.5, upcycled
     "pavlitska-e4": dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
                          balance_loss="entropy", balance_weight=0.5, train=dict(upcycle=0.5)),
@@ -128,7 +141,8 @@ def run(name: str, lr: float, seed: int, args, train_set, val_set, shape,
 
 def verified(model, val_set, args, surrogate) -> dict:
     """The worst case of the verifying attacks (`automoe verify`'s: APGD-CE, APGD-DLR,
-    router-PGD, Square) and of PGD transferred from the dense model of the same seed."""
+    router-PGD, APGD-CE through fixed routing, Square) and of PGD transferred from the dense
+    model of the same seed."""
     proxy = AttackConfig(steps=10)
     attacks = VerifyConfig(steps=args.verify_steps, restarts=1,
                            square_queries=args.square_queries).attacks(proxy)
@@ -137,8 +151,11 @@ def verified(model, val_set, args, surrogate) -> dict:
                     steps=args.verify_steps).transfer_attack(proxy))})
     report = worst_case_accuracy(model, val_set, attacks, transfer=transfer)
     square = next(100 * v for k, v in report.per_attack.items() if k.startswith("square"))
+    fixed = next(100 * v for k, v in report.per_attack.items()
+                 if k.startswith("apgd-fixed-routing"))
     return {"verified": 100 * report.worst, "white_box": 100 * report.white_box,
-            "square": square, "transfer": 100 * report.per_attack.get("transfer", math.nan)}
+            "square": square, "fixed_routing": fixed,
+            "transfer": 100 * report.per_attack.get("transfer", math.nan)}
 
 
 def mean_std(values: list[float]) -> str:
@@ -167,7 +184,8 @@ def main() -> None:
     parser.add_argument("--placement", default="last_two", help="MoE placement of every config")
     parser.add_argument("--verify", action="store_true",
                         help="also the verified worst case (APGD-CE, APGD-DLR, router-PGD, "
-                             "Square, transfer from the same seed's dense model)")
+                             "fixed-routing APGD, Square, transfer from the same seed's dense "
+                             "model)")
     parser.add_argument("--verify-steps", type=int, default=20)
     parser.add_argument("--square-queries", type=int, default=300)
     args = parser.parse_args()
@@ -188,7 +206,8 @@ def main() -> None:
                 console.print(f"{name:12s} lr {lr:g} seed {seed} val {row['val']:.2f}"
                               + (f" robust {row['robust']:.2f}" if "robust" in row else "")
                               + (f" verified {row['verified']:.2f} (white-box "
-                                 f"{row['white_box']:.2f}, square {row['square']:.2f}, "
+                                 f"{row['white_box']:.2f}, fixed routing "
+                                 f"{row['fixed_routing']:.2f}, square {row['square']:.2f}, "
                                  f"transfer {row['transfer']:.2f})" if "verified" in row
                                  else "")
                               + f" expert use {use} final loss {row['final_loss']:.4g}"
@@ -201,7 +220,8 @@ def main() -> None:
     table = Table(title=title, title_justify="left")
     for col in ("config", "lr", "active MMACs", "val %", "val - dense",
                 *(("robust % (PGD-10)", "robust - dense") if args.adversarial else ()),
-                *(("verified %", "verified - dense", "square %", "transfer %")
+                *(("verified %", "verified - dense", "white-box %", "fixed routing %",
+                   "square %", "transfer %")
                   if args.verify else ()),
                 "expert use", "finite loss", "s / run"):
         table.add_column(col, justify="left" if col == "config" else "right")
@@ -224,8 +244,9 @@ def main() -> None:
             dense_ver = [r["verified"] for r in dense_runs]
             vdiff = ([v - d for v, d in zip(ver, dense_ver, strict=False)]
                      if dense_ver and name != "dense" else [])
-            cells += [mean_std(ver), mean_std(vdiff), mean_std([r["square"] for r in runs]),
-                      mean_std([r["transfer"] for r in runs])]
+            cells += [mean_std(ver), mean_std(vdiff),
+                      *(mean_std([r[key] for r in runs])
+                        for key in ("white_box", "fixed_routing", "square", "transfer"))]
         cells += [mean_std(uses), f"{sum(r['finite'] for r in runs)}/{len(runs)}",
                   f"{statistics.mean(r['seconds'] for r in runs):.0f}"]
         table.add_row(*cells)

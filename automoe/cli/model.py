@@ -131,9 +131,8 @@ def register(commands: Commands) -> None:
                    help=f"{', '.join(ATTACKS)}; repeat for several (default: "
                         f"{', '.join(STRONG_ATTACKS['linf'])})")
     p.add_argument("--norm", default="linf", choices=NORMS,
-                   help="threat model of every attack: linf (pgd, router-pgd, apgd-ce, "
-                        "apgd-dlr) or l2 (pgd, router-pgd); an attack not implemented in the "
-                        "norm is refused")
+                   help="threat model of every attack: linf (every attack) or l2 (pgd, "
+                        "router-pgd); an attack not implemented in the norm is refused")
     p.add_argument("--eps", default="8/255", help="budget in [0, 1] pixel units, e.g. 8/255")
     p.add_argument("--step-size", default=None,
                    help="PGD step in pixel units (default: eps/4; APGD adapts its own)")

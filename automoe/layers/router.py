@@ -219,6 +219,9 @@ class TopKRouter(nn.Module):
         self.batch_priority = batch_priority
         self.capacity_at_eval = capacity_at_eval
         self.input_grad = input_grad
+        # set by an attack for its forwards: the routing is computed as usual, but from
+        # detached inputs, so the gradient treats it as a constant (BPDA)
+        self.fixed_routing = False
         self.scorer = None if in_channels is None else make_scorer(
             scorer, in_channels, num_experts, norm=norm, init_std=init_std)
         # a scorer that pools first (GAP, Flatten, head...): its head, run on the features
@@ -237,10 +240,12 @@ class TopKRouter(nn.Module):
         """Route a batch: from the feature map ``x`` (B, C, H, W), or from ``logits`` (B, E)
         computed by a global router."""
         pooled = None  # (B, C) the pooled features, computed once for scorer and noise
-        if x is not None and self.training and not self.input_grad:
+        if x is not None and (self.fixed_routing or self.training and not self.input_grad):
             # a view: the router's losses stop at its input. In eval mode the gradient
             # flows, so a router-aware attack can still move the routing
             x = x.detach()
+        if logits is not None and self.fixed_routing:
+            logits = logits.detach()  # a global router's, (B, E)
         if logits is not None:
             clean = logits
         elif self._pooled_head is not None:
@@ -265,9 +270,15 @@ class TopKRouter(nn.Module):
         gates = self._gate_values(noisy, expert_index)
         return Routing(expert_index, gates, clean, noisy, noise_std)
 
+    @property
+    def gates_carry_gradient(self) -> bool:
+        """Whether the gate values pass a gradient to the router's logits (and so to its
+        input). Not for top-1 under the top-k softmax: the softmax of one logit is 1."""
+        return not (self.top_k == 1 and self.gate_softmax == "topk" and self.gate != "st_top1")
+
     def _gate_values(self, noisy: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
         valid = expert_index >= 0
-        if self.top_k == 1 and self.gate_softmax == "topk" and self.gate != "st_top1":
+        if not self.gates_carry_gradient:
             # the softmax of one logit: 1, with a gradient of exactly 0; no graph to build
             return valid.to(noisy.dtype)
         safe_index = expert_index.clamp(min=0)

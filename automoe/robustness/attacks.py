@@ -13,6 +13,10 @@ normalised inputs is wrapped with :class:`Normalized` so the attack still works 
   their decision on the clean input (or ``y mod E``, AdvMoE's expert labels), so the attack
   also moves the routing. Hard top-k routing passes gradient only through the gate values,
   which can hide weaknesses from a plain attack.
+* APGD-CE through fixed routing (``apgd-fixed-routing``, BPDA after Athalye et al. 2018):
+  the forward routes as usual, the backward treats the routing as a constant. A
+  straight-through top-1 gate's gradient misleads the attacks above (they score far above
+  Square on such models); this one does not follow it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automoe.layers import MoEModule
+from automoe.layers import MoEModule, TopKRouter
 from automoe.robustness.config import (
     AttackConfig,
 )
@@ -105,6 +109,26 @@ def _routing_kept(model: nn.Module):
         for layer in layers:
             layer.keep_routing = False
             layer.last_routing = None
+
+
+@contextmanager
+def _routing_fixed(model: nn.Module, fixed: bool = True):
+    """While on, every top-k router routes as usual but from detached inputs: the attack's
+    gradient treats the routing as a constant (BPDA through the routing)."""
+    routers = [m for m in model.modules() if isinstance(m, TopKRouter)] if fixed else []
+    for router in routers:
+        router.fixed_routing = True
+    try:
+        yield
+    finally:
+        for router in routers:
+            router.fixed_routing = False
+
+
+def routing_passes_gradient(model: nn.Module) -> bool:
+    """Whether some router's gates pass a gradient to the model's input. If none does,
+    holding the routing fixed changes no gradient: ``apgd-fixed-routing`` is APGD-CE."""
+    return any(m.gates_carry_gradient for m in model.modules() if isinstance(m, TopKRouter))
 
 
 def _router_loss(layers: list[MoEModule], targets: list[torch.Tensor]) -> torch.Tensor:
@@ -242,9 +266,11 @@ def attack_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return _project(x + config.eps * grad.sign(), x, config.eps, "linf").detach()
     if config.attack == "square":
         return square_attack(model, x, labels, config.eps, config.steps, generator)
-    if config.attack in ("apgd-ce", "apgd-dlr"):
+    if config.attack in ("apgd-ce", "apgd-dlr", "apgd-fixed-routing"):
         kind = "dlr" if config.attack == "apgd-dlr" else "ce"
-        return _apgd(_loss_fn(model, labels, kind), x, labels, config, generator).detach()
+        with _routing_fixed(model, config.attack == "apgd-fixed-routing"):
+            return _apgd(_loss_fn(model, labels, kind), x, labels, config,
+                         generator).detach()
     if config.attack == "pgd":
         return _pgd(_loss_fn(model, labels, "ce"), x, labels, config, generator, config.steps,
                     config.step_size).detach()

@@ -7,14 +7,17 @@ from dataclasses import asdict, dataclass
 
 from automoe.errors import ConfigError
 
-ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd", "square")
+ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd", "apgd-fixed-routing", "square")
+# apgd-fixed-routing: APGD-CE whose backward treats every router's decision and gates as
+# constants (BPDA). A gate whose gradient misleads attacks (the straight-through top-1
+# gate's) masks the others; this one follows the experts' gradient alone.
 # attacks that read only the logits: no gradient, so gradient masking cannot fool them
 BLACK_BOX_ATTACKS = ("square",)
 NORMS = ("linf", "l2")
 # norm -> the attacks implemented in it (FGSM, our APGD and Square are L-inf only)
 ATTACKS_BY_NORM = {"linf": ATTACKS, "l2": ("pgd", "router-pgd")}
 # what a strong evaluation runs by default, per norm
-STRONG_ATTACKS = {"linf": ("pgd", "router-pgd", "apgd-ce", "apgd-dlr"),
+STRONG_ATTACKS = {"linf": ("pgd", "router-pgd", "apgd-ce", "apgd-dlr", "apgd-fixed-routing"),
                   "l2": ("pgd", "router-pgd")}
 
 

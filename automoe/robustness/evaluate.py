@@ -8,7 +8,7 @@ only what the earlier ones left (AutoAttack's order of work).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from automoe.data import make_loader
 from automoe.errors import ConfigError
-from automoe.robustness.attacks import attack_batch
+from automoe.robustness.attacks import attack_batch, routing_passes_gradient
 from automoe.robustness.config import BLACK_BOX_ATTACKS, AttackConfig
 
 
@@ -105,6 +105,10 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
     ``model``: a transfer attack, which needs no gradient of ``model``.
     ``on_progress(done, total, attack)`` is called after each attack of each batch, with
     samples x attacks done and in all.
+
+    On a model whose routing passes no gradient (dense, or top-1 gates under the top-k
+    softmax), ``apgd-fixed-routing`` is APGD-CE itself; when APGD-CE with the same budget
+    is among ``configs``, its row repeats APGD-CE's instead of running it again.
     """
     device = torch.device(device)
     model.to(device).eval()
@@ -115,6 +119,7 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
                               f"of {len(dataset)}")
     generator = torch.Generator(device=device).manual_seed(seed)
     names = [c.describe() for c in configs]
+    repeats = _repeated_attacks(model, configs)
     clean, robust = [], {name: [] for name in [*names, *transfer]}
     total, done, start = len(dataset) * len(robust), 0, 0
     for images, labels in make_loader(dataset, batch_size, device=device):
@@ -123,9 +128,11 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
             correct = model(images).argmax(1) == labels
         clean.append(correct)
         index = correct.nonzero().squeeze(1)  # (n,) the samples worth attacking
-        for name, cfg in zip(names, configs, strict=True):
+        for i, (name, cfg) in enumerate(zip(names, configs, strict=True)):
             held = torch.zeros_like(correct)
-            if index.numel():
+            if i in repeats:  # the same attack as an earlier one on this model
+                held = robust[names[repeats[i]]][-1]
+            elif index.numel():
                 held[index] = _unfooled(model, images[index], labels[index], cfg, generator)
             robust[name].append(held)
             done += len(labels)
@@ -151,3 +158,18 @@ def worst_case_accuracy(model: nn.Module, dataset: Dataset, configs: list[Attack
                      per_attack={k: v.float().mean().item() for k, v in per_attack.items()},
                      worst=worst.float().mean().item(),
                      white_box=white_box.float().mean().item())
+
+
+def _repeated_attacks(model: nn.Module, configs: list[AttackConfig]) -> dict[int, int]:
+    """``{i: j}``: on this model, attack ``i`` is attack ``j < i`` (same budget), so its
+    outcome is ``j``'s. Only ``apgd-fixed-routing`` when no routing passes a gradient."""
+    if routing_passes_gradient(model):
+        return {}
+    repeats = {}
+    for i, cfg in enumerate(configs):
+        if cfg.attack == "apgd-fixed-routing":
+            twin = replace(cfg, attack="apgd-ce")
+            j = next((j for j, other in enumerate(configs[:i]) if other == twin), None)
+            if j is not None:
+                repeats[i] = j
+    return repeats

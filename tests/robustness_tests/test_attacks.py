@@ -1,8 +1,12 @@
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
+from automoe.layers import TopKRouter
 from automoe.models import create_model
 from automoe.robustness import (
     AttackConfig,
@@ -14,6 +18,8 @@ from automoe.robustness import (
     transfer_examples,
     worst_case_accuracy,
 )
+from automoe.robustness import evaluate as evaluate_module
+from automoe.robustness.attacks import _routing_fixed, routing_passes_gradient
 from automoe.training import TrainConfig, train
 
 
@@ -29,6 +35,7 @@ def _batch(dataset, n=64):
     AttackConfig(attack="apgd-ce", eps=0.1, steps=8),
     AttackConfig(attack="apgd-dlr", eps=0.1, steps=8),
     AttackConfig(attack="router-pgd", eps=0.1, step_size=0.03, steps=5),
+    AttackConfig(attack="apgd-fixed-routing", eps=0.1, steps=8),
     AttackConfig(attack="square", eps=0.1, steps=50),
 ], ids=lambda c: f"{c.attack}-{c.norm}")
 def test_attacks_stay_in_the_ball_and_the_pixel_range(trained, cfg):
@@ -68,7 +75,8 @@ def _noise_accuracy(model, dataset, eps: float) -> float:
 # `trained` routes with top-k gates renormalised over the chosen k (gate_softmax: topk, the
 # default), so at k = 1 the gate is 1 and the routing decision has no gradient either.
 @pytest.mark.parametrize("model_kind", ["trained", "trained_st_top1"])
-@pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "apgd-dlr", "router-pgd", "fgsm"])
+@pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "apgd-dlr", "router-pgd", "fgsm",
+                                    "apgd-fixed-routing"])
 def test_safety_checks_against_gradient_masking(request, model_kind, attack):
     model, val_set = request.getfixturevalue(model_kind)
     eps = 0.1
@@ -239,3 +247,51 @@ def test_worst_case_reports_progress_over_samples_and_attacks(trained):
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
     assert {c[2] for c in calls} == {c.describe() for c in configs}
     assert report.samples == 70
+
+
+def test_fixed_routing_routes_as_the_model_and_differentiates_as_a_constant_gate(
+        trained_st_top1):
+    """Through fixed routing, the straight-through model's gradient is that of the same
+    model whose top-1 gate is a constant 1 (the top-k softmax of one logit): the experts'
+    path alone. Without it, the straight-through gate adds its own term."""
+    model, val_set = trained_st_top1
+    x, y = _batch(val_set)
+    constant = copy.deepcopy(model)
+    routers = [m for m in constant.modules() if isinstance(m, TopKRouter)]
+    for router in routers:
+        router.gate = "topk"
+    assert routing_passes_gradient(model) and not routing_passes_gradient(constant)
+
+    def output_and_gradient(net, fixed):
+        point = x.clone().requires_grad_(True)
+        with _routing_fixed(net, fixed):
+            logits = net(point)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), point)
+        return logits.detach(), grad
+
+    free, free_grad = output_and_gradient(model, False)
+    fixed, fixed_grad = output_and_gradient(model, True)
+    same, same_grad = output_and_gradient(constant, False)
+    torch.testing.assert_close(fixed, free)  # the forward is the model's own
+    torch.testing.assert_close(same, free)
+    torch.testing.assert_close(fixed_grad, same_grad)
+    assert (fixed_grad - free_grad).abs().max() > 1e-3 * free_grad.abs().max()
+    assert not any(m.fixed_routing for m in model.modules() if isinstance(m, TopKRouter))
+
+
+@pytest.mark.parametrize("model_kind", ["trained", "trained_st_top1"])
+def test_fixed_routing_is_not_run_again_where_it_is_apgd_ce(request, model_kind, monkeypatch):
+    model, val_set = request.getfixturevalue(model_kind)
+    data = torch.utils.data.Subset(val_set, range(64))
+    configs = [AttackConfig(attack=name, eps=0.05, steps=5)
+               for name in ("apgd-ce", "apgd-dlr", "apgd-fixed-routing")]
+    attacked = []
+    real = evaluate_module.attack_batch
+    monkeypatch.setattr(evaluate_module, "attack_batch",
+                        lambda m, x, y, cfg, g: attacked.append(cfg.attack) or real(m, x, y, cfg, g))
+    report = worst_case_accuracy(model, data, configs)
+    ce, fixed = (report.per_attack[c.describe()] for c in (configs[0], configs[2]))
+    if model_kind == "trained":  # top-1 under the top-k softmax: no routing gradient
+        assert "apgd-fixed-routing" not in attacked and fixed == ce
+    else:
+        assert "apgd-fixed-routing" in attacked
