@@ -156,12 +156,13 @@ class TrialProgress:
 
 
 def verify(study: optuna.Study, args: argparse.Namespace, steps: int, restarts: int,
-           max_samples: int | None, on_device: str) -> dict:
+           max_samples: int | None, on_device: str, jobs: int | None = None) -> dict:
     """Re-attack the front (what is not yet verified with these settings) with progress."""
     config = results.VerifyConfig(steps=steps, restarts=restarts, max_samples=max_samples)
     status = (contextlib.nullcontext() if args.quiet else err.status(
-        "verifying the front's robust accuracy (worst case of APGD-CE, APGD-DLR and "
-        f"router-PGD; {steps} steps, {restarts} restarts)"))
+        "verifying the front's robust accuracy (worst case of APGD-CE, APGD-DLR, "
+        f"router-PGD, fixed-routing APGD, Square and transfer; {steps} steps, {restarts} "
+        "restarts)"))
 
     def on_trial(number: int, record: dict) -> None:
         if not args.quiet:
@@ -173,7 +174,8 @@ def verify(study: optuna.Study, args: argparse.Namespace, steps: int, restarts: 
     with status:
         return results.verify_front(study, artifact_store(args), config, device=on_device,
                             data_root=getattr(args, "data_root", None),
-                            download=getattr(args, "download", False), on_trial=on_trial)
+                            download=getattr(args, "download", False), on_trial=on_trial,
+                            jobs=jobs)
 
 
 @contextlib.contextmanager

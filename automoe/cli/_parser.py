@@ -139,3 +139,7 @@ def verify_budget(parser: argparse.ArgumentParser, prefix: str) -> None:
                         help="steps of each verifying attack")
     parser.add_argument(f"--{prefix}restarts", type=int, default=2, metavar="N",
                         help="random restarts of each verifying attack")
+    parser.add_argument(f"--{prefix}jobs", type=int, default=None, metavar="N",
+                        help="trials attacked at once, each in its own process with its "
+                             "share of the threads (default: on the CPU one per thread, "
+                             "on a GPU 1)")

@@ -93,21 +93,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         if first:  # stopping a display that never started would print a stray newline
             (progress.progress if local else bar).stop()
     if not args.no_verify and "robust_accuracy" in space.measured_metrics():
-        ctx.verify(study, args, args.verify_steps, args.verify_restarts, None, here)
+        ctx.verify(study, args, args.verify_steps, args.verify_restarts, None, here,
+                   args.verify_jobs)
     ctx.print_front(study, f", this run {time.perf_counter() - started:.0f}s")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-attack every trial of a study's Pareto front with the worst case over APGD-CE,
-    APGD-DLR and router-aware PGD (restarts, many steps), the black-box Square attack and
+    APGD-DLR, router-aware PGD and APGD-CE through fixed routing (restarts, many steps),
+    the black-box Square attack and
     PGD transferred from the study's best dense trial of the same width, on the proxy's
     val samples and budget, and store the result beside the search-time proxy. ``pareto``, ``status``, the
     model card and ``export --pick robust|knee`` then use it."""
     ctx.quiet_optuna(args)
     study = ctx.existing_study(args)
     records = ctx.verify(study, args, args.steps, args.restarts, args.max_samples,
-                         search.resolve_device(args.device))
+                         search.resolve_device(args.device), args.jobs)
     if args.json:
         print_json({str(k): v for k, v in records.items()})
         return 0

@@ -3,8 +3,9 @@
 During a search, robust accuracy is a fast proxy (the space's attack, PGD-10 by default).
 A proxy can flatter some architectures more than others: routed MoE models, whose routing
 decisions get no gradient, resisted PGD-10 by 4-8 points more than a strong worst case
-(bench/RESULTS.md). So the front is re-evaluated with the worst case over APGD-CE, APGD-DLR
-and router-aware PGD (:data:`VERIFY_ATTACKS`), with restarts, on the same val samples and
+(bench/RESULTS.md). So the front is re-evaluated with the worst case over APGD-CE, APGD-DLR,
+router-aware PGD and APGD-CE through fixed routing (:data:`VERIFY_ATTACKS`), with restarts,
+then Square and a transfer attack (:data:`MASKING_CHECKS`), on the same val samples and
 budget as the proxy.
 
 Finished Optuna trials cannot take new attributes, so each result is a study user
@@ -14,14 +15,20 @@ into the trial's and the study's notes, which optuna-dashboard shows.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
@@ -30,11 +37,12 @@ from automoe.results._notes import set_note_section
 from automoe.results._pareto import pareto_trials
 from automoe.results._record import StudyRecord, TrialRecord, verified_results
 from automoe.results._study import space_of_study
-from automoe.robustness import AttackConfig, transfer_examples, worst_case_accuracy
+from automoe.robustness import AttackConfig, WorstCase, transfer_examples, worst_case_accuracy
 from automoe.storage import load_checkpoint
 
-# the strong worst case: both APGD losses and the attack that also moves the routing
-VERIFY_ATTACKS = ("apgd-ce", "apgd-dlr", "router-pgd")
+# the strong worst case: both APGD losses, the attack that also moves the routing, and
+# APGD-CE through fixed routing (which a misleading gate's gradient cannot steer)
+VERIFY_ATTACKS = ("apgd-ce", "apgd-dlr", "router-pgd", "apgd-fixed-routing")
 # and the two that need no gradient of the model, so gradient masking cannot fool them:
 # Square (score-based black-box) and PGD crafted on a dense surrogate, then transferred
 MASKING_CHECKS = ("square", "transfer")
@@ -78,13 +86,18 @@ class VerifyConfig:
 def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | None = None,
                  *, device: torch.device | str = "cpu", data_root: str | None = None,
                  download: bool = False, on_trial: Callable[[int, dict], None] | None = None,
-                 ) -> dict[int, dict]:
+                 jobs: int | None = 1) -> dict[int, dict]:
     """Re-attack every trial of the feasible front that is not yet verified with these
     settings; store and return the records of the whole front.
 
+    ``jobs`` trials are attacked at once, each in a process of its own with an equal share
+    of this process's torch threads (None: :func:`default_jobs`). Each trial's attacks are
+    seeded on their own, so the order does not matter; only the thread count per process
+    can move a value, through the order of floating-point sums.
+
     Raises:
-        AutomoeError: the study does not measure robust accuracy, or a front checkpoint is
-            missing or corrupted.
+        AutomoeError: the study does not measure robust accuracy, a front checkpoint is
+            missing or corrupted, or a verifying process died.
     """
     config = config or VerifyConfig()
     space = space_of_study(study)
@@ -99,49 +112,157 @@ def verify_front(study: optuna.Study, artifact_store, config: VerifyConfig | Non
                 "norm": proxy.norm, "max_samples": max_samples, "split": "val",
                 "transfer": transfer_attack.describe() if config.transfer else None}
     done = verified_results(study)
-    records = {}
+    front = pareto_trials(study)
+    todo = [trial for trial in front if (done.get(trial.number) or {}).get("settings")
+            != settings]
     datasets: dict[tuple, object] = {}
     crafted: dict[tuple, torch.Tensor] = {}  # (surrogate, *dataset key) -> transfer images
-    for trial in pareto_trials(study):
-        record = done.get(trial.number)
-        if record is None or record.get("settings") != settings:
-            data = TrialRecord(trial).dataset
-            key = (data.get("name"), data.get("image_size"))
-            if key not in datasets:
-                dataset = load_dataset(data.get("name", "digits"), "val", data_root,
-                                       image_size=data.get("image_size"), download=download)
-                if max_samples is not None and max_samples < len(dataset):
-                    dataset = Subset(dataset, range(max_samples))
-                datasets[key] = dataset
-            model = trial_model(trial, artifact_store)
-            surrogate = (dense_surrogate(study, trial, artifact_store) if config.transfer
-                         else None)
-            transfer = {}
-            if surrogate is not None:
-                # crafted once per surrogate and dataset, then scored on every trial
-                crafted_key = (surrogate.number, *key)
-                if crafted_key not in crafted:
-                    crafted[crafted_key] = transfer_examples(
-                        trial_model(surrogate, artifact_store), datasets[key], transfer_attack,
-                        space.eval_batch_size, device, seed=proxy.seed)
-                transfer = {_TRANSFER: crafted[crafted_key]}
-            report = worst_case_accuracy(model, datasets[key], attacks,
-                                         space.eval_batch_size, device, seed=proxy.seed,
-                                         transfer=transfer)
-            record = {"robust_accuracy_verified": 100 * report.worst,
-                      "robust_accuracy_proxy": TrialRecord(trial).metric("robust_accuracy"),
-                      "clean": 100 * report.clean, "samples": report.samples,
-                      "per_attack": {k: 100 * v for k, v in report.per_attack.items()},
-                      **_masking_check(report, attacks),
-                      "transfer_from": None if surrogate is None else surrogate.number,
-                      "settings": settings, "config": asdict(config)}
-            StudyRecord(study).write_verified(trial.number, record)
-        records[trial.number] = record
-        set_note_section(study, trial.number, "verified", _trial_note(record))
-        if on_trial is not None:
-            on_trial(trial.number, record)
+    surrogates: dict[int, int | None] = {}  # trial -> its transfer surrogate's number
+
+    def job(trial: optuna.trial.FrozenTrial) -> _AttackJob:
+        data = TrialRecord(trial).dataset
+        key = (data.get("name"), data.get("image_size"))
+        if key not in datasets:
+            dataset = load_dataset(data.get("name", "digits"), "val", data_root,
+                                   image_size=data.get("image_size"), download=download)
+            if max_samples is not None and max_samples < len(dataset):
+                dataset = Subset(dataset, range(max_samples))
+            datasets[key] = dataset
+        surrogate = (dense_surrogate(study, trial, artifact_store) if config.transfer
+                     else None)
+        surrogates[trial.number] = None if surrogate is None else surrogate.number
+        transfer = {}
+        if surrogate is not None:
+            # crafted once per surrogate and dataset, then scored on every trial
+            crafted_key = (surrogate.number, *key)
+            if crafted_key not in crafted:
+                crafted[crafted_key] = transfer_examples(
+                    trial_model(surrogate, artifact_store), datasets[key], transfer_attack,
+                    space.eval_batch_size, device, seed=proxy.seed)
+            transfer = {_TRANSFER: crafted[crafted_key]}
+        return _AttackJob(trial_model(trial, artifact_store), datasets[key], attacks,
+                          space.eval_batch_size, str(device), proxy.seed, transfer)
+
+    jobs = default_jobs(len(todo), device) if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError(f"verifying needs jobs >= 1, got {jobs}")
+    numbers = {trial.number for trial in todo}
+    reports = _run_jobs(map(job, todo), jobs)
+    records = {}
+    try:
+        for trial in front:
+            if trial.number in numbers:
+                # in front order, whichever process attacked it
+                report, worker = next(reports)
+                record = {"robust_accuracy_verified": 100 * report.worst,
+                          "robust_accuracy_proxy": TrialRecord(trial).metric("robust_accuracy"),
+                          "clean": 100 * report.clean, "samples": report.samples,
+                          "per_attack": {k: 100 * v for k, v in report.per_attack.items()},
+                          **_masking_check(report, attacks),
+                          "transfer_from": surrogates[trial.number],
+                          "settings": settings, "config": asdict(config),
+                          "worker": worker}
+                StudyRecord(study).write_verified(trial.number, record)
+            else:
+                record = done[trial.number]
+            records[trial.number] = record
+            set_note_section(study, trial.number, "verified", _trial_note(record))
+            if on_trial is not None:
+                on_trial(trial.number, record)
+    finally:
+        reports.close()  # stops the pool at once if anything above failed
     set_note_section(study, None, "verified", _front_note(records))
     return records
+
+
+def default_jobs(trials: int, device: torch.device | str = "cpu") -> int:
+    """Trials verified at once by default: on the CPU, one per torch thread (as many as
+    there are trials), each process then running one thread. The attacks' convolutions are
+    small (a val split, one model), and two single-thread processes got through a
+    front 1.3x faster than one process with two threads (bench/RESULTS.md). On a GPU one:
+    the processes would share the device."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(trials, torch.get_num_threads()))
+
+
+@dataclass
+class _AttackJob:
+    """One trial's worst-case evaluation: everything a verifying process needs."""
+
+    model: torch.nn.Module
+    dataset: Dataset
+    attacks: list[AttackConfig]
+    batch_size: int
+    device: str
+    seed: int
+    transfer: dict[str, torch.Tensor]  # name -> (N, C, H, W) images crafted elsewhere
+
+
+def _attack(job: _AttackJob) -> tuple[WorstCase, dict]:
+    """The job's worst case, and where it ran: the thread count too, as CPU results repeat
+    exactly only at the same count."""
+    report = worst_case_accuracy(job.model, job.dataset, job.attacks, job.batch_size,
+                                 job.device, seed=job.seed, transfer=job.transfer)
+    return report, {"host": socket.gethostname(), "pid": os.getpid(), "device": job.device,
+                    "threads": torch.get_num_threads()}
+
+
+def _set_threads(threads: int) -> None:
+    """A verifying process's start: its share of the parent's torch threads."""
+    torch.set_num_threads(threads)
+
+
+def _run_jobs(jobs: Iterator[_AttackJob], processes: int
+              ) -> Iterator[tuple[WorstCase, dict]]:
+    """The reports of ``jobs``, with where each ran, in order: in this process for
+    ``processes == 1``, else in a pool of ``processes``. A job is built (its model loaded)
+    only when a process is free for it, so a long front never holds all its models at
+    once; a report is yielded once it and those before it are done, and a process that
+    finishes early takes the next job meanwhile."""
+    if processes == 1:
+        yield from (_attack(job) for job in jobs)
+        return
+    threads = max(1, torch.get_num_threads() // processes)
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_set_threads, initargs=(threads,))
+    try:
+        queued: deque = deque()  # futures in job order, the done ones not yet yielded
+        more = True
+        while more or queued:
+            while more and sum(not f.done() for f in queued) < processes:
+                job = next(jobs, None)
+                if job is None:
+                    more = False
+                else:
+                    queued.append(_submit(pool, job))
+            while queued and queued[0].done():
+                yield _report(queued.popleft())
+            running = [f for f in queued if not f.done()]
+            if running:
+                wait(running, return_when=FIRST_COMPLETED)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: ProcessPoolExecutor, job: _AttackJob):
+    try:
+        return pool.submit(_attack, job)
+    except (BrokenProcessPool, OSError) as exc:  # OSError: the pool broke during the call
+        raise _died() from exc
+
+
+def _report(future) -> tuple[WorstCase, dict]:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise _died() from exc
+
+
+def _died() -> AutomoeError:
+    return AutomoeError("a verifying process died (out of memory?); the trials verified so "
+                        "far are stored: rerun with --jobs 1 to verify the rest in this "
+                        "process")
 
 
 # the per_attack key of the transfer attack
@@ -216,8 +337,9 @@ def _trial_note(record: dict) -> str:
 def _front_note(records: dict[int, dict]) -> str:
     """The dashboard note of the study: the front's proxy against its verified values."""
     lines = ["**Front verified with a strong attack** (`automoe verify`): robust accuracy "
-             "under the search-time proxy and under the worst case of APGD-CE, APGD-DLR and "
-             "router-PGD.", "", "| trial | proxy | verified | proxy - verified |",
+             "under the search-time proxy and under the worst case of APGD-CE, APGD-DLR, "
+             "router-PGD, APGD-CE through fixed routing, Square and the transfer attack.", "",
+             "| trial | proxy | verified | proxy - verified |",
              "|---|---|---|---|"]
     for number, record in sorted(records.items()):
         proxy, verified = record["robust_accuracy_proxy"], record["robust_accuracy_verified"]

@@ -1,13 +1,20 @@
 """Verifying the front's robust accuracy with the strong worst case."""
 
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
 import optuna
 import pytest
+import torch
 
-from automoe.errors import ConfigError
+from automoe.errors import AutomoeError, ConfigError
 from automoe.export.pick import pick_trial
 from automoe.results import _verify as verify_module
 from automoe.results import pareto_trials
-from automoe.results._verify import VerifyConfig, verified_results, verify_front
+from automoe.results._verify import VerifyConfig, default_jobs, verified_results, verify_front
 from automoe.search import TrialRunner, create_or_resume_study
 from automoe.space import SearchSpace
 from automoe.storage import AtomicFileSystemArtifactStore
@@ -49,7 +56,7 @@ def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeyp
         surrogate = verify_module.dense_surrogate(study, trial, store)
         assert record["transfer_from"] == (None if surrogate is None else surrogate.number)
         assert record["transfer_from"] != number
-        names = ["apgd-ce", "apgd-dlr", "router-pgd", "square"]
+        names = ["apgd-ce", "apgd-dlr", "router-pgd", "apgd-fixed-routing", "square"]
         names += [] if surrogate is None else ["transfer"]
         assert list(record["attacks"]) == names
         assert len(record["per_attack"]) == len(names)
@@ -162,3 +169,81 @@ def test_verified_values_go_into_the_dashboard_notes_keeping_the_users_text(stud
     assert note.startswith("my own remarks on this study")
     assert note.count("<!-- automoe:verified -->") == 1
     assert all("6 steps" in note_section(study, n, "verified") for n in records)
+
+
+def _forget_verification(study):
+    """Mark every stored verification as made with other settings, so the next call
+    attacks the whole front again."""
+    for number in verified_results(study):
+        study.set_user_attr(f"verified:{number}", {"settings": None})
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread here, so a pool of processes (one thread each) sums in the same
+    order as this process and must give the same numbers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_verifying_in_processes_gives_the_records_of_one_process(study_and_store, one_thread):
+    study, store = study_and_store
+    config = VerifyConfig(steps=4, restarts=2, square_queries=30)
+    _forget_verification(study)
+    here = verify_front(study, store, config, jobs=1)
+    _forget_verification(study)
+    pooled = verify_front(study, store, config, jobs=2)
+    assert list(pooled) == list(here)  # in front order
+    for number, record in here.items():
+        assert record["worker"]["pid"] == os.getpid()
+        other = pooled[number]
+        assert other["worker"]["pid"] != os.getpid() and other["worker"]["threads"] == 1
+        # the same numbers, each on its own trial (a mixed-up order would swap them)
+        assert ({k: v for k, v in other.items() if k != "worker"}
+                == {k: v for k, v in record.items() if k != "worker"})
+        assert verified_results(study)[number] == other
+    assert len({record["worker"]["pid"] for record in pooled.values()}) <= 2
+
+
+def test_a_killed_verifying_process_is_one_clear_error(study_and_store):
+    study, store = study_and_store
+    _forget_verification(study)
+    before = verified_results(study)
+    outcome = []
+
+    def run():
+        try:
+            verify_front(study, store, VerifyConfig(steps=50, restarts=2), jobs=2)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - the test looks at which it is
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    # the pool's processes import torch before they take a job: killed now, none is done
+    while thread.is_alive() and not multiprocessing.active_children():
+        time.sleep(0.01)
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    (error,) = outcome
+    assert isinstance(error, AutomoeError) and "verifying process died" in str(error)
+    assert verified_results(study) == before  # nothing half-written
+
+
+@pytest.mark.parametrize("jobs", [0, -1])
+def test_bad_jobs(study_and_store, jobs):
+    study, store = study_and_store
+    _forget_verification(study)
+    with pytest.raises(ConfigError, match="jobs >= 1"):
+        verify_front(study, store, VerifyConfig(steps=1, restarts=1), jobs=jobs)
+
+
+def test_default_jobs():
+    threads = torch.get_num_threads()
+    assert default_jobs(1) == 1  # never more processes than trials
+    assert default_jobs(100) == threads
+    assert default_jobs(100, "cuda") == 1  # the processes would share one device
