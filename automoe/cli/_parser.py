@@ -133,13 +133,24 @@ class Commands:
         return parser
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def verify_budget(parser: argparse.ArgumentParser, prefix: str) -> None:
     """The strong attacks' budget: ``--steps``/``--restarts`` (or ``--verify-...``)."""
     parser.add_argument(f"--{prefix}steps", type=int, default=50, metavar="N",
                         help="steps of each verifying attack")
     parser.add_argument(f"--{prefix}restarts", type=int, default=2, metavar="N",
                         help="random restarts of each verifying attack")
-    parser.add_argument(f"--{prefix}jobs", type=int, default=None, metavar="N",
+    parser.add_argument(f"--{prefix}jobs", type=positive_int, default=None, metavar="N",
                         help="trials attacked at once, each in its own process with its "
                              "share of the threads (default: on the CPU one per thread, "
                              "on a GPU 1)")

@@ -7,7 +7,7 @@ import time
 
 from rich.table import Table
 
-from automoe import search
+from automoe import results, search
 from automoe import space as spaces
 from automoe.cli import _context as ctx
 from automoe.cli._output import architecture, err, out, print_json
@@ -40,6 +40,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     n_trials = args.trials if args.trials is not None else space.trials
     if n_trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {n_trials}")
+    if not args.no_verify:  # a bad verification flag fails now, not after the trials
+        results.VerifyConfig(steps=args.verify_steps, restarts=args.verify_restarts)
     study_name = check_study_name(args.study or space.name)
     sampler_name = args.sampler or space.sampler["name"]
     make_sampler(sampler_name, args.seed, space.sampler["population_size"], space)  # validates

@@ -20,6 +20,8 @@ TOP_K_OVER = "name: x\nparams:\n  experts: 2\n  top_k: 3\n"
     ({}, ["search", "--space", "missing.yaml"], "does not exist"),
     ({}, ["search", "--space", "tiny.yaml", "--study", "../../x"], "study name '../../x'"),
     ({}, ["search", "--space", "tiny.yaml", "--device", "cuda:0"], "no CUDA device"),
+    ({}, ["search", "--space", "tiny.yaml", "--verify-steps", "0"],
+     "verification needs steps >= 1"),  # before any trial runs
     ({}, ["pareto"], "no study database"),
     ({}, ["eval", "nowhere"], "is not an exported model"),
 ])
@@ -46,6 +48,9 @@ def test_usage_errors_exit_2(workdir):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("export", "--out", "x", cwd=workdir)
     assert proc.returncode == 2 and "--trial --pick" in proc.stderr
+    for args in (["search", "--verify-jobs", "0"], ["verify", "--jobs", "-1"]):
+        proc = run_cli(*args, cwd=workdir)
+        assert proc.returncode == 2 and "must be >= 1" in proc.stderr
 
 
 def test_export_refuses_bad_trials_and_overwrites(workdir):
