@@ -112,7 +112,7 @@ def _routing_kept(model: nn.Module):
 
 
 @contextmanager
-def _routing_fixed(model: nn.Module, fixed: bool = True):
+def routing_held_fixed(model: nn.Module, fixed: bool = True):
     """While on, every top-k router routes as usual but from detached inputs: the attack's
     gradient treats the routing as a constant (BPDA through the routing)."""
     routers = [m for m in model.modules() if isinstance(m, TopKRouter)] if fixed else []
@@ -268,7 +268,7 @@ def attack_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return square_attack(model, x, labels, config.eps, config.steps, generator)
     if config.attack in ("apgd-ce", "apgd-dlr", "apgd-fixed-routing"):
         kind = "dlr" if config.attack == "apgd-dlr" else "ce"
-        with _routing_fixed(model, config.attack == "apgd-fixed-routing"):
+        with routing_held_fixed(model, config.attack == "apgd-fixed-routing"):
             return _apgd(_loss_fn(model, labels, kind), x, labels, config,
                          generator).detach()
     if config.attack == "pgd":

@@ -40,6 +40,9 @@ class TrainConfig:
     adv_steps: int = 7  # training attack steps (advmoe uses 2)
     trades_beta: float = 6.0  # TRADES / AdvMoE weight of the KL term
     advmoe_alpha: float = 6.0  # AdvMoE weight of the routers' y-mod-E cross-entropy
+    # pgd_at / trades: craft the training examples through fixed routing (BPDA), so that a
+    # gate whose gradient misleads attacks (straight-through top-1) does not weaken them
+    adv_fixed_routing: bool = False
     # Largest global gradient norm of each optimiser step (0: no clipping). Unset: 1 for
     # advmoe, which diverged to NaN early at lr >= 0.063 without clipping and at lr 0.2
     # with a bound of 5 (cluttered digits; bench/RESULTS.md), off for the other schemes.
@@ -79,6 +82,9 @@ class TrainConfig:
                               "optimiser steps do not use; use bf16")
         if self.adv_eps < 0 or self.adv_step_size < 0 or self.adv_steps < 1:
             raise ConfigError("adv_eps and adv_step_size must be >= 0 and adv_steps >= 1")
+        if self.adv_fixed_routing and self.scheme not in ("pgd_at", "trades"):
+            raise ConfigError(f"adv_fixed_routing applies to the pgd_at and trades schemes, "
+                              f"not {self.scheme!r}")
         if self.trades_beta < 0 or self.advmoe_alpha < 0:
             raise ConfigError("trades_beta and advmoe_alpha must be >= 0")
         if not 0 <= self.upcycle < 1:

@@ -15,7 +15,7 @@ from torch import nn
 
 from automoe.errors import ConfigError
 from automoe.layers import MoEModule
-from automoe.robustness import AttackConfig, attack_batch, pgd_step
+from automoe.robustness import AttackConfig, attack_batch, pgd_step, routing_held_fixed
 
 SCHEMES = ("standard", "pgd_at", "trades", "advmoe")
 
@@ -50,18 +50,23 @@ def _eval_mode(model: nn.Module):
 
 
 def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                step_size: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Madry: cross-entropy on PGD examples. Returns (loss, logits on the examples)."""
-    with _eval_mode(model):
+                step_size: float, steps: int, fixed_routing: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Madry: cross-entropy on PGD examples. Returns (loss, logits on the examples).
+    ``fixed_routing``: craft them through fixed routing (BPDA, see
+    :func:`~automoe.robustness.routing_held_fixed`)."""
+    with _eval_mode(model), routing_held_fixed(model, fixed_routing):
         adv = attack_batch(model, x, y, AttackConfig(eps=eps, step_size=step_size, steps=steps))
     logits = model(adv)
     return F.cross_entropy(logits, y), logits
 
 
 def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                step_size: float, steps: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """TRADES: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL."""
-    with _eval_mode(model):
+                step_size: float, steps: int, beta: float, fixed_routing: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRADES: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL
+    (through fixed routing with ``fixed_routing``)."""
+    with _eval_mode(model), routing_held_fixed(model, fixed_routing):
         with torch.no_grad():
             clean_ref = model(x)
         adv = _pgd_on(lambda a: _kl(model(a), clean_ref), x, eps, step_size, steps, 0.001)

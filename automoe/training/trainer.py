@@ -299,10 +299,10 @@ def _task_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """The scheme's loss (without balancing terms) and the logits it was computed on."""
     if config.scheme == "pgd_at":
         return pgd_at_loss(model, images, labels, config.adv_eps, config.adv_step_size,
-                           config.adv_steps)
+                           config.adv_steps, config.adv_fixed_routing)
     if config.scheme == "trades":
         return trades_loss(model, images, labels, config.adv_eps, config.adv_step_size,
-                           config.adv_steps, config.trades_beta)
+                           config.adv_steps, config.trades_beta, config.adv_fixed_routing)
     logits = model(images)
     return F.cross_entropy(logits, labels), logits
 

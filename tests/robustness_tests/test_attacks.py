@@ -19,7 +19,7 @@ from automoe.robustness import (
     worst_case_accuracy,
 )
 from automoe.robustness import evaluate as evaluate_module
-from automoe.robustness.attacks import _routing_fixed, routing_passes_gradient
+from automoe.robustness.attacks import routing_held_fixed, routing_passes_gradient
 from automoe.training import TrainConfig, train
 
 
@@ -264,7 +264,7 @@ def test_fixed_routing_routes_as_the_model_and_differentiates_as_a_constant_gate
 
     def output_and_gradient(net, fixed):
         point = x.clone().requires_grad_(True)
-        with _routing_fixed(net, fixed):
+        with routing_held_fixed(net, fixed):
             logits = net(point)
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), point)
         return logits.detach(), grad

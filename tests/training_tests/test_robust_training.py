@@ -7,9 +7,10 @@ import torch
 
 from automoe.data import load_dataset
 from automoe.errors import ConfigError
+from automoe.layers import TopKRouter
 from automoe.models import create_model
 from automoe.training import TrainConfig, train
-from automoe.training.robust import SCHEMES, AdvMoEStep, router_parameters
+from automoe.training.robust import SCHEMES, AdvMoEStep, pgd_at_loss, router_parameters, trades_loss
 
 
 def _model(**cfg):
@@ -69,10 +70,41 @@ def test_advmoe_needs_routed_experts(digits):
 
 @pytest.mark.parametrize("kwargs,message", [(dict(scheme="free"), "scheme must be one of"),
                                             (dict(adv_steps=0), "adv_steps"),
-                                            (dict(trades_beta=-1), "trades_beta")])
+                                            (dict(trades_beta=-1), "trades_beta"),
+                                            (dict(adv_fixed_routing=True), "pgd_at and trades"),
+                                            (dict(adv_fixed_routing=True, scheme="advmoe"),
+                                             "pgd_at and trades")])
 def test_invalid_robust_training_configs(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("loss_fn", [pgd_at_loss, lambda *a, **k: trades_loss(*a, 6.0, **k)],
+                         ids=["pgd_at", "trades"])
+def test_fixed_routing_crafts_the_examples_of_a_constant_gate(digits, loss_fn):
+    """Through fixed routing, a straight-through model's training examples are those of the
+    same model whose top-1 gate is the constant 1 (top-k softmax); without it they are not,
+    since the straight-through gate adds its gradient to the attack's."""
+    torch.manual_seed(0)
+    model = _model(gate="st_top1")
+    train(model, torch.utils.data.Subset(digits, range(512)), TrainConfig(epochs=2, lr=0.1))
+    model.eval()
+    constant = copy.deepcopy(model)
+    for router in (m for m in constant.modules() if isinstance(m, TopKRouter)):
+        router.gate = "topk"
+    x, y = (torch.stack([digits[i][0] for i in range(64)]),
+            torch.tensor([digits[i][1] for i in range(64)]))
+
+    def loss(net, **kwargs):
+        torch.manual_seed(1)  # the same random start
+        return loss_fn(net, x, y, 8 / 255, 2 / 255, 3, **kwargs)[0]
+
+    fixed, same, free = loss(model, fixed_routing=True), loss(constant), loss(model)
+    # within float rounding (the straight-through gate's forward is 1 + s - s) ...
+    torch.testing.assert_close(fixed, same, rtol=0, atol=1e-6)
+    # ... and far outside it for the straight-through gradient (about 1e-5 for TRADES,
+    # whose examples start next to x, where the KL's own gradient is tiny)
+    assert (fixed - free).abs() > 5e-6
 
 
 def _advmoe_net(seed: int, info):
