@@ -82,6 +82,15 @@ CONFIGS = {
     # Pavlitska et al.'s robust ConvMoE: straight-through top-1, entropy loss 0.5, upcycled
     "pavlitska-e4": dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
                          balance_loss="entropy", balance_weight=0.5, train=dict(upcycle=0.5)),
+    # the same, its training examples crafted through fixed routing (BPDA), so the
+    # straight-through gate's gradient does not weaken them; "-trades": under TRADES
+    **{name: dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
+                  balance_loss="entropy", balance_weight=0.5,
+                  train=dict(upcycle=0.5, adv_fixed_routing=True))
+       for name in ("pavlitska-e4-fixed", "pavlitska-e4-fixed-trades")},
+    # upcycled conv experts with the default top-k gate under TRADES
+    "conv-e4-up-trades": dict(granularity="conv", num_experts=4, top_k=1,
+                              train=dict(upcycle=0.5)),
     # AdvMoE with a per-layer router (its MACs are the dense net's), upcycled
     "advmoe-layer-e4": dict(granularity="conv", num_experts=4, top_k=1, gate="st_top1",
                             balance_loss="supervised", balance_weight=1.0,

@@ -169,3 +169,28 @@ def test_an_upcycling_trial_trains_both_phases_and_measures_specialisation(tmp_p
     assert special == pytest.approx(sum(h["specialisation"] for h in layers.values())
                                     / len(layers))
     assert attrs["constraints"]["min_specialisation"] == pytest.approx(-special)
+
+
+def test_the_robust_space_trains_and_measures_through_fixed_routing(tmp_path):
+    """robust_moe.yaml: a straight-through trial crafts its PGD-AT examples and its robust
+    proxy through fixed routing (the straight-through gate's gradient misleads both)."""
+    import yaml
+
+    from automoe.search import create_or_resume_study, make_sampler
+    from automoe.space import resolve_space_path
+
+    raw = yaml.safe_load(resolve_space_path("robust_moe").read_text())
+    raw["params"].update(placement="last_stage", gate="st_top1", experts=2, epochs=2,
+                         width_multiplier=0.5)
+    raw["evaluation"]["attack"]["max_samples"] = 32
+    space = SearchSpace.from_dict(raw)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "r", space,
+                                      make_sampler("random", 0))
+    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_reason")
+    train = trial.user_attrs["config"]["train"]
+    assert train["scheme"] == "pgd_at" and train["adv_fixed_routing"] is True
+    assert trial.user_attrs["attack"]["attack"] == "apgd-fixed-routing"
+    assert 0 <= trial.user_attrs["robust_accuracy"] <= trial.user_attrs["val_accuracy"]
