@@ -120,7 +120,8 @@ def _supernet_finalize(args: argparse.Namespace, storage, on_device: str) -> int
                               callbacks=[progress.after_trial])
     target = done.target
     if not args.no_verify and "robust_accuracy" in done.objectives:
-        ctx.verify(target, args, args.verify_steps, args.verify_restarts, None, on_device)
+        ctx.verify(target, args, args.verify_steps, args.verify_restarts, None, on_device,
+                   args.verify_jobs)
     table = Table(title=f"finalists of {source.study_name!r}: inherited weights vs trained "
                         f"stand-alone in {target.study_name!r}", title_justify="left")
     table.add_column("sub-network")

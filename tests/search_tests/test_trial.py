@@ -144,19 +144,25 @@ def test_min_expert_use_marks_a_collapsed_trial_infeasible(tmp_path):
                                   for h in health.values())
 
 
-def test_an_upcycling_trial_trains_both_phases_and_measures_specialisation(tmp_path):
+def _one_complete_trial(space, tmp_path) -> optuna.trial.FrozenTrial:
+    """One trial of ``space`` (random sampler, seed 0), which must complete."""
     from automoe.search import create_or_resume_study, make_sampler
 
-    space = SearchSpace.from_dict({**TINY, "params": {
-        **TINY["params"], "placement": "last_stage", "epochs": 2, "upcycle": 0.5,
-        "router_lr_mult": 0.5}, "objectives": ["val_accuracy", "mmacs", "specialisation"],
-        "constraints": {"min_specialisation": 0.0}})
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "u", space,
+    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "one", space,
                                       make_sampler("random", 0))
     study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=1)
     trial = study.trials[0]
     assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_reason")
+    return trial
+
+
+def test_an_upcycling_trial_trains_both_phases_and_measures_specialisation(tmp_path):
+    space = SearchSpace.from_dict({**TINY, "params": {
+        **TINY["params"], "placement": "last_stage", "epochs": 2, "upcycle": 0.5,
+        "router_lr_mult": 0.5}, "objectives": ["val_accuracy", "mmacs", "specialisation"],
+        "constraints": {"min_specialisation": 0.0}})
+    trial = _one_complete_trial(space, tmp_path)
     attrs = trial.user_attrs
     assert attrs["config"]["train"]["upcycle"] == 0.5
     # the dense phase counts: its epoch is in the curve, the epoch count and the time
@@ -176,7 +182,6 @@ def test_the_robust_space_trains_and_measures_through_fixed_routing(tmp_path):
     proxy through fixed routing (the straight-through gate's gradient misleads both)."""
     import yaml
 
-    from automoe.search import create_or_resume_study, make_sampler
     from automoe.space import resolve_space_path
 
     raw = yaml.safe_load(resolve_space_path("robust_moe").read_text())
@@ -184,12 +189,7 @@ def test_the_robust_space_trains_and_measures_through_fixed_routing(tmp_path):
                          width_multiplier=0.5)
     raw["evaluation"]["attack"]["max_samples"] = 32
     space = SearchSpace.from_dict(raw)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _ = create_or_resume_study(optuna.storages.InMemoryStorage(), "r", space,
-                                      make_sampler("random", 0))
-    study.optimize(TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path)), n_trials=1)
-    trial = study.trials[0]
-    assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_reason")
+    trial = _one_complete_trial(space, tmp_path)
     train = trial.user_attrs["config"]["train"]
     assert train["scheme"] == "pgd_at" and train["adv_fixed_routing"] is True
     assert trial.user_attrs["attack"]["attack"] == "apgd-fixed-routing"
