@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from automoe.errors import ConfigError
 
 ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "router-pgd", "apgd-fixed-routing", "square")
-# apgd-fixed-routing: APGD-CE whose backward treats every router's decision and gates as
+# apgd-fixed-routing: APGD-CE whose backward treats every top-k router's decision and gates as
 # constants (BPDA). A gate whose gradient misleads attacks (the straight-through top-1
 # gate's) masks the others; this one follows the experts' gradient alone.
 # attacks that read only the logits: no gradient, so gradient masking cannot fool them
