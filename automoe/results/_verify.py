@@ -15,14 +15,11 @@ into the trial's and the study's notes, which optuna-dashboard shows.
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import socket
 import tempfile
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from torch.utils.data import Dataset, Subset
 from automoe.data import load_dataset
 from automoe.errors import AutomoeError, ConfigError
 from automoe.results._artifacts import fetch_checkpoint
+from automoe.results._jobs import WorkerDied, run_in_processes
 from automoe.results._notes import set_note_section
 from automoe.results._pareto import pareto_trials
 from automoe.results._record import StudyRecord, TrialRecord, verified_results
@@ -216,53 +214,20 @@ def _set_threads(threads: int) -> None:
 def _run_jobs(jobs: Iterator[_AttackJob], processes: int
               ) -> Iterator[tuple[WorstCase, dict]]:
     """The reports of ``jobs``, with where each ran, in order: in this process for
-    ``processes == 1``, else in a pool of ``processes``. A job is built (its model loaded)
-    only when a process is free for it, so a long front never holds all its models at
-    once; a report is yielded once it and those before it are done, and a process that
-    finishes early takes the next job meanwhile."""
+    ``processes == 1``, else in up to ``processes`` processes (:mod:`._jobs`). A job is
+    built (its model loaded) only when a process is free for it, so a long front never
+    holds all its models at once, and a process that finishes early takes the next job."""
     if processes == 1:
         yield from (_attack(job) for job in jobs)
         return
     threads = max(1, torch.get_num_threads() // processes)
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_set_threads, initargs=(threads,))
     try:
-        queued: deque = deque()  # futures in job order, the done ones not yet yielded
-        more = True
-        while more or queued:
-            while more and sum(not f.done() for f in queued) < processes:
-                job = next(jobs, None)
-                if job is None:
-                    more = False
-                else:
-                    queued.append(_submit(pool, job))
-            while queued and queued[0].done():
-                yield _report(queued.popleft())
-            running = [f for f in queued if not f.done()]
-            if running:
-                wait(running, return_when=FIRST_COMPLETED)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _submit(pool: ProcessPoolExecutor, job: _AttackJob):
-    try:
-        return pool.submit(_attack, job)
-    except (BrokenProcessPool, OSError) as exc:  # OSError: the pool broke during the call
-        raise _died() from exc
-
-
-def _report(future) -> tuple[WorstCase, dict]:
-    try:
-        return future.result()
-    except BrokenProcessPool as exc:
-        raise _died() from exc
-
-
-def _died() -> AutomoeError:
-    return AutomoeError("a verifying process died (out of memory?); the trials verified so "
-                        "far are stored: rerun with --jobs 1 to verify the rest in this "
-                        "process")
+        yield from run_in_processes(_attack, jobs, processes,
+                                    setup=functools.partial(_set_threads, threads))
+    except WorkerDied as exc:
+        raise AutomoeError("a verifying process died (out of memory?); the trials verified "
+                           "so far are stored: rerun with --jobs 1 to verify the rest in "
+                           "this process") from exc
 
 
 # the per_attack key of the transfer attack

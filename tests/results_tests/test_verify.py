@@ -207,8 +207,6 @@ def test_verifying_in_processes_gives_the_records_of_one_process(study_and_store
     assert len({record["worker"]["pid"] for record in pooled.values()}) <= 2
 
 
-@pytest.mark.skip(reason="open fault: a worker killed while its job is in the pool's queue "
-                         "can leave verify waiting forever (hung once in a clean-clone run)")
 def test_a_killed_verifying_process_is_one_clear_error(study_and_store):
     study, store = study_and_store
     _forget_verification(study)
