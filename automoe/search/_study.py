@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from automoe.errors import StorageError, exception_chain
 from automoe.results import StudyRecord, check_study_name, study_objectives
+from automoe.search._interrupt import hold_interrupts, release_interrupts
 from automoe.search._samplers import make_sampler
 from automoe.space import directions
 
@@ -127,15 +128,21 @@ def run_one_trial(study: optuna.Study, objective: Callable,
 
     def tracked(trial: optuna.Trial):
         started.append(trial._trial_id)
+        release_interrupts()  # a Ctrl-C held since before the trial existed is raised here
         result = objective(trial)
+        hold_interrupts()  # until Optuna has stored the result
         if study._storage.get_trial(trial._trial_id).state.is_finished():
             # Optuna's tell would refuse the result in a way its loop does not expect
             raise _FailedElsewhere(f"trial {trial.number} was finished by another worker")
         return result
 
+    hold_interrupts()  # a Ctrl-C while Optuna creates the trial must not orphan it
     try:
-        study.optimize(tracked, n_trials=1, callbacks=callbacks or [], gc_after_trial=False,
-                       show_progress_bar=False)
+        try:
+            study.optimize(tracked, n_trials=1, callbacks=callbacks or [],
+                           gc_after_trial=False, show_progress_bar=False)
+        finally:
+            release_interrupts()
     except ValueError:
         trial = study._storage.get_trial(started[-1]) if started else None
         if trial is None or trial.state != TrialState.FAIL:
