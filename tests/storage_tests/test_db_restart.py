@@ -14,7 +14,11 @@ import pytest
 
 from automoe.errors import StorageError
 from automoe.storage import open_storage
-from automoe.storage._retry import RetryingRDBStorage, is_connection_error
+from automoe.storage._retry import (
+    RetryingRDBStorage,
+    connection_failure_reason,
+    is_connection_error,
+)
 
 SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "postgres.sh"
 PORT = "54341"
@@ -58,15 +62,22 @@ def test_a_call_during_a_restart_waits_for_the_server(server_url):
 
 def test_a_server_down_past_the_budget_is_one_line(server_url):
     storage = open_storage(server_url, retry_seconds=2)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE])
     _server("down")
     try:
         with pytest.raises(StorageError, match=r"unreachable for 2 s") as error:
             storage.get_all_studies()
+        # a write: Optuna wraps its failed commit in "An exception is raised during the
+        # commit"; the line must name the refused connection under it
+        with pytest.raises(StorageError, match=r"unreachable for 2 s") as write_error:
+            storage.set_study_user_attr(study_id, "k", 1)
         # in Optuna's heartbeat thread an exception would print a traceback: it logs instead
         storage.record_heartbeat(1)
     finally:
         _server("up")
-    assert "\n" not in str(error.value)
+    for message in (str(error.value), str(write_error.value)):
+        assert "\n" not in message and "during the commit" not in message, message
+        assert "refused" in message.lower() or "connection" in message.lower(), message
     assert storage.get_all_studies() is not None  # and it works again once it is back
 
 
@@ -84,6 +95,22 @@ def test_only_connection_losses_are_retried(server_url, tmp_path):
         "no such table: studies")))
 
 
+def test_a_reason_names_the_driver_error_not_its_wrapper():
+    import sqlalchemy
+    refused = sqlalchemy.exc.OperationalError("COMMIT", {}, Exception(
+        "connection failed: connection to server at 127.0.0.1 failed: Connection refused\n"
+        "Is the server running on that host?"))
+    try:
+        try:
+            raise refused
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit. This typically happens ...") from exc
+    except optuna.exceptions.StorageInternalError as wrapped:
+        reason = connection_failure_reason(wrapped)
+    assert reason == "connection failed: connection to server at 127.0.0.1 failed: Connection refused"
+
+
 def test_every_server_call_of_the_storage_interface_is_retried():
     # a method Optuna adds to its storage interface must not bypass the retry loop
     base = optuna.storages.BaseStorage
@@ -96,3 +123,12 @@ def test_every_server_call_of_the_storage_interface_is_retried():
     assert public - retried == local
     assert RetryingRDBStorage._get_stale_trial_ids is not (
         optuna.storages.RDBStorage._get_stale_trial_ids)
+    # Optuna's cache wraps the storage of every study and calls some private methods of
+    # its backend directly: those must be retried too
+    import inspect
+    import re
+
+    from optuna.storages import _cached_storage
+    private = set(re.findall(r"self\._backend\.(_\w+)\(", inspect.getsource(_cached_storage)))
+    assert private and all(getattr(RetryingRDBStorage, name) is not getattr(
+        optuna.storages.RDBStorage, name) for name in private), private
