@@ -17,7 +17,7 @@ _EXPORTS = {
     "SAMPLERS": "._samplers", "make_sampler": "._samplers", "register_sampler": "._samplers",
     "create_or_resume_study": "._study", "sampler_seed": "._study", "training_seed": "._study",
     "run_trials": "._study", "count_trials": "._study",
-    "TrialRunner": "._trial", "build_model": "._trial",
+    "TrialRunner": "._trial",
     "WorkerConfig": "._workers",
     "resolve_device": "._workers", "run_worker": "._workers",
     "run_workers": "._executors",
