@@ -138,7 +138,9 @@ def inspect(row: Row, url: str, artifacts: Path, fault_end: float | None = None)
         if path is None or not path.exists() or sha256_file(path) != checkpoint["sha256"]:
             row.bad_checkpoints += 1
     numbers = [t.number for t in trials]
-    fresh = [tuple(sorted(t.params.items())) for t in trials if retry_of(t) is None]
+    # a trial interrupted before it drew its params has none: not a repeat of another
+    fresh = [tuple(sorted(t.params.items())) for t in trials
+             if retry_of(t) is None and t.params]
     row.duplicates = (len(numbers) - len(set(numbers))) + (len(fresh) - len(set(fresh)))
     if fault_end is not None:
         after = [t.datetime_complete.timestamp() for t in trials
@@ -334,6 +336,94 @@ def driver_sigkill(work: Path) -> Row:
     return row
 
 
+def verify_killed(work: Path) -> Row:
+    """``verify --jobs 2`` with one verifying process SIGKILLed once it holds a job (after
+    the processes start, at 1 s), then ``verify`` rerun."""
+    import optuna
+
+    from automoe.results import verified_results
+
+    url = f"sqlite:///{work}/verify.db"
+    (work / "faults.yaml").write_text(SPACE.format(epochs=1))
+    flags = ["--storage", url, "--artifact-dir", str(work / "art"), "-q"]
+    cli("search", "--space", "faults.yaml", "--trials", "4", "--keep", "all", "--threads",
+        "1", "--no-verify", *flags, cwd=work)
+    driver = cli("verify", "--jobs", "2", "--steps", "50", *flags, cwd=work, wait=False)
+    children: list[str] = []
+    deadline = time.monotonic() + 120
+    while not children and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        children = subprocess.run(["pgrep", "-P", str(driver.pid), "-f", "spawn_main"],
+                                  capture_output=True, text=True).stdout.split()
+    time.sleep(1.0)  # the process has imported torch and taken its job
+    killed = time.monotonic()
+    for pid in children[:1]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    try:
+        _, err = driver.communicate(timeout=300)
+        ended = f"exit {driver.returncode} {time.monotonic() - killed:.1f} s after the kill"
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        _, err = driver.communicate()
+        ended = "HUNG: killed after 300 s"
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.load_study(study_name="faults", storage=storage)
+    verified_before = len(verified_results(study))
+    rerun = cli("verify", "--jobs", "2", "--steps", "50", *flags, cwd=work)
+    study = optuna.load_study(study_name="faults", storage=storage)
+    row = inspect(Row("verify --jobs 2, a verifying process SIGKILLed", 4), url, work / "art")
+    row.error = last_line(err) or "-"
+    row.notes.append(f"{ended}; {verified_before} trials verified then; rerun exit "
+                     f"{rerun.returncode}, {len(verified_results(study))} verified")
+    return row
+
+
+def ctrl_c_at_creation(work: Path, repeats: int = 20) -> Row:
+    """Ctrl-C (SIGINT) to ``search --executor processes --workers 2`` the moment a new trial
+    row appears, ``repeats`` times on one study: RUNNING trials counted after each."""
+    import sqlalchemy
+
+    url = f"sqlite:///{work}/ctrlc.db"
+    (work / "faults.yaml").write_text(SPACE.format(epochs=2))
+    common = ["--space", "faults.yaml", "--storage", url, "--artifact-dir",
+              str(work / "art"), "--keep", "all", "-q", "--threads", "1", "--no-verify",
+              "--workers", "2", "--executor", "processes", "--heartbeat", "1"]
+    cli("search", "--trials", "1", *common, cwd=work)  # the study and its DB exist
+    engine = sqlalchemy.create_engine(url)
+
+    def count(query: str) -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(sqlalchemy.text(query)).scalar())
+
+    left_running, codes, errors = [], collections.Counter(), set()
+    for _ in range(repeats):
+        before = count("select count(*) from trials")
+        target = count("select count(*) from trials where state = 'COMPLETE'") + 2
+        driver = cli("search", "--trials", str(target), *common, cwd=work, wait=False)
+        deadline = time.monotonic() + 120
+        while count("select count(*) from trials") == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        driver.send_signal(signal.SIGINT)
+        try:
+            _, err = driver.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            _, err = driver.communicate()
+        codes[driver.returncode] += 1
+        errors.add(last_line(err))
+        left_running.append(count("select count(*) from trials where state = 'RUNNING'"))
+    engine.dispose()
+    trials = study_trials(url)
+    row = Row(f"Ctrl-C as a trial is created, {repeats} times (processes, 2 workers)",
+              sum(t.state.name == "COMPLETE" for t in trials))
+    inspect(row, url, work / "art")
+    row.error = "; ".join(sorted(e for e in errors if e)) or "-"
+    row.notes.append("RUNNING after each: " + ",".join(map(str, left_running))
+                     + "; exit codes " + ", ".join(f"{c}x{n}" for c, n in sorted(codes.items())))
+    return row
+
+
 # a two-node Ray cluster on this machine (Ray's own test helper), driven over stdin
 _CLUSTER = """
 import sys
@@ -466,7 +556,10 @@ SCENARIOS = {
     "read_only": read_only,
     "driver_sigkill": driver_sigkill,
     "ray_two_nodes": ray_two_nodes,
+    "verify_killed": verify_killed,
+    "ctrl_c_at_creation": ctrl_c_at_creation,
     "load_sqlite": lambda work: load(work, "sqlite"),
+    "load_sqlite_16": lambda work: load(work, "sqlite", count=16),
     "load_postgresql": lambda work: load(work, "postgresql"),
 }
 NEEDS_MOUNT = {"disk_full", "read_only"}

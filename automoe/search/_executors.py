@@ -15,8 +15,10 @@ heartbeat fails and retries its trial), and stops them all on Ctrl-C.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -33,6 +35,7 @@ import torch
 
 from automoe.errors import AutomoeError, ConfigError
 from automoe.results import TrialRecord, fail_stored_trial
+from automoe.search._interrupt import ignore_further_interrupts
 from automoe.search._study import training_seed
 from automoe.search._workers import WorkerConfig, run_worker
 from automoe.storage import load_study, open_storage, parse_url
@@ -134,6 +137,7 @@ def _process_main(config: WorkerConfig, env: dict, errors, parent: int) -> None:
         errors.put(str(exc))
         sys.exit(_BAD_INPUT)
     except KeyboardInterrupt:  # Optuna has failed the running trial already
+        ignore_further_interrupts()
         sys.exit(130)
 
 
@@ -152,7 +156,8 @@ def _run_processes(configs: list[WorkerConfig], cluster, progress,
         process = context.Process(target=_process_main,
                                   args=(configs[i], env, errors, os.getpid()),
                                   name=f"automoe-worker-{i}", daemon=True)
-        process.start()
+        with _sigint_ignored_by_children():
+            process.start()
         return process
 
     processes = {i: start(i) for i in range(len(configs))}
@@ -182,17 +187,39 @@ def _run_processes(configs: list[WorkerConfig], cluster, progress,
         _stop_processes(list(processes.values()))
 
 
-def _stop_processes(processes, grace: float = 30.0) -> None:
-    """SIGINT first (the worker fails its trial and exits), then kill what is left."""
-    for process in processes:
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGINT)
+@contextlib.contextmanager
+def _sigint_ignored_by_children():
+    """Start processes with SIGINT ignored: a Ctrl-C while a worker is still starting
+    (importing torch) would print a KeyboardInterrupt traceback from its bootstrap, where
+    nothing can catch it. ``_process_main`` takes SIGINT back once it runs, and
+    :func:`_stop_processes` repeats its SIGINT until then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_processes(processes, grace: float = 30.0, every: float = 1.0) -> None:
+    """SIGINT (the worker fails its trial and exits), once a second, as a worker still
+    starting ignores it; then kill what is left after ``grace`` seconds."""
     deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        alive = [process for process in processes if process.is_alive()]
+        if not alive:
+            return
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+        wait = min(every, max(deadline - time.monotonic(), 0.01))
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=wait)
     for process in processes:
-        process.join(max(deadline - time.monotonic(), 0.1))
         if process.is_alive():
             process.kill()
-            process.join()
+        process.join()
 
 
 def _visible_gpus() -> list[str]:

@@ -37,6 +37,13 @@ def hold_interrupts() -> None:
     _held = True
 
 
+def ignore_further_interrupts() -> None:
+    """Once interrupted, let a repeated SIGINT (a driver stopping its workers repeats it)
+    not cut short the failing of the trial and the exit. Main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def release_interrupts() -> None:
     """End the hold; raise KeyboardInterrupt if a SIGINT came during it."""
     global _held, _pending

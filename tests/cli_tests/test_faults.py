@@ -1,6 +1,8 @@
 """The fault scenarios of bench/faults.py that fit the suite's time, as tests: a full or
-read-only artifact disk (tmpfs mounts: root only) and a driver killed with SIGKILL."""
+read-only artifact disk (tmpfs mounts: root only), a driver killed with SIGKILL, a verifying
+process killed, and a two-node Ray cluster losing its worker node."""
 
+import os
 import sys
 
 import pytest
@@ -36,3 +38,24 @@ def test_workers_of_a_killed_driver_stop_and_a_rerun_completes():
     assert row.ok, row.cells()
     assert any(" child processes gone " in note for note in row.notes), row.notes
     assert row.error == "-"
+
+
+@pytest.mark.slow
+def test_a_killed_verifying_process_is_one_line_and_a_rerun_verifies():
+    row = faults.run_scenario("verify_killed")
+    assert row.error.startswith("automoe: error: a verifying process died"), row.error
+    (note,) = [n for n in row.notes if n.startswith("exit ")]
+    assert note.startswith("exit 1 ") and "HUNG" not in note, note
+    assert "rerun exit 0" in note, note
+
+
+@pytest.mark.slow
+def test_a_two_node_ray_cluster_loses_its_worker_node_and_completes():
+    pytest.importorskip("ray")
+    if not os.environ.get("AUTOMOE_TEST_POSTGRES_URL"):
+        pytest.skip("no PostgreSQL for the tests (export AUTOMOE_TEST_POSTGRES_URL=$(.ci/postgres.sh))")
+    row = faults.run_scenario("ray_two_nodes")
+    assert row.ok, row.cells()  # exact count, none RUNNING, every checkpoint intact
+    assert row.error == "-", row.error
+    assert any("trials ran on 2 nodes before the kill" in n for n in row.notes), row.notes
+    assert any("SQLite on 2 nodes: exit 1" in n for n in row.notes), row.notes

@@ -52,6 +52,8 @@ def test_ctrl_c_while_a_trial_is_created_or_told_leaves_it_finished(tmp_path, st
     # interrupted before the objective: failed; after it returned: its result is kept
     expected = "COMPLETE" if step == "after_trial" else "FAIL"
     assert trial.state.name == expected and ran == ([0] if step == "after_trial" else [])
+    if expected == "FAIL":
+        assert trial.user_attrs["fail_reason"].startswith("interrupted")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
