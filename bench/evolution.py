@@ -25,7 +25,9 @@ from automoe.space import SearchSpace, resolve_space_path
 def rewarded_share(sampler: str, seed: int, trials: int, population: int) -> float:
     space = SearchSpace.from_file(resolve_space_path("default"))
     study = optuna.create_study(directions=["maximize", "maximize"],
-                                sampler=make_sampler(sampler, seed, population, space))
+                                sampler=make_sampler({"name": sampler, "population_size": population}
+                                                     if sampler.startswith("nsga") else sampler,
+                                                     seed, space))
 
     def objective(trial):
         model = space.suggest(trial).model

@@ -59,7 +59,8 @@ def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dic
     """One search; returns one row per finished trial with the cumulative cost and front."""
     sampler_name, fidelity = STRATEGIES[strategy]
     space = bench_space(fidelity)
-    sampler = make_sampler(sampler_name, seed, space.sampler["population_size"], space)
+    sampler = make_sampler({**space.sampler, "name": sampler_name}
+                           if sampler_name == space.sampler["name"] else sampler_name, seed, space)
     storage = optuna.storages.InMemoryStorage()
     store = AtomicFileSystemArtifactStore(workdir / f"{strategy}-{seed}")
     runner = TrialRunner(space, store)  # built once: its data is loaded once

@@ -290,7 +290,7 @@ def trial_cost_part(args, console: Console, net: Supernet, specs: list[SubnetSpe
     runs.append(("stand-alone", None, space))
     with tempfile.TemporaryDirectory(prefix="bench-supernet-") as tmp:
         for i, (label, supernet, trial_space) in enumerate(runs):
-            sampler = make_sampler("random", args.seed, 2, space)
+            sampler = make_sampler("random", args.seed, space)
 
             def enqueue(study, resumed, complete):
                 for spec in specs:

@@ -108,7 +108,8 @@ def _space_table(space: spaces.SearchSpace) -> Table:
                       f"{space.fidelity['reduction_factor']}")
     if space.constraints:
         table.add_row("constraints", ", ".join(f"{k} {v:g}" for k, v in space.constraints.items()))
-    table.add_row("sampler", f"{space.sampler['name']} (population {space.sampler['population_size']})")
+    options = ", ".join(f"{k} {v}" for k, v in space.sampler.items() if k != "name")
+    table.add_row("sampler", space.sampler["name"] + (f" ({options})" if options else ""))
     table.add_row("fingerprint", space.fingerprint())
     return table
 

@@ -20,6 +20,7 @@ from automoe.search import (
     ClusterConfig,
     make_sampler,
     run_search,
+    sampler_spec,
     training_seed,
 )
 from automoe.space import resolve_space_path
@@ -43,8 +44,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.no_verify:  # a bad verification flag fails now, not after the trials
         results.VerifyConfig(steps=args.verify_steps, restarts=args.verify_restarts)
     study_name = check_study_name(args.study or space.name)
-    sampler_name = args.sampler or space.sampler["name"]
-    make_sampler(sampler_name, args.seed, space.sampler["population_size"], space)  # validates
+    sampler = sampler_spec(args.sampler, space)
+    sampler_name = sampler["name"]
+    make_sampler(sampler, args.seed, space)  # validates the name and its options
     url = ctx.storage_url(args)
     cluster = ClusterConfig(executor=args.executor, workers=args.workers,
                             ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
@@ -83,7 +85,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     try:
         study = run_search(
-            space, url, study_name=study_name, trials=n_trials, sampler=sampler_name,
+            space, url, study_name=study_name, trials=n_trials, sampler=sampler,
             seed=args.seed, cluster=cluster, artifact_dir=ctx.artifact_dir(args),
             device=here if local else args.device, threads=args.threads,
             data_root=args.data_root, download=args.download, heartbeat=args.heartbeat,

@@ -340,6 +340,15 @@ class StudyRecord:
                 for key, value in self.study.user_attrs.items()
                 if key.startswith(_VERIFIED_PREFIX)}
 
+    @property
+    def sampler(self) -> dict | None:
+        """The sampler spec (``{"name", **options}``) of the study's latest run, which its
+        workers build; None for a study of an older automoe (or a sampler object)."""
+        return self.study.user_attrs.get("sampler")
+
+    def write_sampler(self, spec: dict) -> None:
+        self.study.set_user_attr("sampler", spec)
+
     def write_space(self, fingerprint: str, space: dict, raw: dict, seed: int) -> None:
         self.study.set_user_attr("space_fingerprint", fingerprint)
         self.study.set_user_attr("space", space)

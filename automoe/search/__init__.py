@@ -15,6 +15,7 @@ _EXPORTS = {
     "EXECUTORS": "._run", "ClusterConfig": "._run", "SearchRun": "._run",
     "register_executor": "._run", "run_search": "._run",
     "SAMPLERS": "._samplers", "make_sampler": "._samplers", "register_sampler": "._samplers",
+    "available_samplers": "._samplers", "sampler_spec": "._samplers",
     "create_or_resume_study": "._study", "sampler_seed": "._study", "training_seed": "._study",
     "run_trials": "._study", "count_trials": "._study",
     "TrialRunner": "._trial",

@@ -20,8 +20,10 @@ and ``typeguard<4.1.3``, which we do not impose on every user.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import random
 import warnings
 from collections.abc import Sequence
 
@@ -74,7 +76,6 @@ def _make_tuner(name: str, seed: int, population_size: int):
                 # optional extra: automoe[nni]
                 from nni.algorithms.hpo.evolution_tuner import EvolutionTuner
 
-                np.random.seed(seed)  # the evolution tuner draws from numpy's global RNG
                 tuner = EvolutionTuner(optimize_mode="minimize",
                                        population_size=population_size)
             elif name == "nni-random":
@@ -111,12 +112,34 @@ class NNISampler(BaseSampler):
                  seed: int = 0, population_size: int = 8):
         self.name = tuner
         self.objectives = tuple(objectives)
-        self._tuner = _make_tuner(tuner, seed, population_size)
-        self._tuner.update_search_space(nni_search_space(space))
+        # NNI's tuners draw from Python's global `random` too: they get a seeded state of
+        # their own, swapped in around each call, so that a seed repeats its proposals
+        # whatever else uses `random` in this process
+        self._random_state = random.Random(seed).getstate()
+        with self._own_random():
+            self._tuner = _make_tuner(tuner, seed, population_size)
+            self._tuner.update_search_space(nni_search_space(space))
+            if tuner == "nni-evolution":
+                # its update_search_space draws the first population from a RandomState
+                # it creates unseeded: seed that state and draw the population again
+                self._tuner.random_state = np.random.RandomState(seed)
+                self._tuner.population = []
+                for _ in range(population_size):
+                    self._tuner._random_generate_individual()
         self._rng = np.random.default_rng(seed)
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
         self._proposals: dict[int, dict] = {}  # trial number -> NNI's configuration
         self._imported = False
+
+    @contextlib.contextmanager
+    def _own_random(self):
+        outside = random.getstate()
+        random.setstate(self._random_state)
+        try:
+            yield
+        finally:
+            self._random_state = random.getstate()
+            random.setstate(outside)
 
     # -- proposals
 
@@ -131,7 +154,9 @@ class NNISampler(BaseSampler):
             self._import_history(study)
         if "fixed_params" in trial.system_attrs:  # a retry or an enqueued trial: not NNI's
             return
-        proposal = {k: _plain(v) for k, v in self._tuner.generate_parameters(trial.number).items()}
+        with self._own_random():
+            drawn = self._tuner.generate_parameters(trial.number)
+        proposal = {k: _plain(v) for k, v in drawn.items()}
         weights = self._rng.dirichlet(np.ones(len(self.objectives))).round(6).tolist()
         self._proposals[trial.number] = proposal
         write_nni(study._storage, trial._trial_id,
@@ -159,8 +184,10 @@ class NNISampler(BaseSampler):
             score = self.scalarise(study, values, weights)
             write_nni(study._storage, trial._trial_id, {
                 "tuner": self.name, "proposal": proposal, "weights": weights, "score": score})
-            self._tuner.receive_trial_result(trial.number, proposal, score)
-        self._tuner.trial_end(trial.number, ok)
+            with self._own_random():
+                self._tuner.receive_trial_result(trial.number, proposal, score)
+        with self._own_random():
+            self._tuner.trial_end(trial.number, ok)
 
     def scalarise(self, study: optuna.Study, values: Sequence[float],
                   weights: Sequence[float]) -> float:
@@ -187,7 +214,8 @@ class NNISampler(BaseSampler):
             if record and "score" in record and record.get("tuner") == self.name:
                 data.append({"parameter": record["proposal"], "value": record["score"]})
         if data and hasattr(self._tuner, "import_data"):
-            self._tuner.import_data(data)
+            with self._own_random():
+                self._tuner.import_data(data)
 
 
 def _fit(value, distribution: BaseDistribution):

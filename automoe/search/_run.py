@@ -181,7 +181,7 @@ def _is_local(address: str) -> bool:
 
 def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *,
                study_name: str | None = None, trials: int | None = None,
-               sampler: str | optuna.samplers.BaseSampler | None = None, seed: int = 0,
+               sampler: str | dict | optuna.samplers.BaseSampler | None = None, seed: int = 0,
                cluster: ClusterConfig | None = None, artifact_dir: str | Path | None = None,
                artifact_store=None, device: str = "cpu", threads: int | None = None,
                data_root: str | None = None, download: bool = False, heartbeat: int = 0,
@@ -197,8 +197,9 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
     Args:
         storage: a storage URL (``sqlite:///...``, ``postgresql://...``; workers elsewhere
             open it themselves) or an Optuna storage (this process only).
-        sampler: a name of :data:`automoe.search.SAMPLERS` (default: the space's), seeded
-            from the study's seed and trial count, or a sampler.
+        sampler: a name of :data:`automoe.search.SAMPLERS` or a spec ``{"name",
+            **options}`` (default: the space's), seeded from the study's seed and trial
+            count and stored with the study for its workers; or a sampler (local only).
         seed: the study's seed when it is created (a resumed study keeps its own).
         cluster: the executor and its workers (default: ``local``, this process).
         artifact_dir / artifact_store: where checkpoints go (a folder, or a store).
@@ -249,7 +250,10 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
     if url is not None:
         storage = open_storage(url, create=True, heartbeat_interval=heartbeat or None,
                                make_folder=make_folder)
-    sampler = sampler if sampler is not None else space.sampler["name"]
+    if isinstance(sampler, optuna.samplers.BaseSampler) and cluster.executor != "local":
+        raise ConfigError("a sampler object cannot travel to workers: name a registered "
+                          "sampler (or a spec with its options) for --executor "
+                          f"{cluster.executor}")
     study, resumed = create_or_resume_study(storage, study_name or space.name, space, sampler,
                                             seed)
     worker = None

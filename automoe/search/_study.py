@@ -12,9 +12,9 @@ import optuna
 from optuna.trial import TrialState
 
 from automoe.errors import StorageError, exception_chain
-from automoe.results import StudyRecord, check_study_name, study_objectives
+from automoe.results import StudyRecord, TrialWriter, check_study_name, study_objectives
 from automoe.search._interrupt import hold_interrupts, release_interrupts
-from automoe.search._samplers import make_sampler
+from automoe.search._samplers import make_sampler, sampler_spec
 from automoe.space import directions
 
 if TYPE_CHECKING:  # a space is passed in; parsing one is not this module's (torch) load
@@ -43,14 +43,17 @@ def training_seed(study: optuna.Study) -> int:
 
 
 def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str,
-                           space: SearchSpace, sampler: optuna.samplers.BaseSampler | str,
+                           space: SearchSpace,
+                           sampler: optuna.samplers.BaseSampler | str | dict | None = None,
                            seed: int = 0) -> tuple[optuna.Study, bool]:
     """Create the study, or resume it if it exists with the same space.
 
     Args:
-        sampler: a sampler, or a sampler name (:data:`SAMPLERS`) to build one seeded by
-            :func:`sampler_seed` from the study's stored seed and trial count, so that a
-            resumed run proposes new candidates.
+        sampler: a sampler; or a sampler name (:data:`SAMPLERS`) or spec (``{"name",
+            **options}``; None: the space's) to build one seeded by :func:`sampler_seed`
+            from the study's stored seed and trial count, so that a resumed run proposes
+            new candidates. A name or spec is stored with the study, so that its workers
+            build the same sampler.
         seed: the study's seed, stored when it is created; a resumed study keeps the seed
             it was created with.
 
@@ -76,23 +79,32 @@ def create_or_resume_study(storage: optuna.storages.BaseStorage, study_name: str
             raise StorageError(f"study {study_name!r} optimises {study_objectives(study)}, "
                                f"the space {space.objectives}")
         study.sampler = _sampler(sampler, training_seed(study), len(study.trials), space)
+        _store_sampler(study, sampler, space)
         return study, True
-    study = optuna.create_study(storage=storage, study_name=study_name,
-                                sampler=_sampler(sampler, seed, 0, space),
+    built = _sampler(sampler, seed, 0, space)  # an unknown sampler writes no study
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=built,
                                 directions=directions(space.objectives))
     with warnings.catch_warnings():  # "experimental since v3.2" is noise in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(space.objectives))
     StudyRecord(study).write_space(fingerprint, space.to_dict(), space.raw, seed)
+    _store_sampler(study, sampler, space)
     return study, False
 
 
-def _sampler(sampler: optuna.samplers.BaseSampler | str, base_seed: int, trials_so_far: int,
-             space: SearchSpace) -> optuna.samplers.BaseSampler:
-    if not isinstance(sampler, str):
+def _sampler(sampler: optuna.samplers.BaseSampler | str | dict | None, base_seed: int,
+             trials_so_far: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    if isinstance(sampler, optuna.samplers.BaseSampler):
         return sampler
-    return make_sampler(sampler, sampler_seed(base_seed, trials_so_far),
-                        space.sampler["population_size"], space)
+    return make_sampler(sampler_spec(sampler, space), sampler_seed(base_seed, trials_so_far),
+                        space)
+
+
+def _store_sampler(study: optuna.Study, sampler, space: SearchSpace) -> None:
+    """The spec this run samples with, for its workers; a sampler object cannot travel,
+    so it stores none (and workers, which then use the space's, are refused for it)."""
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        StudyRecord(study).write_sampler(sampler_spec(sampler, space))
 
 
 def count_trials(study: optuna.Study) -> tuple[int, list[int]]:
@@ -128,7 +140,11 @@ def run_one_trial(study: optuna.Study, objective: Callable,
 
     def tracked(trial: optuna.Trial):
         started.append(trial._trial_id)
-        release_interrupts()  # a Ctrl-C held since before the trial existed is raised here
+        try:
+            release_interrupts()  # a Ctrl-C held since before the trial existed: raised here
+        except KeyboardInterrupt:  # Optuna fails the trial with it; say why
+            TrialWriter(trial).failed("interrupted: stopped as the trial was created")
+            raise
         result = objective(trial)
         hold_interrupts()  # until Optuna has stored the result
         if study._storage.get_trial(trial._trial_id).state.is_finished():

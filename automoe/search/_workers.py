@@ -20,7 +20,8 @@ import optuna
 import torch
 
 from automoe.errors import ConfigError
-from automoe.results import KEEP, TrialWriter, checkpoint_retention, space_of_study
+from automoe.results import KEEP, StudyRecord, TrialWriter, checkpoint_retention, space_of_study
+from automoe.search._interrupt import ignore_further_interrupts
 from automoe.search._samplers import make_sampler
 from automoe.search._study import count_trials, run_one_trial, training_seed
 from automoe.search._trial import TrialRunner
@@ -117,8 +118,9 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
     study = load_study(storage, config.study_name)
     space = space_of_study(study)
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-    study.sampler = make_sampler(space.sampler["name"], seed, space.sampler["population_size"],
-                                 space)
+    # the spec the search was started with (its --sampler and options), the same in every
+    # worker; a study of an older automoe stored none: the space's
+    study.sampler = make_sampler(StudyRecord(study).sampler or space.sampler, seed, space)
     store = AtomicFileSystemArtifactStore(config.artifact_dir)
     runner = TrialRunner(space, store, on_step=on_step, device=device,
                          seed=training_seed(study), data_root=config.data_root,
@@ -134,6 +136,7 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
         try:
             return runner(trial)
         except KeyboardInterrupt:  # Optuna fails the trial; say why
+            ignore_further_interrupts()
             TrialWriter(trial).failed("interrupted: its worker was stopped")
             raise
 

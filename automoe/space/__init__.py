@@ -21,7 +21,7 @@ A space file::
       latency: {batch_size: 1, repeats: 20}  # only used when latency_ms is measured
       repeats: 1                  # seeds per candidate; objectives are the means over them
     constraints: {mmacs_max: 2.5}  # feasible trials only on the front (also params_max, ...)
-    sampler: {name: nsga2, population_size: 8}
+    sampler: {name: nsga2, population_size: 8}   # name, then the sampler's own options
     fidelity: {min_epochs: 2, reduction_factor: 3}  # successive halving on epochs (optional)
 
 A searched parameter is ``{choices: [...]}`` (categorical) or ``{low, high[, step][, log]}``

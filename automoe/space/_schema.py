@@ -316,18 +316,22 @@ def parse_fidelity(raw: dict, dimensions: dict, fixed: dict, fail) -> dict | Non
 
 
 def parse_sampler(raw: dict, fail) -> dict:
-    """``{"name", "population_size"}``."""
+    """``{"name", **options}``: the sampler's name (default nsga2) and its own keyword
+    arguments (e.g. ``population_size`` of nsga2, ``multivariate`` of tpe). The name and
+    the options are checked against automoe.search's sampler table (which plug-ins
+    extend) when the study is created; here only their form."""
     sampler = dict(mapping(raw.get("sampler", {}), "sampler", fail))
-    for key in sampler:
-        if key not in ("name", "population_size"):
-            fail(f"sampler.{key}", "unknown key; expected name, population_size")
     sampler.setdefault("name", "nsga2")
-    sampler.setdefault("population_size", 8)
-    # the name is checked against automoe.search's sampler table (which plug-ins extend)
-    # when the study is created
     if not isinstance(sampler["name"], str) or not sampler["name"]:
         fail("sampler.name", "must be a sampler's name")
-    if not isinstance(sampler["population_size"], int) or sampler["population_size"] < 2:
+    for key, value in sampler.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            fail(f"sampler.{key}", "an option's name must be an identifier")
+        if not isinstance(value, str | int | float | bool | list | dict | None):
+            fail(f"sampler.{key}", f"must be a YAML scalar, list or mapping, got {value!r}")
+    population = sampler.get("population_size")
+    if population is not None and (not isinstance(population, int)
+                                   or isinstance(population, bool) or population < 2):
         fail("sampler.population_size", "must be an integer >= 2")
     return sampler
 

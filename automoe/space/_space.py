@@ -56,7 +56,7 @@ class SearchSpace:
     fixed: dict[str, Any]  # fixed parameters by space name
     eval_batch_size: int
     attack: AttackConfig
-    sampler: dict  # {"name", "population_size"}
+    sampler: dict  # {"name", **options}: the sampler and its own keyword arguments
     constraints: dict = field(default_factory=dict)  # name in CONSTRAINTS -> bound
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # metric names, in the study's order
     latency: dict = field(default_factory=lambda: dict(LATENCY_DEFAULTS))  # how it is timed

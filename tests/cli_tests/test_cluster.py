@@ -170,3 +170,20 @@ def test_bad_input_found_by_the_ray_workers_is_one_line(workdir):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert "is not a directory" in proc.stderr
     assert not [t for t in _trials(url) if t.state.name == "RUNNING"]
+
+
+@pytest.mark.parametrize("executor", ["processes", pytest.param("ray", marks=pytest.mark.slow)])
+def test_workers_sample_with_the_sampler_the_search_was_started_with(workdir, executor):
+    # the space says nsga2 (whose trials carry their generation); --sampler tpe must reach
+    # every worker, which rebuilds its sampler from the study
+    url = f"sqlite:///{workdir / 's.db'}"
+    driver = _search(workdir, url, executor, 2, 2, "--sampler", "tpe")
+    _, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stderr
+    storage = open_storage(url, create=False)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert study.user_attrs["sampler"] == {"name": "tpe"}
+    trials = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(trials) == 2
+    assert not [t.number for t in trials if "NSGAIISampler:generation" in t.system_attrs]
+    storage.engine.dispose()

@@ -36,7 +36,7 @@ def test_nni_driven_study_lands_complete_trials(tmp_path, tuner):
     space = SearchSpace.from_dict(SPACE)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    sampler = make_sampler(tuner, seed=0, population_size=3, space=space)
+    sampler = make_sampler({"name": tuner, "population_size": 3}, seed=0, space=space)
     assert isinstance(sampler, NNISampler)
     study, _ = create_or_resume_study(open_storage(url), "nni", space, sampler)
     runner = TrialRunner(space, AtomicFileSystemArtifactStore(tmp_path / "artifacts"))

@@ -45,7 +45,7 @@ def test_an_unknown_sampler_named_by_the_space_writes_nothing(tmp_path):
 def test_a_registered_sampler_is_accepted_by_spaces_and_used(tmp_path):
     made = []
 
-    def annealing(seed, population_size, space):
+    def annealing(seed, space):
         made.append(seed)
         return optuna.samplers.RandomSampler(seed=seed)
 
