@@ -66,8 +66,15 @@ def test_the_command_table_names_real_flags_with_their_real_defaults():
     assert checked >= 5
 
 
+def test_the_plugin_entry_point_names_the_group_automoe_reads():
+    from automoe.search._samplers import ENTRY_POINT_GROUP
+
+    (block,) = [b for b in _blocks("toml") if "entry-points" in b]
+    assert ENTRY_POINT_GROUP in tomllib.loads(block)["project"]["entry-points"]
+
+
 def test_one_config_file_drives_search_and_worker(workdir):
-    (block,) = _blocks("toml")
+    (block,) = [b for b in _blocks("toml") if "[worker]" in b]  # not the entry-point one
     values = tomllib.loads(block)
     assert {"space", "trials", "worker"} <= set(values)
     (workdir / "x.toml").write_text(block)
