@@ -130,7 +130,8 @@ def test_the_table_build_is_a_resumable_study(tmp_path):
     row = rows[0]
     assert len(row["curve"]) == moe_table.EPOCHS and row["mmacs"] > 0
     assert all(f"robust_pgd{s}" in row["curve"][e - 1] for e in moe_table.ROBUST_EPOCHS
-               for s in moe_table.ROBUST_STEPS)
+               for s in moe_table.STEPS_AT[e])
+    assert "robust_pgd10" not in row["curve"][1]  # the proxy only at the last epoch
     assert row["curve"][-1]["robust_pgd10"] <= row["curve"][-1]["val_accuracy"]
     # a fresh checkout: the study DB is gone, the table is not; only what it lacks is queued
     db.unlink()
