@@ -22,8 +22,9 @@ as it is: upcycling at half the epochs, the same data, batch and attack):
 of its val pass; at epochs 2, 4 and 6, robust accuracy under the space's proxy attack at
 two cheap fidelities (PGD with 1 and 3 steps), and at epoch 8 at three (PGD-1, PGD-3 and
 PGD-10, the space's own), with the seconds of each; once, the active MMACs (router
-included) and parameters. (The first rows built also have PGD-10 at epochs 2, 4 and 6.) MoE rows mark the epochs of
-their dense phase (upcycling), whose twin depends on width, lr and seed only.
+included) and parameters (the first rows built also have PGD-10 at epochs 2, 4 and 6).
+MoE rows mark the epochs of their dense phase (upcycling), whose twin depends on width, lr
+and seed only.
 
 **The build is a study** of the product (``run_search`` over a SQLite DB in
 ``studies/moe_table.db``): every (configuration, seed) is an enqueued trial, so a stopped
