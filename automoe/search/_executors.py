@@ -35,7 +35,7 @@ import torch
 
 from automoe.errors import AutomoeError, ConfigError
 from automoe.results import TrialRecord, fail_stored_trial
-from automoe.search._interrupt import ignore_further_interrupts
+from automoe.search._interrupt import interrupt_once
 from automoe.search._study import training_seed
 from automoe.search._workers import WorkerConfig, run_worker
 from automoe.storage import load_study, open_storage, parse_url
@@ -127,8 +127,9 @@ def _stop_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
 def _process_main(config: WorkerConfig, env: dict, errors, parent: int) -> None:
     os.environ.update(env)  # before CUDA is first touched, so that it sees only its GPU
     # the driver stops a worker with SIGINT: take it even where the parent was started with
-    # SIGINT ignored (nohup, a background job), which a new process would inherit
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGINT ignored (nohup, a background job), which a new process would inherit; once
+    # (the driver repeats it while the worker fails its trial and exits)
+    signal.signal(signal.SIGINT, interrupt_once)
     _stop_when_orphaned(parent)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -137,7 +138,6 @@ def _process_main(config: WorkerConfig, env: dict, errors, parent: int) -> None:
         errors.put(str(exc))
         sys.exit(_BAD_INPUT)
     except KeyboardInterrupt:  # Optuna has failed the running trial already
-        ignore_further_interrupts()
         sys.exit(130)
 
 

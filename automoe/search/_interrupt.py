@@ -15,7 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 
-_held = False  # whether our handler is installed
+_held = None  # the handler ours replaced while holding (None: not holding)
 _pending = False  # a SIGINT came while held
 
 
@@ -26,31 +26,34 @@ def _remember(signum, frame) -> None:
 
 def hold_interrupts() -> None:
     """Hold SIGINT until :func:`release_interrupts`. Only in the main thread (the only one
-    Python delivers signals to) and only while SIGINT has Python's default handler, so an
-    ignored SIGINT (nohup) or a caller's own handler is left alone."""
+    Python delivers signals to) and only while SIGINT has a Python handler, so an ignored
+    SIGINT (nohup) stays ignored."""
     global _held
-    if _held or threading.current_thread() is not threading.main_thread():
+    if _held is not None or threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
         return
     signal.signal(signal.SIGINT, _remember)
-    _held = True
+    _held = previous
 
 
-def ignore_further_interrupts() -> None:
-    """Once interrupted, let a repeated SIGINT (a driver stopping its workers repeats it)
-    not cut short the failing of the trial and the exit. Main thread only."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def interrupt_once(signum, frame) -> None:
+    """A SIGINT handler that raises KeyboardInterrupt once and then ignores SIGINT: a
+    worker process's, as the driver that stops it repeats its SIGINT, which must not cut
+    short the failing of the trial and the exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def release_interrupts() -> None:
-    """End the hold; raise KeyboardInterrupt if a SIGINT came during it."""
+    """End the hold (the handler before it is back); if a SIGINT came during it, that
+    handler gets it now (Python's default raises KeyboardInterrupt)."""
     global _held, _pending
-    if not _held:
+    if _held is None:
         return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    _held = False
+    previous, _held = _held, None
+    signal.signal(signal.SIGINT, previous)
     if _pending:
         _pending = False
-        raise KeyboardInterrupt
+        previous(signal.SIGINT, None)

@@ -101,8 +101,8 @@ def _sampler(sampler: optuna.samplers.BaseSampler | str | dict | None, base_seed
 
 
 def _store_sampler(study: optuna.Study, sampler, space: SearchSpace) -> None:
-    """The spec this run samples with, for its workers; a sampler object cannot travel,
-    so it stores none (and workers, which then use the space's, are refused for it)."""
+    """The spec this run samples with, for its workers. A sampler object cannot travel:
+    it stores nothing (:func:`run_search` refuses one for workers)."""
     if not isinstance(sampler, optuna.samplers.BaseSampler):
         StudyRecord(study).write_sampler(sampler_spec(sampler, space))
 

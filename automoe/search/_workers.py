@@ -21,7 +21,6 @@ import torch
 
 from automoe.errors import ConfigError
 from automoe.results import KEEP, StudyRecord, TrialWriter, checkpoint_retention, space_of_study
-from automoe.search._interrupt import ignore_further_interrupts
 from automoe.search._samplers import make_sampler
 from automoe.search._study import count_trials, run_one_trial, training_seed
 from automoe.search._trial import TrialRunner
@@ -136,7 +135,6 @@ def run_worker(config: WorkerConfig, *, on_step: Callable | None = None,
         try:
             return runner(trial)
         except KeyboardInterrupt:  # Optuna fails the trial; say why
-            ignore_further_interrupts()
             TrialWriter(trial).failed("interrupted: its worker was stopped")
             raise
 

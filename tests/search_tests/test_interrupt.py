@@ -6,7 +6,7 @@ import signal
 import optuna
 import pytest
 
-from automoe.search._interrupt import hold_interrupts, release_interrupts
+from automoe.search._interrupt import hold_interrupts, interrupt_once, release_interrupts
 from automoe.search._study import run_one_trial
 
 
@@ -65,6 +65,20 @@ def test_a_held_interrupt_is_raised_when_released_and_not_before():
     release_interrupts()  # nothing pending any more
     hold_interrupts()
     release_interrupts()
+
+
+def test_a_handler_of_the_callers_own_gets_the_held_interrupt():
+    previous = signal.signal(signal.SIGINT, interrupt_once)
+    try:
+        hold_interrupts()
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            release_interrupts()
+        # interrupt_once took it: a repeated SIGINT is ignored from now on
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_an_ignored_sigint_stays_ignored():
