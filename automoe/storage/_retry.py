@@ -101,8 +101,9 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         self.retry_seconds = retry_seconds
         self._describe = describe
         self.retries = 0  # calls that failed for a connection reason and were repeated
-        # trial id -> (its silent heartbeat, when first seen silent, self.retries then)
-        self._suspects: dict[int, tuple] = {}
+        # study id -> trial id -> (its silent heartbeat, when first seen silent, and
+        # self.retries then)
+        self._suspects: dict[int, dict[int, tuple]] = {}
         super().__init__(*args, **kwargs)
 
     def _with_retry(self, call: Callable, name: str, *args, longest_wait: float = _LONGEST_WAIT,
@@ -144,15 +145,16 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         silent = self._with_retry(self._silent_heartbeats, "_get_stale_trial_ids", study_id)
         now = time.monotonic()
         suspects, stale = {}, []
+        watched = self._suspects.get(study_id, {})
         for trial_id, beat in silent.items():
-            seen = self._suspects.get(trial_id)
+            seen = watched.get(trial_id)
             if seen is None or seen[0] != beat or seen[2] != self.retries:
                 suspects[trial_id] = (beat, now, self.retries)  # (re)start watching it
             elif now - seen[1] >= self._grace_seconds():
                 stale.append(trial_id)
             else:
                 suspects[trial_id] = seen
-        self._suspects = suspects
+        self._suspects[study_id] = suspects
         return stale
 
     def _grace_seconds(self) -> float:
