@@ -54,6 +54,7 @@ import torch  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
 from automoe.models import count_flops, count_params  # noqa: E402
+from automoe.results import TrialRecord, TrialWriter, enqueue_table_run  # noqa: E402
 from automoe.robustness import robust_accuracy  # noqa: E402
 from automoe.search import create_or_resume_study, run_search  # noqa: E402
 from automoe.space import SearchSpace, resolve_space_path  # noqa: E402
@@ -136,7 +137,7 @@ class RecordCurve:
         self.attacks = {steps: replace(space.attack, steps=steps) for steps in ROBUST_STEPS}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        seed = trial.user_attrs["table_seed"]
+        seed = TrialRecord(trial).table_seed
         candidate = self.space.suggest(trial)
         candidate.train = replace(candidate.train, seed=seed, epochs=EPOCHS)
         torch.manual_seed(seed)
@@ -172,7 +173,7 @@ class RecordCurve:
                "mparams": count_params(model) / 1e6,
                "macs_seconds": time.perf_counter() - start, "curve": curve,
                "threads": torch.get_num_threads()}
-        trial.set_user_attr("table_row", row)
+        TrialWriter(trial).table_row(row)
         last = curve[-1]
         return tuple({"val_accuracy": last["val_accuracy"], "mmacs": row["mmacs"],
                       "robust_accuracy": last[f"robust_pgd{ROBUST_STEPS[-1]}"]}[name]
@@ -190,17 +191,17 @@ def build(seeds: int, limit: int | None, threads: int, table: Path = TABLE,
     storage = open_storage(url, create=True)
     study, _ = create_or_resume_study(storage, "moe_table", space, "random")
     for trial in study.get_trials(deepcopy=False):  # finished earlier, maybe not exported
-        if "table_row" in trial.user_attrs and trial.state.name == "COMPLETE":
-            row = trial.user_attrs["table_row"]
+        row = TrialRecord(trial).table_row
+        if row is not None and trial.state.name == "COMPLETE":
             rows.setdefault(_key(row["config"], row["seed"]), row)
     queued = {_key({k: t.system_attrs["fixed_params"][k] for k in GRID},
-                   t.user_attrs["table_seed"])
+                   TrialRecord(t).table_seed)
               for t in study.get_trials(deepcopy=False,
                                         states=(optuna.trial.TrialState.WAITING,))}
     todo = [(c, s) for s in range(seeds) for c in configurations()
             if _key(c, s) not in rows and _key(c, s) not in queued]
     for config, seed in todo:
-        study.enqueue_trial(config, user_attrs={"table_seed": seed})
+        enqueue_table_run(study, config, seed)
     waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     n = waiting if limit is None else min(limit, waiting)
     print(f"[moe_table] {len(rows)} rows in the table, {waiting} runs queued; running {n}",
@@ -216,7 +217,7 @@ def build(seeds: int, limit: int | None, threads: int, table: Path = TABLE,
             merged = {_key(r["config"], r["seed"]): r for r in read_table(table)}
             for done in study.get_trials(deepcopy=False,
                                          states=(optuna.trial.TrialState.COMPLETE,)):
-                row = done.user_attrs["table_row"]
+                row = TrialRecord(done).table_row
                 merged.setdefault(_key(row["config"], row["seed"]), row)
             write_table(list(merged.values()), table)
             bar.advance(task)

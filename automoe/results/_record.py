@@ -93,6 +93,16 @@ class TrialRecord:
     def nni(self) -> dict | None:
         return self._attrs.get(_NNI)
 
+    @property
+    def table_seed(self) -> int | None:
+        """The training seed of a tabular-benchmark run (bench/moe_table.py)."""
+        return self._attrs.get("table_seed")
+
+    @property
+    def table_row(self) -> dict | None:
+        """The row a tabular-benchmark run recorded: its learning curve and costs."""
+        return self._attrs.get("table_row")
+
     # -------------------------------------------------------------- what it measured
 
     def metric(self, name: str) -> float | None:
@@ -273,6 +283,9 @@ class TrialWriter:
     def checkpoint(self, artifact_id: str, sha256: str) -> None:
         self._set("checkpoint", {"artifact_id": artifact_id, "sha256": sha256})
 
+    def table_row(self, row: dict) -> None:
+        self._set("table_row", row)
+
     def failed(self, reason: str) -> None:
         self._set("fail_reason", reason)
 
@@ -294,6 +307,12 @@ def fail_stored_trial(storage: optuna.storages.BaseStorage, trial_id: int,
 def write_nni(storage: optuna.storages.BaseStorage, trial_id: int, record: dict) -> None:
     """Store what NNI proposed for a trial (and later how its result was scalarised)."""
     storage.set_trial_user_attr(trial_id, _NNI, record)
+
+
+def enqueue_table_run(study: optuna.Study, params: dict, seed: int) -> None:
+    """Enqueue one tabular-benchmark run: ``params`` trained with training seed ``seed``
+    (see :attr:`TrialRecord.table_seed`)."""
+    study.enqueue_trial(params, user_attrs={"table_seed": seed})
 
 
 def enqueue_finalist(study: optuna.Study, params: dict, origin_study: str, number: int,
