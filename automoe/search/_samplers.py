@@ -28,7 +28,6 @@ from automoe.errors import ConfigError
 
 SamplerFactory = Callable[..., optuna.samplers.BaseSampler]  # (seed, space, **options)
 ENTRY_POINT_GROUP = "automoe.samplers"
-DEFAULT_SAMPLER = "nsga2"  # what a space that names none runs with
 
 
 def _nsga(kind: type) -> SamplerFactory:
@@ -103,9 +102,12 @@ def available_samplers() -> list[str]:
 def sampler_spec(sampler: str | Mapping | None, space=None) -> dict:
     """The ``{"name", **options}`` spec of ``sampler``: a spec as given; a name alone takes
     the space's options when the space names the same sampler (``--sampler`` repeating
-    the space's choice), none otherwise; None is the space's own spec."""
-    own = dict(space.sampler) if space is not None else {"name": DEFAULT_SAMPLER}
+    the space's choice), none otherwise; None is the space's own spec (a space without a
+    ``sampler`` section has the default, ``automoe.space.DEFAULT_SAMPLER``)."""
+    own = dict(space.sampler) if space is not None else {}
     if sampler is None:
+        if not own:
+            raise ConfigError("no sampler named, and no space to take one from")
         return own
     if isinstance(sampler, str):
         return own if own.get("name") == sampler else {"name": sampler}

@@ -55,7 +55,8 @@ _EXPORTS = {
     "Evaluation": "._measure", "Measurement": "._measure", "Splits": "._measure",
     "measure": "._measure",
     "Candidate": "._sampling",
-    "CONSTRAINTS": "._schema", "MOE_PARAMS": "._schema", "PARAMS": "._schema",
+    "CONSTRAINTS": "._schema", "DEFAULT_SAMPLER": "._schema", "MOE_PARAMS": "._schema",
+    "PARAMS": "._schema",
     "Dimension": "._schema", "parse_number": "._schema", "rung_epochs": "._schema",
     "SearchSpace": "._space",
 }
