@@ -60,7 +60,8 @@ def test_every_registered_sampler_keeps_the_contract(name, tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE"] * TRIALS
     assert all(_within(space, t.params) and set(t.params) == set(space.dimensions)
                for t in trials)
-    assert StudyRecord(study).sampler == {"name": name}  # what workers would build
+    # what workers would build: the name, with the space's options if it names the same
+    assert StudyRecord(study).sampler == sampler_spec(name, space)
     # seeded: the same seed proposes the same candidates
     _, again = _run(name, 3, tmp_path)
     assert [t.params for t in again.get_trials()] == [t.params for t in trials]
