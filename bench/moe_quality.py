@@ -28,7 +28,6 @@ import time
 import torch
 from rich.console import Console
 from rich.table import Table
-from supernet import cluttered_digits
 
 from automoe.data import load_dataset
 from automoe.errors import TrainingDivergedError
@@ -100,7 +99,9 @@ CONFIGS = {
 
 def data(task: str):
     if task == "cluttered":
-        train_set, val_set, info = cluttered_digits()
+        train_set = load_dataset("cluttered_digits", "train")
+        val_set = load_dataset("cluttered_digits", "val")
+        info = train_set.info
         return train_set, val_set, (info.in_channels, info.num_classes, info.image_size,
                                     info.mean, info.std)
     train_set = load_dataset("digits", "train", image_size=16)

@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from scipy.stats import kendalltau, spearmanr
-from torch.utils.data import TensorDataset
 
 from automoe.data import DatasetInfo, load_dataset
 from automoe.models import count_flops
@@ -90,50 +89,6 @@ def tau(a: list[float], b: list[float]) -> str:
     return f"{result.statistic:.3f} (p {result.pvalue:.2g})"
 
 
-def _place(canvas: torch.Tensor, patches: torch.Tensor, generator: torch.Generator) -> None:
-    """Paste each patch ``(N, 1, p, p)`` at a random place of its canvas ``(N, 1, S, S)``,
-    keeping the brighter pixel where they overlap."""
-    n, side, patch = canvas.shape[0], canvas.shape[-1], patches.shape[-1]
-    xs = torch.randint(0, side - patch + 1, (n,), generator=generator).tolist()
-    ys = torch.randint(0, side - patch + 1, (n,), generator=generator).tolist()
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        region = canvas[i, :, y:y + patch, x:x + patch]
-        torch.maximum(region, patches[i], out=region)
-
-
-def _tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """A dataset's images ``(N, C, H, W)`` and labels ``(N,)``, in one pass."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
-    return torch.stack(images), torch.tensor(labels)
-
-
-def cluttered_digits(copies: int = 3, side: int = 16, digit: int = 11, fragments: int = 2,
-                     noise: float = 0.2) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
-    """A harder task made from the embedded digits, where accuracy depends on the
-    network's capacity: each image is one digit (``digit`` px) at a random place of a
-    ``side`` px canvas, under ``fragments`` other training digits (8 px, 0.6 intensity) at
-    random places and Gaussian noise. ``copies`` renderings of every train / val digit."""
-    pool, _ = _tensors(load_dataset("digits", "train", image_size=8))
-    sets = {}
-    for split, seed in (("train", 1), ("val", 2)):
-        images, labels = _tensors(load_dataset("digits", split, image_size=digit))  # (N,1,d,d)
-        generator = torch.Generator().manual_seed(seed)
-        rendered = []
-        for _ in range(copies):
-            canvas = torch.zeros(len(images), 1, side, side)
-            for _ in range(fragments):
-                pick = torch.randint(0, len(pool), (len(images),), generator=generator)
-                _place(canvas, 0.6 * pool[pick], generator)
-            _place(canvas, images, generator)
-            canvas += noise * torch.randn(canvas.shape, generator=generator)
-            rendered.append(canvas.clamp_(0.0, 1.0))
-        sets[split] = (torch.cat(rendered), labels.repeat(copies))
-    train_images = sets["train"][0]
-    info = DatasetInfo("digits-cluttered", 10, 1, side, (round(float(train_images.mean()), 6),),
-                       (round(float(train_images.std()), 6),))
-    return TensorDataset(*sets["train"]), TensorDataset(*sets["val"]), info
-
-
 def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
     space = SearchSpace.from_file(resolve_space_path(args.space))
     if args.widths:
@@ -141,12 +96,10 @@ def ranking_part(args, console: Console) -> tuple[Supernet, list[SubnetSpec]]:
         raw["params"] = {**raw["params"], "width_multiplier": {"choices": args.widths}}
         space = SearchSpace.from_dict(raw, source="bench")
     size = space.dataset["image_size"]
-    if args.task == "cluttered":
-        train_set, val_set, info = cluttered_digits(side=size)
-    else:
-        train_set = load_dataset(space.dataset["name"], "train", image_size=size)
-        val_set = load_dataset(space.dataset["name"], "val", image_size=size)
-        info = train_set.info
+    task = "cluttered_digits" if args.task == "cluttered" else space.dataset["name"]
+    train_set = load_dataset(task, "train", image_size=size)
+    val_set = load_dataset(task, "val", image_size=size)
+    info = train_set.info
     torch.manual_seed(args.seed)
     net = Supernet(space, info)
     recipe = replace(net.recipe(), seed=args.seed)

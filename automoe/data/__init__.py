@@ -16,6 +16,7 @@ _EXPORTS = {
     "DeviceLoader": "._cached", "TensorImages": "._cached", "crop_flip": "._cached",
     "make_loader": "._cached", "to_float": "._cached",
     "AUTO_CACHE_BYTES": "._datasets", "DATASET_NAMES": "._datasets", "SPLITS": "._datasets",
+    "EMBEDDED_DATASETS": "._datasets",
     "ImageDataset": "._datasets", "dataset_info": "._datasets", "load_dataset": "._datasets",
     "split_description": "._datasets",
     "DatasetInfo": "._info",

@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from automoe.data import _cluttered
 from automoe.data._cached import TensorImages, augmentation
 from automoe.data._info import DatasetInfo
 from automoe.errors import DataError
 
 SPLITS = ("train", "val", "test")
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder")
+DATASET_NAMES = ("digits", "cluttered_digits", "cifar10", "cifar100", "mnist", "fashion_mnist",
+                 "svhn", "imagefolder")
+EMBEDDED_DATASETS = ("digits", "cluttered_digits")  # in the package: no files, no data root
 
 # Errors name both ways of giving a data root: the CLI's flag and the Python argument.
 _ROOT_HINT = "a data root, the folder that holds its files (--data-root DIR, or root= in Python)"
@@ -35,6 +38,8 @@ _DIGITS_VAL_FRACTION = 0.2
 
 def split_description(name: str) -> str:
     """How a dataset's validation and test splits are made, for model cards and reports."""
+    if name == _cluttered.NAME:
+        return _cluttered.split_description()
     if name == "digits":
         return (f"the embedded digits have no official split: a fixed-seed stratified "
                 f"{100 * (1 - _DIGITS_VAL_FRACTION - _DIGITS_TEST_FRACTION):.0f}/"
@@ -96,7 +101,9 @@ def load_dataset(
 
     Args:
         name: one of :data:`DATASET_NAMES`. ``"digits"`` is embedded (scikit-learn's
-            8x8 handwritten digits) and needs no files.
+            8x8 handwritten digits) and needs no files; so is ``"cluttered_digits"``, the
+            digits at random places of a 16 px canvas under clutter and noise, where
+            capacity decides accuracy.
         split: ``"train"``, ``"val"`` (held out of the training set with a fixed seed)
             or ``"test"``.
         root: folder holding the dataset's files (``--data-root``); not used by digits.
@@ -117,6 +124,8 @@ def load_dataset(
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if name == "digits":
         return _load_digits(split, image_size)
+    if name == _cluttered.NAME:
+        return _cluttered.load_cluttered_digits(split, image_size)
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
     root_path = _check_root(name, root, download)
@@ -145,6 +154,8 @@ def dataset_info(
     """Classes, channels, image size and normalisation statistics of a dataset."""
     if name == "digits":
         return _digits_arrays(image_size)[2]
+    if name == _cluttered.NAME:
+        return _cluttered.cluttered_info(image_size)
     if name == "imagefolder":
         if root is None:
             raise DataError(f"dataset 'imagefolder' needs {_ROOT_HINT}")

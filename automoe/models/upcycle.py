@@ -24,6 +24,10 @@ from automoe.errors import ConfigError
 # block experts, and CondConv's kernels (a softmax mixture of equal kernels is that kernel).
 # Pathway experts are narrower than the dense conv and channel gates have no expert copy.
 UPCYCLABLE = ("conv", "block", "condconv")
+# Granularities that upcycle when a training config leaves `upcycle` unset: the routed
+# experts the MoE recipe measured (bench/RESULTS.md, "The MoE recipe"). CondConv trains
+# every kernel from the first step and reached its figures from scratch.
+UPCYCLED_BY_DEFAULT = ("conv", "block")
 # A block expert's parameter: "<unit>.experts.<e>.<name in the dense block>".
 _BLOCK_EXPERT = re.compile(r"^(?P<unit>.+)\.experts\.(?P<expert>\d+)\.(?P<rest>.+)$")
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from automoe.errors import ConfigError
+from automoe.models.upcycle import UPCYCLED_BY_DEFAULT
 from automoe.training.robust import SCHEMES
 
 # Numerics of a training run. fp32: IEEE fp32 matmuls and convs everywhere (cuDNN and the
@@ -17,6 +18,9 @@ from automoe.training.robust import SCHEMES
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 UPCYCLE_SCHEDULES = ("continue", "restart")
+# The MoE recipe's dense share when a config leaves `upcycle` unset (bench/RESULTS.md,
+# "The MoE recipe"); the shipped spaces and the library share it.
+DEFAULT_UPCYCLE = 0.5
 
 
 @dataclass
@@ -51,8 +55,11 @@ class TrainConfig:
     # Sparse upcycling: the fraction of the epochs trained as the model's dense twin (same
     # backbone and widths, no MoE unit) before every MoE conv or block starts as a copy of
     # the trained dense one (automoe.models.upcycle); 0 trains the MoE from scratch. The
-    # epochs are the total: the dense phase counts. Ignored for a dense model.
-    upcycle: float = 0.0
+    # epochs are the total: the dense phase counts. Ignored for a dense model. None (unset)
+    # is the recipe: DEFAULT_UPCYCLE for routed conv and block experts, which trailed dense
+    # nets of equal active MACs by 3-9 points from scratch and by about one upcycled, and 0
+    # for the granularities the recipe did not measure or cannot copy (see upcycle_share).
+    upcycle: float | None = None
     upcycle_noise: float = 0.0  # std of the noise on each expert's copy, relative to the weight's
     # lr schedule of the MoE phase: "continue" the one cosine over all epochs, or "restart"
     # a fresh cosine from the peak lr over the MoE epochs
@@ -87,10 +94,10 @@ class TrainConfig:
                               f"not {self.scheme!r}")
         if self.trades_beta < 0 or self.advmoe_alpha < 0:
             raise ConfigError("trades_beta and advmoe_alpha must be >= 0")
-        if not 0 <= self.upcycle < 1:
+        if self.upcycle is not None and not 0 <= self.upcycle < 1:
             raise ConfigError(f"upcycle must be in [0, 1) (the dense phase's share of the "
                               f"epochs), got {self.upcycle}")
-        if self.upcycle > 0 and self.epochs < 2:
+        if self.upcycle and self.epochs < 2:
             raise ConfigError("upcycle needs at least 2 epochs: one dense, one MoE")
         if not (self.upcycle_noise >= 0 and math.isfinite(self.upcycle_noise)):
             raise ConfigError(f"upcycle_noise must be >= 0, got {self.upcycle_noise}")
@@ -100,13 +107,25 @@ class TrainConfig:
         if not (self.router_lr_mult >= 0 and math.isfinite(self.router_lr_mult)):
             raise ConfigError(f"router_lr_mult must be >= 0, got {self.router_lr_mult}")
 
-    @property
-    def dense_epochs(self) -> int:
+    def upcycle_share(self, model_config=None) -> float:
+        """The dense phase's share of the epochs in force for a model: ``upcycle`` when
+        set, else the recipe's: :data:`DEFAULT_UPCYCLE` for a MoE of routed conv or block
+        experts trained for at least 2 epochs, 0 for anything else (dense, CondConv,
+        pathway or channel experts, no model config)."""
+        if self.upcycle is not None:
+            return self.upcycle
+        if (model_config is None or not model_config.is_moe or self.epochs < 2
+                or model_config.granularity not in UPCYCLED_BY_DEFAULT):
+            return 0.0
+        return DEFAULT_UPCYCLE
+
+    def dense_epochs(self, model_config=None) -> int:
         """Epochs of the dense phase when upcycling (at least 1, at most epochs - 1); 0
         without."""
-        if self.upcycle == 0:
+        share = self.upcycle_share(model_config)
+        if share == 0:
             return 0
-        return min(self.epochs - 1, max(1, round(self.upcycle * self.epochs)))
+        return min(self.epochs - 1, max(1, round(share * self.epochs)))
 
     @property
     def clip_norm(self) -> float:

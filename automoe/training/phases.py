@@ -27,7 +27,8 @@ class Phase:
 def training_phases(model: nn.Module, config: TrainConfig, device: torch.device) -> list[Phase]:
     """One phase, or the dense twin's and then the MoE's when the run upcycles."""
     model_config = getattr(model, "config", None)
-    if config.upcycle == 0 or model_config is None or not model_config.is_moe:
+    dense_epochs = config.dense_epochs(model_config)
+    if dense_epochs == 0 or model_config is None or not model_config.is_moe:
         return [Phase(model, 0, config.epochs, config)]
     check_upcyclable(model_config)
     twin = dense_twin(model).to(device)
@@ -35,8 +36,8 @@ def training_phases(model: nn.Module, config: TrainConfig, device: torch.device)
         to_channels_last(twin)
     # AdvMoE's expert step is TRADES; the twin has no router for its router step
     twin_config = replace(config, scheme="trades") if config.scheme == "advmoe" else config
-    return [Phase(twin, 0, config.dense_epochs, twin_config),
-            Phase(model, config.dense_epochs, config.epochs, config)]
+    return [Phase(twin, 0, dense_epochs, twin_config),
+            Phase(model, dense_epochs, config.epochs, config)]
 
 
 def upcycle_into(model: nn.Module, twin: nn.Module, config: TrainConfig) -> None:

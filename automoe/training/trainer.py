@@ -71,7 +71,8 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on cross-entropy plus its balancing losses.
 
-    With ``config.upcycle`` and an MoE ``model``, the first ``config.dense_epochs`` train
+    When ``config.upcycle_share(model.config)`` is above 0 (by default for routed conv and
+    block experts), the first ``config.dense_epochs(model.config)`` train
     the model's dense twin, which is copied into ``model`` after each of them (so a
     callback that evaluates ``model`` sees the current weights), and the rest train
     ``model``; the batch order and the step count run on across the switch.

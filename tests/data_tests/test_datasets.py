@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from automoe.data import DATASET_NAMES, ImageDataset, TensorImages, dataset_info, load_dataset
+from automoe.data import (
+    DATASET_NAMES,
+    EMBEDDED_DATASETS,
+    ImageDataset,
+    TensorImages,
+    dataset_info,
+    load_dataset,
+)
 from automoe.errors import DataError
 
 N_TRAIN, N_TEST = 20, 6
@@ -176,7 +183,7 @@ def test_imagefolder_png_files(tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("name", [n for n in DATASET_NAMES if n != "digits"])
+@pytest.mark.parametrize("name", [n for n in DATASET_NAMES if n not in EMBEDDED_DATASETS])
 def test_missing_root_names_the_flag_and_the_argument(name):
     # the same message serves the CLI and the Python API: it names both
     with pytest.raises(DataError, match=r"--data-root DIR, or root= in Python"):

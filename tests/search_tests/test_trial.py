@@ -177,6 +177,15 @@ def test_an_upcycling_trial_trains_both_phases_and_measures_specialisation(tmp_p
     assert attrs["constraints"]["min_specialisation"] == pytest.approx(-special)
 
 
+def test_a_space_that_names_no_recipe_field_upcycles_its_moe(tmp_path):
+    # the library's default is the recipe, not only the shipped default space's
+    space = SearchSpace.from_dict({**TINY, "params": {
+        **TINY["params"], "placement": "last_stage", "epochs": 2}})
+    assert "upcycle" not in space.raw["params"]
+    attrs = _one_complete_trial(space, tmp_path).user_attrs
+    assert [row.get("dense_phase", 0) for row in attrs["history"]] == [1, 0]
+
+
 def test_the_robust_space_trains_and_measures_through_fixed_routing(tmp_path):
     """robust_moe.yaml: a straight-through trial crafts its PGD-AT examples and its robust
     proxy through fixed routing (the straight-through gate's gradient misleads both)."""
@@ -194,3 +203,16 @@ def test_the_robust_space_trains_and_measures_through_fixed_routing(tmp_path):
     assert train["scheme"] == "pgd_at" and train["adv_fixed_routing"] is True
     assert trial.user_attrs["attack"]["attack"] == "apgd-fixed-routing"
     assert 0 <= trial.user_attrs["robust_accuracy"] <= trial.user_attrs["val_accuracy"]
+
+
+def test_the_cluttered_digits_space_runs_a_trial(tmp_path):
+    # the capacity-bound task is one --space away: the shipped space, with a short recipe
+    from automoe.space import resolve_space_path
+
+    raw = SearchSpace.from_file(resolve_space_path("cluttered_digits")).raw
+    raw = {**raw, "params": {**raw["params"], "epochs": 2, "width_multiplier": 0.5},
+           "evaluation": TINY["evaluation"]}
+    space = SearchSpace.from_dict(raw, source="cluttered_digits.yaml")
+    assert space.dataset["name"] == "cluttered_digits"
+    trial = _one_complete_trial(space, tmp_path)
+    assert 0 < trial.values[0] <= 100

@@ -120,6 +120,30 @@ def test_dense_models_ignore_upcycle(data):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("granularity,epochs,share", [
+    ("conv", 4, 0.5), ("block", 4, 0.5),  # the recipe: routed experts upcycle
+    ("conv", 1, 0.0),  # one epoch has no room for a dense phase
+    ("condconv", 4, 0.0), ("pathway", 4, 0.0), ("channel", 4, 0.0),  # not measured / no copy
+])
+def test_an_unset_upcycle_is_the_recipe(granularity, epochs, share):
+    config = _model(granularity=granularity).config
+    recipe = TrainConfig(epochs=epochs)
+    assert recipe.upcycle is None
+    assert recipe.upcycle_share(config) == share
+    assert recipe.upcycle_share(_model(placement="none").config) == 0.0
+    assert TrainConfig(epochs=epochs, upcycle=0).upcycle_share(config) == 0.0  # off, as asked
+
+
+def test_the_default_recipe_trains_the_dense_twin_first(data):
+    # nothing set: conv experts upcycle at the default share, the same run as upcycle=0.5
+    default, explicit = _model(), _model()
+    history = train(default, data, TrainConfig(epochs=4, batch_size=32)).history
+    train(explicit, data, TrainConfig(epochs=4, batch_size=32, upcycle=0.5))
+    assert [row.get("dense_phase", 0) for row in history] == [1, 1, 0, 0]
+    for x, y in zip(default.state_dict().values(), explicit.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
 def test_pathway_upcycling_is_refused_in_one_line(data):
     with pytest.raises(ConfigError, match="granularity 'pathway'"):
         train(_model(granularity="pathway"), data, TrainConfig(epochs=2, upcycle=0.5))
