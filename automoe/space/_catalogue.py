@@ -1,4 +1,8 @@
-"""Where spaces are found by name: ``./search_spaces``, then the shipped ones."""
+"""Where spaces are found by name: ``./search_spaces``, then the shipped ones.
+
+The shipped spaces live inside the package (``automoe/space/shipped``), so a wheel carries
+them; the checkout's top-level ``search_spaces`` is a link to that folder, one copy.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ from pathlib import Path
 from automoe.errors import ConfigError
 
 _SUFFIXES = (".yaml", ".yml")
+SHIPPED = Path(__file__).resolve().parent / "shipped"  # the spaces that come with automoe
 
 
 def space_folders() -> list[Path]:
     """The folders searched for a space name, first match wins: ``./search_spaces``, then
-    the ``search_spaces`` folder of the automoe source tree."""
-    return [Path.cwd() / "search_spaces", Path(__file__).resolve().parents[2] / "search_spaces"]
+    the spaces shipped inside the package."""
+    return [Path.cwd() / "search_spaces", SHIPPED]
 
 
 def resolve_space_path(space: str | os.PathLike[str]) -> Path:
