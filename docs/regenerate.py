@@ -1,14 +1,15 @@
-"""Regenerate the README's example session and the figures in docs/ from a real run.
+"""Regenerate the example sessions and the figures in docs/images from a real run.
 
     python docs/regenerate.py [--check]
 
-Runs the README's loop on the default study in a fresh temporary folder (`automoe search`,
+Runs the loop on the default study in a fresh temporary folder (`automoe search`,
 `status --once`, `plot`, `export --pick knee`, `eval`), then writes what the commands
-printed between the README's `<!-- example:loop -->` markers and the figures into docs/.
-Every number in that part of the README comes from this run; nothing is typed by hand.
-With --check, nothing is written: it exits 1 if the README's example session differs from
-a fresh run (on another machine the numbers may differ with the CPU and thread count; the
-run records its thread count).
+printed between the `<!-- example:loop -->` markers of the loop guide (the whole session)
+and of the README (the search, the picture, the export and the evaluation), and the
+figures into docs/images. Every number in those blocks comes from this run; nothing is
+typed by hand. With --check, nothing is written: it exits 1 if a block differs from a fresh
+run (on another machine the numbers may differ with the CPU and thread count; the run
+records its thread count).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+GUIDE = REPO / "docs" / "guides" / "loop.md"
+# commands the README's shorter session leaves to the guide
+GUIDE_ONLY = ("automoe status", "automoe dashboard", "automoe plot usage")
 BEGIN, END = "<!-- example:loop -->", "<!-- /example:loop -->"
 FIGURES = {"pareto": "pareto_front.png", "usage": "usage.png", "curves": "curves.png"}
 
@@ -72,6 +76,18 @@ def session(workdir: Path, threads: int) -> tuple[str, dict[str, Path]]:
     return text, figures
 
 
+def shorter(session_text: str) -> str:
+    """The README's session: the guide's without the commands in GUIDE_ONLY and what they
+    printed."""
+    kept, skipping = [], False
+    for line in session_text.splitlines():
+        if line.startswith("$ "):
+            skipping = line[2:].startswith(GUIDE_ONLY)
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
@@ -79,29 +95,35 @@ def main() -> int:
     parser.add_argument("--workdir", default=None,
                         help="run in this new folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    readme = README.read_text()
-    if BEGIN not in readme or END not in readme:
-        sys.exit(f"README.md has no {BEGIN} ... {END} block")
     with tempfile.TemporaryDirectory(prefix="automoe-readme-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         text, figures = session(workdir, args.threads)
-        block = f"{BEGIN}\n```\n{text}\n```\n{END}"
-        updated = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, readme,
-                         flags=re.S)
+        blocks = {GUIDE: text, README: shorter(text)}
+        stale = []
+        for path, block_text in blocks.items():
+            current = path.read_text()
+            if BEGIN not in current or END not in current:
+                sys.exit(f"{path.name} has no {BEGIN} ... {END} block")
+            block = f"{BEGIN}\n```\n{block_text}\n```\n{END}"
+            updated = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _, b=block: b,
+                             current, flags=re.S)
+            if updated != current:
+                stale.append(path.name)
+            if not args.check:
+                partial = path.with_suffix(".md.tmp")
+                partial.write_text(updated)
+                partial.replace(path)
         if args.check:
-            same = updated == readme
-            print("README example session is current" if same else
-                  "README example session differs from a fresh run")
-            return 0 if same else 1
-        partial = README.with_suffix(".md.tmp")
-        partial.write_text(updated)
-        partial.replace(README)
+            print("example sessions are current" if not stale else
+                  f"example session differs from a fresh run: {', '.join(stale)}")
+            return 1 if stale else 0
         for kind, path in figures.items():
-            target = REPO / "docs" / FIGURES[kind]
+            target = REPO / "docs" / "images" / FIGURES[kind]
             shutil.copyfile(path, target.with_suffix(".tmp.png"))
             target.with_suffix(".tmp.png").replace(target)
-    print(f"README.md example session and docs/{', docs/'.join(FIGURES.values())} regenerated")
+    print(f"example sessions and docs/images/{', docs/images/'.join(FIGURES.values())} "
+          "regenerated")
     return 0
 
 

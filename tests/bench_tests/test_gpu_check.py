@@ -66,8 +66,8 @@ def test_the_report_grows_part_by_part_and_is_cut_at_the_budget(tmp_path):
 
 
 def test_the_gpu_command_fits_one_device_call():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- gpu-command -->")[1].split("<!-- /gpu-command -->")[0]
+    guide = (ROOT / "docs" / "guides" / "benchmarks.md").read_text()
+    block = guide.split("<!-- gpu-command -->")[1].split("<!-- /gpu-command -->")[0]
     command = block.split("```bash")[1].split("```")[0].strip()
     assert "gpu_check.py --budget" in command and "--no-index" in command
     assert len(command) < 2000

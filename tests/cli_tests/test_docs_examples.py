@@ -1,5 +1,5 @@
-"""The README is a contract: its example space, config file, Python snippet and command
-table are run or checked against the real program."""
+"""The README and the docs are a contract: their example space, config files, Python
+snippets, command table and command lines are run or checked against the real program."""
 
 import argparse
 import re
@@ -13,11 +13,23 @@ from automoe.space import SearchSpace
 
 from .conftest import run_cli
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+# every page a reader sees: the README, then the docs' pages in a fixed order
+PAGES = {"README.md": README, **{str(p.relative_to(REPO)): p.read_text()
+                                 for p in sorted((REPO / "docs").rglob("*.md"))}}
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+def _blocks(lang: str, page: str | None = None) -> list[str]:
+    """The ``lang`` code blocks of one page, or of every page."""
+    texts = [PAGES[page]] if page else PAGES.values()
+    return [b for text in texts for b in re.findall(rf"```{lang}\n(.*?)```", text, re.S)]
+
+
+def test_the_docs_have_pages_and_blocks():
+    # a guard for the tests below: they find their blocks where the pages are
+    assert "docs/guides/loop.md" in PAGES and "docs/guides/python-api.md" in PAGES
+    assert len(_blocks("bash")) >= 8 and len(_blocks("python")) >= 2
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -48,7 +60,7 @@ def _same(default, stated: str) -> bool:
 
 def test_the_command_table_names_real_flags_with_their_real_defaults():
     commands = _commands()
-    rows = re.findall(r"^\| `automoe (\w+)([^`]*)` \|", README, re.M)
+    rows = re.findall(r"^\| `automoe (\w+)([^`]*)` \|", PAGES["docs/guides/loop.md"], re.M)
     assert len(rows) >= 15
     checked = 0
     for command, rest in rows:
@@ -61,7 +73,7 @@ def test_the_command_table_names_real_flags_with_their_real_defaults():
                                       rest):
             default = actions[flag].default
             assert _same(default, value), (
-                f"automoe {command} {flag}: README says {value}, the default is {default}")
+                f"automoe {command} {flag}: the docs say {value}, the default is {default}")
             checked += 1
     assert checked >= 5
 
@@ -99,7 +111,7 @@ def test_one_config_file_drives_search_and_worker(workdir):
 
 
 def test_the_python_api_snippet_runs(workdir):
-    snippet = _blocks("python")[0]
+    snippet = _blocks("python", "docs/guides/python-api.md")[0]
     run_cli("search", "--space", "tiny.yaml", "--trials", "1", "--no-verify", "-q",
             cwd=workdir, check=0)
     run_cli("export", "--trial", "0", "--out", "exports/trial-5", cwd=workdir, check=0)
@@ -111,13 +123,13 @@ def test_the_python_api_snippet_runs(workdir):
     here = os.getcwd()
     try:
         os.chdir(workdir)
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "python-api.md", "exec"), {})
     finally:
         os.chdir(here)
 
 
 def test_the_run_search_snippet_runs(workdir):
-    snippet = _blocks("python")[1]
+    snippet = _blocks("python", "docs/guides/python-api.md")[1]
     assert "run_search(" in snippet and 'executor="processes"' in snippet
     # the tiny space, two trials, in this process (the snippet's two worker processes are
     # the workers tests' subject)
@@ -130,7 +142,7 @@ def test_the_run_search_snippet_runs(workdir):
     try:
         os.chdir(workdir)
         scope = {}
-        exec(compile(code, "README.md", "exec"), scope)
+        exec(compile(code, "python-api.md", "exec"), scope)
         assert len(scope["study"].trials) >= 2 and scope["study"].study_name == "tiny"
     finally:
         os.chdir(here)
@@ -159,4 +171,4 @@ def test_every_documented_command_line_parses():
         try:
             parser.parse_args(argv)
         except SystemExit as exc:
-            raise AssertionError(f"README: `{line}` does not parse") from exc
+            raise AssertionError(f"docs: `{line}` does not parse") from exc
