@@ -187,3 +187,27 @@ def test_no_bench_touches_user_attrs():
                 for i, line in enumerate(p.read_text().splitlines(), 1)
                 if "user_attr" in line]
     assert touching == []
+
+
+def test_results_are_cited_by_file_and_the_section_exists():
+    # A citation names a results or decisions file that exists, and a quoted section after
+    # it is a heading of that file; the index (bench/RESULTS.md) is never cited for a figure.
+    cited = re.compile(r'((?:bench/results/[\w]+|docs/decisions/[\w-]+)\.md)(?:,\s*"([^"]+)")?')
+    sources = [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.yaml"),
+               *(REPO / "docs" / "guides").glob("*.md")]
+    found = 0
+    for path in sources:
+        # comments wrap: read the text with comment markers and line breaks folded away
+        text = re.sub(r"\n\s*#\s*", " ", path.read_text())
+        text = re.sub(r"/\s+", "/", text)  # a path broken after a slash
+        assert "bench/RESULTS.md" not in text, f"{path.name} cites the index, not a file"
+        for file, section in cited.findall(text):
+            target = REPO / file
+            assert target.is_file(), f"{path.name} cites {file}, which does not exist"
+            if section:
+                headings = [line.lstrip("#").strip() for line in target.read_text().splitlines()
+                            if line.startswith("#")]
+                assert any(h.startswith(" ".join(section.split())) for h in headings), (
+                    f"{path.name}: {file} has no section {section!r}")
+            found += 1
+    assert found >= 10

@@ -41,7 +41,8 @@ class MoENetConfig:
     # Whether the routers' losses reach the backbone through the router input. Off: the
     # balancing gradient reshaped the features to balance the routers and wrecked accuracy
     # (digits, last_two E8, balance_weight 0.3, seed 0: 36 % with it, 92 % without;
-    # bench/RESULTS.md). Training only: attacks still get the router's input gradient.
+    # docs/decisions/moe-recipe.md, "What was wrong"). Training only: attacks still get the
+    # router's input gradient.
     router_input_grad: bool = False
     global_router_blocks: int = 3  # blocks per stage of the global router (3: ResNet-20-like)
     gate: str = "noisy_topk"  # "noisy_topk", "topk", "vmoe" or "st_top1" (see TopKRouter)

@@ -25,7 +25,7 @@ from automoe.errors import ConfigError
 # Pathway experts are narrower than the dense conv and channel gates have no expert copy.
 UPCYCLABLE = ("conv", "block", "condconv")
 # Granularities that upcycle when a training config leaves `upcycle` unset: the routed
-# experts the MoE recipe measured (bench/RESULTS.md, "The MoE recipe"). CondConv trains
+# experts the MoE recipe measured (bench/results/moe_quality.md, "Clean accuracy"). CondConv trains
 # every kernel from the first step and reached its figures from scratch.
 UPCYCLED_BY_DEFAULT = ("conv", "block")
 # A block expert's parameter: "<unit>.experts.<e>.<name in the dense block>".

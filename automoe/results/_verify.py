@@ -3,7 +3,7 @@
 During a search, robust accuracy is a fast proxy (the space's attack, PGD-10 by default).
 A proxy can flatter some architectures more than others: routed MoE models, whose routing
 decisions get no gradient, resisted PGD-10 by 4-8 points more than a strong worst case
-(bench/RESULTS.md). So the front is re-evaluated with the worst case over APGD-CE, APGD-DLR,
+(bench/results/verify_gap.md). So the front is re-evaluated with the worst case over APGD-CE, APGD-DLR,
 router-aware PGD and APGD-CE through fixed routing (:data:`VERIFY_ATTACKS`), with restarts,
 then Square and a transfer attack (:data:`MASKING_CHECKS`), on the same val samples and
 budget as the proxy.
@@ -178,7 +178,8 @@ def default_jobs(trials: int, device: torch.device | str = "cpu") -> int:
     there are trials), each process then running one thread. The attacks' convolutions are
     small (a val split, one model), and two single-thread processes verified the default
     study's front 1.21x faster than one process with two threads, with the same values
-    (bench/RESULTS.md). On a GPU one: the processes would share the device."""
+    (docs/decisions/verification-cost.md, "Verifying front trials in parallel processes").
+    On a GPU one: the processes would share the device."""
     if torch.device(device).type != "cpu":
         return 1
     return max(1, min(trials, torch.get_num_threads()))

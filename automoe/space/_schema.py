@@ -318,7 +318,7 @@ def parse_fidelity(raw: dict, dimensions: dict, fixed: dict, fail) -> dict | Non
 # The sampler of a space that names none: multivariate TPE after 5 random trials. On the
 # tabular benchmark of the default space and on 7 public tables it reached random search's
 # front sooner than the other Optuna samplers, and NSGA-II (the earlier default) did not
-# beat random at 24-50 trials (bench/RESULTS.md, "Search strategies on tables").
+# beat random at 24-50 trials (bench/results/search_table.md and search_public.md).
 DEFAULT_SAMPLER = {"name": "tpe", "multivariate": True, "n_startup_trials": 5}
 
 

@@ -18,8 +18,8 @@ from automoe.training.robust import SCHEMES
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 UPCYCLE_SCHEDULES = ("continue", "restart")
-# The MoE recipe's dense share when a config leaves `upcycle` unset (bench/RESULTS.md,
-# "The MoE recipe"); the shipped spaces and the library share it.
+# The MoE recipe's dense share when a config leaves `upcycle` unset (bench/results/
+# moe_quality.md, "Clean accuracy"); the shipped spaces and the library share it.
 DEFAULT_UPCYCLE = 0.5
 
 
@@ -49,7 +49,8 @@ class TrainConfig:
     adv_fixed_routing: bool = False
     # Largest global gradient norm of each optimiser step (0: no clipping). Unset: 1 for
     # advmoe, which diverged to NaN early at lr >= 0.063 without clipping and at lr 0.2
-    # with a bound of 5 (cluttered digits; bench/RESULTS.md), off for the other schemes.
+    # with a bound of 5 (cluttered digits; docs/decisions/moe-quality-from-scratch.md, "The
+    # AdvMoE recipe over the spaces' learning rates"), off for the other schemes.
     grad_clip: float | None = None
     # --- MoE recipe
     # Sparse upcycling: the fraction of the epochs trained as the model's dense twin (same

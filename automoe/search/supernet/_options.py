@@ -20,13 +20,15 @@ EXPERT_SAMPLING = ("first", "subset")
 # random ones; BigNAS), or the largest and random ones, drawn as a search draws them. A
 # narrow sub-network's tensors are the leading slices of every wider one's, so every step
 # trains them even without the smallest; which rule ranks sub-networks better is measured
-# in bench/RESULTS.md
+# in docs/decisions/supernet-variants.md, "Cluttered digits: the largest and random
+# sub-networks per step, eight supernet seeds"
 STEP_RULES = ("sandwich", "largest_random")
 # which widths a training step draws from: all of them from the start, or progressive
 # shrinking (once-for-all networks): the widest alone for the first half of the steps,
 # then each narrower width added in turn. Trained on every width from the start, narrow
 # sub-networks inherit more than they train to stand-alone, which crowds the widths
-# together and blurs the ranking across them; bench/RESULTS.md measures both
+# together and blurs the ranking across them; docs/decisions/supernet-variants.md,
+# "Progressive shrinking of the width", measures both
 WIDTH_SCHEDULES = ("all", "progressive")
 # a supernet's default epochs, in units of the space's stand-alone recipe: it trains many
 # sub-networks on shared weights, so it gets longer than one of them would
