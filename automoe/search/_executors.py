@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 import numpy as np
 import optuna
@@ -79,24 +80,42 @@ def run_workers(worker: WorkerConfig, cluster, *,
                         sum(t.state == _STATES.FAIL for t in trials))
 
     runner = PLACEMENTS[cluster.executor]
+    started = datetime.now()  # Optuna stamps trials with naive local time
     try:
         runner(configs, cluster, progress, poll_seconds)
     except (KeyboardInterrupt, AutomoeError) as exc:
         reason = ("interrupted: the search was stopped with Ctrl-C"
                   if isinstance(exc, KeyboardInterrupt) else f"the search stopped: {exc}")
-        fail_running_trials(study, run, reason)
+        fail_running_trials(study, run, reason, since=started)
         raise
     progress()
 
 
-def fail_running_trials(study: optuna.Study, run: str, reason: str) -> list[int]:
+def fail_running_trials(study: optuna.Study, run: str, reason: str,
+                        since: datetime | None = None, grace: float = 2.0) -> list[int]:
     """Fail the RUNNING trials of the workers of one run of :func:`run_workers`, with
-    ``reason``; the numbers of those failed."""
-    failed = []
+    ``reason``; the numbers of those failed.
+
+    A worker stopped by force (a Ray task cancelled after its grace period, a process
+    killed) can leave a trial it created before writing its worker record. With ``since``,
+    a RUNNING trial with no record that started after ``since`` and still has none
+    ``grace`` seconds later is failed too: a live worker of any run writes its record
+    within milliseconds of creating the trial."""
     storage = study._storage
+    ours, unclaimed = [], []
     for trial in study.get_trials(deepcopy=False, states=(_STATES.RUNNING,)):
-        if TrialRecord(trial).worker.get("run") != run:
-            continue
+        owner = TrialRecord(trial).worker.get("run")
+        if owner == run:
+            ours.append(trial)
+        elif (owner is None and since is not None and trial.datetime_start is not None
+              and trial.datetime_start >= since):
+            unclaimed.append(trial._trial_id)
+    if unclaimed:
+        time.sleep(grace)
+        ours += [trial for trial in map(storage.get_trial, unclaimed)
+                 if trial.state == _STATES.RUNNING and not TrialRecord(trial).worker]
+    failed = []
+    for trial in ours:
         try:
             fail_stored_trial(storage, trial._trial_id, reason)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -38,8 +38,9 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir, files, args, message)
 
 
 def test_debug_shows_the_traceback(workdir):
+    # a real process: with --debug the error escapes main() and the interpreter prints it
     proc = run_cli("search", "--space", "tiny.yaml", "--sampler", "annealing", "--debug",
-                   cwd=workdir)
+                   cwd=workdir, process=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 

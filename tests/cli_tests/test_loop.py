@@ -10,7 +10,7 @@ from .conftest import run_cli
 
 
 def test_search_pareto_export_eval(workdir):
-    proc = run_cli("search", "--space", "tiny.yaml", cwd=workdir, check=0)
+    proc = run_cli("search", "--space", "tiny.yaml", cwd=workdir, check=0, process=True)
     assert "Pareto front of 'tiny'" in proc.stdout
     assert (workdir / "studies" / "automoe.db").exists()  # default storage
 
@@ -36,7 +36,7 @@ def test_search_pareto_export_eval(workdir):
         elif model["placement"] != "none":  # channel experts: open (sample, channel) pairs
             assert all(0 < sum(c) <= 360 * len(c) for c in attrs["expert_usage"].values())
 
-    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
+    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0, process=True).stdout)
     assert rows and {r["trial"] for r in rows} <= {t.number for t in trials}
     # the search ended by re-attacking its front with the strong worst case
     assert "verifying the front" in proc.stderr or "verified" in proc.stderr
@@ -45,9 +45,9 @@ def test_search_pareto_export_eval(workdir):
         assert row["robust_accuracy_verified"] <= row["values"]["robust_accuracy"] + 1e-9
     # `verify` with other settings attacks the front again and replaces the records
     report = json.loads(run_cli("verify", "--steps", "3", "--restarts", "1", "--json",
-                                cwd=workdir, check=0).stdout)
+                                cwd=workdir, check=0, process=True).stdout)
     assert sorted(int(k) for k in report) == sorted(r["trial"] for r in rows)
-    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0).stdout)
+    rows = json.loads(run_cli("pareto", "--json", cwd=workdir, check=0, process=True).stdout)
     assert {r["trial"]: r["robust_accuracy_verified"] for r in rows} == {
         int(k): v["robust_accuracy_verified"] for k, v in report.items()}
     assert set(rows[0]) >= {"trial", "values", "config", "test_accuracy"}
@@ -58,14 +58,15 @@ def test_search_pareto_export_eval(workdir):
     for row in rows:
         out_dir = workdir / f"export-{row['trial']}"
         run_cli("export", "--trial", str(row["trial"]), "--out", str(out_dir), "--torchscript",
-                "--onnx", cwd=workdir, check=0)
+                "--onnx", cwd=workdir, check=0, process=True)
         assert "verified worst case" in (out_dir / "MODEL_CARD.md").read_text()
         assert sorted(p.name for p in out_dir.iterdir()) == [
             "MODEL_CARD.md", "config.json", "model.onnx", "model.safetensors",
             "model.torchscript.pt"]
         # the traced graphs give the eager model's outputs on other inputs, any granularity
         _check_traced(out_dir)
-        result = json.loads(run_cli("eval", str(out_dir), "--json", cwd=workdir, check=0).stdout)
+        result = json.loads(run_cli("eval", str(out_dir), "--json", cwd=workdir, check=0,
+                                    process=True).stdout)
         assert abs(result["val_accuracy"] - row["values"]["val_accuracy"]) <= 0.5
         assert abs(result["test_accuracy"] - row["test_accuracy"]) <= 0.5
         assert abs(result["robust_accuracy"] - row["values"]["robust_accuracy"]) <= 0.5
@@ -74,7 +75,7 @@ def test_search_pareto_export_eval(workdir):
     # a robustness report: every attack at most the clean accuracy, worst case at most each
     report = json.loads(run_cli("robustness", str(workdir / f"export-{rows[0]['trial']}"),
                                 "--steps", "3", "--max-samples", "64", "--attack", "pgd",
-                                "--attack", "apgd-dlr", "--json", cwd=workdir, check=0).stdout)
+                                "--attack", "apgd-dlr", "--json", cwd=workdir, check=0, process=True).stdout)
     accuracy = report["accuracy"]
     assert report["samples"] == 64 and len(accuracy) == 4
     worst = accuracy.pop("worst case over the attacks")
@@ -83,11 +84,11 @@ def test_search_pareto_export_eval(workdir):
     exported = str(workdir / f"export-{rows[0]['trial']}")
     l2 = json.loads(run_cli("robustness", exported, "--norm", "l2", "--eps", "0.5",
                             "--steps", "2", "--max-samples", "32", "--json", cwd=workdir,
-                            check=0).stdout)["accuracy"]
+                            check=0, process=True).stdout)["accuracy"]
     assert sorted(l2) == ["clean", "pgd l2 eps=0.5, 2 steps", "router-pgd l2 eps=0.5, 2 steps",
                           "worst case over the attacks"], sorted(l2)
     refused = run_cli("robustness", exported, "--norm", "l2", "--attack", "apgd-ce",
-                      cwd=workdir, check=1)
+                      cwd=workdir, check=1, process=True)
     assert "apgd-ce is not implemented for the l2 norm" in refused.stderr
 
     # the exported model loads back through the public API alone
@@ -99,7 +100,7 @@ def test_search_pareto_export_eval(workdir):
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
     # a table too
-    assert "val %" in run_cli("pareto", cwd=workdir, check=0).stdout
+    assert "val %" in run_cli("pareto", cwd=workdir, check=0, process=True).stdout
 
 
 def test_resume_adds_trials_and_refuses_another_space(workdir):

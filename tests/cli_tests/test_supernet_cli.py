@@ -33,7 +33,7 @@ def test_supernet_train_search_finalize(workdir):
     proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",
                    "studies/super.safetensors", "--adversarial", "--expert-sampling",
                    "subset", "--step-rule", "largest_random", "--width-schedule", "all",
-                   cwd=workdir, check=0)
+                   cwd=workdir, check=0, process=True)
     assert "4 epochs of PGD-AT" in proc.stderr
     trained = Supernet.load(workdir / "studies" / "super.safetensors").trained_with
     assert trained["expert_sampling"] == "subset" and trained["recipe"]["scheme"] == "pgd_at"
@@ -42,11 +42,11 @@ def test_supernet_train_search_finalize(workdir):
     # an existing supernet file is not overwritten without --force
     before = (workdir / "studies" / "super.safetensors").read_bytes()
     proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",
-                   "studies/super.safetensors", cwd=workdir, check=1)
+                   "studies/super.safetensors", cwd=workdir, check=1, process=True)
     assert "already exists; pass --force" in proc.stderr
     assert (workdir / "studies" / "super.safetensors").read_bytes() == before
     proc = run_cli("supernet", "search", "--supernet", "studies/super.safetensors",
-                   "--trials", "6", "--attack-samples", "16", "-q", cwd=workdir, check=0)
+                   "--trials", "6", "--attack-samples", "16", "-q", cwd=workdir, check=0, process=True)
     assert "Pareto front of 'tinysuper-supernet'" in proc.stdout
     # inherited-weight trials were never trained: no lr or epochs in the front table
     rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
@@ -63,7 +63,7 @@ def test_supernet_train_search_finalize(workdir):
         assert t.user_attrs["attack"]["max_samples"] == 16  # the cheaper screen, recorded
 
     proc = run_cli("supernet", "finalize", "--study", "tinysuper-supernet", "--top", "1",
-                   cwd=workdir, check=0)
+                   cwd=workdir, check=0, process=True)
     assert "inherited weights vs trained stand-alone in 'tinysuper'" in proc.stdout
     # the screen and the full evaluation attacked different samples, and it says so
     assert "screened on the first 16 val samples" in proc.stdout
@@ -79,10 +79,10 @@ def test_supernet_train_search_finalize(workdir):
     assert trial.user_attrs["attack"]["max_samples"] == 64  # finalists: the space's attack
     # the storage now holds two studies: commands without --study take the one that ran
     # last (the finalists) and say so
-    proc = run_cli("pareto", "--json", cwd=workdir, check=0)
+    proc = run_cli("pareto", "--json", cwd=workdir, check=0, process=True)
     assert "study 'tinysuper', the most recently active of 2" in proc.stderr
     assert {r["trial"] for r in json.loads(proc.stdout)} <= {t.number for t in final.trials}
-    run_cli("export", "--pick", "knee", "--out", "knee", cwd=workdir, check=0)
+    run_cli("export", "--pick", "knee", "--out", "knee", cwd=workdir, check=0, process=True)
 
 
 def test_supernet_refuses_spaces_it_cannot_share(workdir):

@@ -33,19 +33,19 @@ def _study(path):
 
 
 def test_status_studies_and_csv(study_dir):
-    status = run_cli("status", "--once", cwd=study_dir, check=0).stdout
+    status = run_cli("status", "--once", cwd=study_dir, check=0, process=True).stdout
     assert "complete 8" in status and "hypervolume" in status and "best per objective" in status
     assert "verified" in status and "front trials" in status
-    listing = run_cli("studies", cwd=study_dir, check=0).stdout
+    listing = run_cli("studies", cwd=study_dir, check=0, process=True).stdout
     assert "tiny" in listing and "val_accuracy, mmacs, robust_accuracy" in listing
     rows = list(csv.DictReader(io.StringIO(run_cli("pareto", "--csv", cwd=study_dir,
-                                                   check=0).stdout)))
-    front = json.loads(run_cli("pareto", "--json", cwd=study_dir, check=0).stdout)
+                                                   check=0, process=True).stdout)))
+    front = json.loads(run_cli("pareto", "--json", cwd=study_dir, check=0, process=True).stdout)
     assert [int(r["trial"]) for r in rows] == [r["trial"] for r in front]
     assert {"val_accuracy", "mmacs", "robust_accuracy", "test_accuracy", "experts"} <= set(rows[0])
     # the table shows the test split only when asked: selection is on validation
-    assert "test %" not in run_cli("pareto", cwd=study_dir, check=0).stdout
-    assert "test %" in run_cli("pareto", "--with-test", cwd=study_dir, check=0).stdout
+    assert "test %" not in run_cli("pareto", cwd=study_dir, check=0, process=True).stdout
+    assert "test %" in run_cli("pareto", "--with-test", cwd=study_dir, check=0, process=True).stdout
 
 
 def test_retention_keeps_front_checkpoints_only(study_dir):
@@ -115,7 +115,7 @@ def test_export_each_pick_with_a_model_card(study_dir):
 
 
 def test_kernels_command(study_dir):
-    table = run_cli("kernels", cwd=study_dir, check=0).stdout
+    table = run_cli("kernels", cwd=study_dir, check=0, process=True).stdout
     assert "conv experts" in table and "channel gating" in table
     assert "padded" in table and "grouped" in table  # the CPU's per-layer choice
 
