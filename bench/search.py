@@ -48,17 +48,18 @@ STRATEGIES = {  # name -> (sampler, successive halving)
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
-def bench_space(fidelity: bool) -> SearchSpace:
-    raw = SearchSpace.from_file(resolve_space_path("default")).raw
+def bench_space(fidelity: bool, name: str = "default") -> SearchSpace:
+    raw = SearchSpace.from_file(resolve_space_path(name)).raw
     raw = {**raw, "params": {**raw["params"], "epochs": EPOCHS}}
     raw["fidelity"] = {"min_epochs": 2, "reduction_factor": 3} if fidelity else None
     return SearchSpace.from_dict(raw, source="bench")
 
 
-def run(strategy: str, seed: int, budget_epochs: int, workdir: Path) -> list[dict]:
+def run(strategy: str, seed: int, budget_epochs: int, workdir: Path,
+        space_name: str = "default") -> list[dict]:
     """One search; returns one row per finished trial with the cumulative cost and front."""
     sampler_name, fidelity = STRATEGIES[strategy]
-    space = bench_space(fidelity)
+    space = bench_space(fidelity, space_name)
     sampler = make_sampler({**space.sampler, "name": sampler_name}
                            if sampler_name == space.sampler["name"] else sampler_name, seed, space)
     storage = optuna.storages.InMemoryStorage()
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=24, help="full-fidelity trials of budget")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--space", default="default",
+                        help="a shipped space's name or a file, e.g. cluttered_digits")
     parser.add_argument("--cache", default=None, metavar="JSON",
                         help="keep each finished run here and reuse it on a rerun (a long "
                              "benchmark that stops halfway loses nothing)")
@@ -108,8 +111,8 @@ def main() -> None:
     strategies = args.strategies.split(",")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     console = Console(width=150)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; budget "
-                  f"{args.budget} x {EPOCHS} epochs; seeds {args.seeds}")
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; space "
+                  f"{args.space}; budget {args.budget} x {EPOCHS} epochs; seeds {args.seeds}")
     budget = args.budget * EPOCHS
     results: dict[str, list[list[dict]]] = {}
     started = time.perf_counter()
@@ -120,8 +123,10 @@ def main() -> None:
             results[strategy] = []
             for seed in range(args.seeds):
                 key = f"{strategy}/{seed}/{args.budget}"
+                if args.space != "default":
+                    key = f"{args.space}/{key}"
                 if key not in cache:
-                    cache[key] = run(strategy, seed, budget, Path(tmp))
+                    cache[key] = run(strategy, seed, budget, Path(tmp), args.space)
                     if cache_path:
                         partial = cache_path.with_suffix(".tmp")
                         partial.write_text(json.dumps(cache))
@@ -200,7 +205,71 @@ def main() -> None:
                                                for v in shares)
                                       for shares in (epoch_shares, second_shares)))
         console.print(table)
+    if "random" in results and args.seeds > 1:
+        for key in ("epochs", "seconds"):
+            console.print(speedup_table(results, reference, args.seeds, key))
     console.print(f"total {time.perf_counter() - started:.0f}s")
+
+
+def _volume_curve(rows: list[dict], reference, grid: list[float], key: str) -> list[float]:
+    """The run's hypervolume at each compute value of ``grid`` (its latest before it)."""
+    volumes = [study_hypervolume(r["front"], reference) for r in rows]
+    out, i = [], -1
+    for compute in grid:
+        while i + 1 < len(rows) and rows[i + 1][key] <= compute + 1e-9:
+            i += 1
+        out.append(volumes[i] if i >= 0 else 0.0)
+    return out
+
+
+def _speedup(base_finals: list[tuple[float, float]], curves: list[list[float]], grid) -> float:
+    """C / the wall seconds at which the mean of ``curves`` (hypervolume on ``grid``) reaches
+    random's mean final hypervolume, C being random's mean final wall seconds
+    (``base_finals``: random's (seconds, hypervolume) per seed; the definition of
+    bench/search_table.py, on measured seconds); NaN if it never does."""
+    compute = statistics.mean(c for c, _ in base_finals)
+    target = statistics.mean(v for _, v in base_finals)
+    mean = [statistics.mean(column) for column in zip(*curves, strict=True)]
+    reached = next((g for g, v in zip(grid, mean, strict=True) if v >= target - 1e-9), None)
+    return compute / reached if reached else math.nan
+
+
+def speedup_table(results: dict, reference, seeds: int, key: str,
+                  bootstrap: int = 1000) -> Table:
+    """Each strategy's speed-up over random at random's final hypervolume, on ``key``
+    ("epochs" trained, or measured wall "seconds"), with a 95 % bootstrap interval (seeds
+    resampled in both arms), and the share of seeds whose own run reaches random's mean
+    final hypervolume within C/5."""
+    import random as _random
+
+    longest = max(rows[-1][key] for runs in results.values() for rows in runs)
+    grid = [longest * (i + 1) / 200 for i in range(200)]
+    curves = {s: [_volume_curve(rows, reference, grid, key) for rows in runs]
+              for s, runs in results.items()}
+    finals = [(rows[-1][key], study_hypervolume(rows[-1]["front"], reference))
+              for rows in results["random"]]
+    compute = statistics.mean(c for c, _ in finals)
+    target = statistics.mean(v for _, v in finals)
+    rng = _random.Random(0)
+    unit = "epochs trained" if key == "epochs" else "wall seconds of the trials"
+    table = Table(title=f"speed-up over random at random's final hypervolume ({unit}), "
+                        f"{seeds} seeds, 95 % bootstrap interval")
+    for column in ("strategy", "speed-up", "95 % interval", "seeds within C/5"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for strategy, runs in results.items():
+        value = _speedup(finals, curves[strategy], grid)
+        boots = sorted(v for v in (
+            _speedup([rng.choice(finals) for _ in finals],
+                     [rng.choice(curves[strategy]) for _ in runs], grid)
+            for _ in range(bootstrap)) if not math.isnan(v))
+        interval = (f"[{boots[int(0.025 * len(boots))]:.2f}, "
+                    f"{boots[int(0.975 * len(boots)) - 1]:.2f}]" if boots else "-")
+        within = sum(any(study_hypervolume(r["front"], reference) >= target - 1e-9
+                         for r in rows if r[key] <= compute / 5) for rows in runs)
+        table.add_row(strategy, "-" if math.isnan(value) else f"{value:.2f}x",
+                      f"{interval} ({len(boots)} of {bootstrap} reached)",
+                      f"{within}/{len(runs)}")
+    return table
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from rich.table import Table
 from automoe import results, search
 from automoe import space as spaces
 from automoe.cli import _context as ctx
-from automoe.cli._output import architecture, err, out, print_json
+from automoe.cli._output import architecture, err, out, print_json, print_note
 from automoe.cli._parser import Commands, verify_budget
 from automoe.errors import ConfigError
 from automoe.results import check_study_name, pareto_trials, study_objectives, trial_row
@@ -24,7 +24,7 @@ from automoe.search import (
     training_seed,
 )
 from automoe.space import resolve_space_path
-from automoe.storage import describe_location
+from automoe.storage import describe_location, load_study, open_storage
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -48,6 +48,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     sampler_name = sampler["name"]
     make_sampler(sampler, args.seed, space)  # validates the name and its options
     url = ctx.storage_url(args)
+    warm = None
+    if args.warm_start:  # an earlier study whose front runs first (a new study only)
+        warm = load_study(open_storage(args.warm_start_storage or url, create=False),
+                          args.warm_start)
     cluster = ClusterConfig(executor=args.executor, workers=args.workers,
                             ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
                             cpus_per_worker=args.cpus_per_worker)
@@ -66,6 +70,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     def on_start(study, resumed: bool, complete: int) -> None:
         first["complete"] = complete
+        if warm is not None and not args.quiet:
+            queued = sum(results.TrialRecord(t).warm_start is not None
+                         for t in study.get_trials(deepcopy=False))
+            print_note(f"--warm-start ignored: study {study_name!r} exists and keeps its "
+                       "trials" if resumed else f"warm start: {queued} configurations of "
+                       f"{warm.study_name!r}'s front run first")
         if not args.quiet:
             what = "resuming" if resumed else "created"
             if local:
@@ -90,7 +100,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             device=here if local else args.device, threads=args.threads,
             data_root=args.data_root, download=args.download, heartbeat=args.heartbeat,
             keep=args.keep, make_folder=args.storage is None,
-            callbacks=[progress.after_trial] if local else None,
+            callbacks=[progress.after_trial] if local else None, warm_start=warm,
             on_step=progress.on_step if local else None, on_start=on_start,
             on_progress=on_progress)
     finally:
@@ -187,8 +197,13 @@ def register(commands: Commands) -> None:
                    help=f"{', '.join(SAMPLERS)} (nni-*: NNI's tuners; default: the space's "
                         "sampler)")
     p.add_argument("--dataset", default=None, metavar="NAME",
-                   help="override the space's dataset (digits, cifar10, cifar100, mnist, "
-                        "fashion_mnist, svhn, imagefolder)")
+                   help="override the space's dataset (digits, cluttered_digits, cifar10, "
+                        "cifar100, mnist, fashion_mnist, svhn, imagefolder)")
+    p.add_argument("--warm-start", default=None, metavar="STUDY",
+                   help="a new study runs this earlier study's Pareto front first (its "
+                        "parameters the space searches; e.g. a study on another data set)")
+    p.add_argument("--warm-start-storage", default=None, metavar="URL",
+                   help="where the --warm-start study is (default: --storage)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of a new study (sampler and training); a resumed study keeps "
                         "its own, and each resume samples from a stream derived from it")

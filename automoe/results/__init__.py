@@ -14,7 +14,7 @@ from automoe._lazy import lazy_front
 _EXPORTS = {
     # the record: what a trial and a study store
     "MEASURED": "._record", "StudyRecord": "._record", "TrialRecord": "._record",
-    "TrialWriter": "._record", "enqueue_finalist": "._record",
+    "TrialWriter": "._record", "enqueue_finalist": "._record", "enqueue_warm_trial": "._record",
     "enqueue_table_run": "._record", "fail_stored_trial": "._record",
     "verified_results": "._record",
     # a study's identity

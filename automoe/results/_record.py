@@ -94,6 +94,12 @@ class TrialRecord:
         return self._attrs.get(_NNI)
 
     @property
+    def warm_start(self) -> dict | None:
+        """``{study, trial}``: the earlier study's front trial this one was enqueued from
+        (``search --warm-start``)."""
+        return self._attrs.get("warm_start")
+
+    @property
     def table_seed(self) -> int | None:
         """The training seed of a tabular-benchmark run (bench/moe_table.py)."""
         return self._attrs.get("table_seed")
@@ -313,6 +319,15 @@ def enqueue_table_run(study: optuna.Study, params: dict, seed: int) -> None:
     """Enqueue one tabular-benchmark run: ``params`` trained with training seed ``seed``
     (see :attr:`TrialRecord.table_seed`)."""
     study.enqueue_trial(params, user_attrs={"table_seed": seed})
+
+
+def enqueue_warm_trial(study: optuna.Study, params: dict, origin_study: str,
+                       number: int) -> None:
+    """Enqueue a configuration of an earlier study's front, recording where it came from
+    (see :attr:`TrialRecord.warm_start`); one already enqueued or run is skipped."""
+    study.enqueue_trial(params, user_attrs={"warm_start": {"study": origin_study,
+                                                           "trial": number}},
+                        skip_if_exists=True)
 
 
 def enqueue_finalist(study: optuna.Study, params: dict, origin_study: str, number: int,

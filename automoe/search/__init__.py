@@ -22,6 +22,7 @@ _EXPORTS = {
     "WorkerConfig": "._workers",
     "resolve_device": "._workers", "run_worker": "._workers",
     "run_workers": "._executors",
+    "enqueue_warm_start": "._warm", "warm_start_configs": "._warm",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_front(__name__, globals(), _EXPORTS)

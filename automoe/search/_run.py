@@ -24,6 +24,7 @@ import optuna
 from automoe.errors import AutomoeError, ConfigError
 from automoe.results import checkpoint_retention
 from automoe.search._study import count_trials, create_or_resume_study, run_trials, training_seed
+from automoe.search._warm import enqueue_warm_start, warm_start_configs
 from automoe.storage import AtomicFileSystemArtifactStore, open_storage, parse_url
 
 if TYPE_CHECKING:  # annotations only: the executors' table loads without torch
@@ -188,6 +189,7 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
                keep: str = "all", resume: bool = True, make_folder: bool = False,
                trial_options: dict | None = None, objective: Callable | None = None,
                callbacks: list[Callable] | None = None,
+               warm_start: optuna.Study | None = None,
                on_start: Callable[[optuna.Study, bool, int], None] | None = None,
                on_step: Callable[[int, int, int], None] | None = None,
                on_progress: Callable[[int, int, int], None] | None = None) -> optuna.Study:
@@ -215,6 +217,9 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
         objective: an objective that replaces the trial (local only; benchmarks of the
             study machinery).
         callbacks: Optuna callbacks after each local trial.
+        warm_start: an earlier study (of this space, or another with the same parameters,
+            e.g. on another data set) whose Pareto front a new study runs first; ignored
+            when the study is resumed.
         on_start: ``(study, resumed, complete trials)`` once the study is open.
         on_step: ``(trial, step, steps)`` as a local trial trains.
         on_progress: ``(complete, running, failed)`` as workers elsewhere move.
@@ -254,8 +259,12 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
         raise ConfigError("a sampler object cannot travel to workers: name a registered "
                           "sampler (or a spec with its options) for --executor "
                           f"{cluster.executor}")
+    if warm_start is not None:  # checked before the study is written
+        warm_start_configs(warm_start, space)
     study, resumed = create_or_resume_study(storage, study_name or space.name, space, sampler,
                                             seed)
+    if warm_start is not None and not resumed:
+        enqueue_warm_start(study, warm_start, space)
     worker = None
     if url is not None and artifact_dir is not None:
         worker = WorkerConfig(storage_url=url, study_name=study.study_name, until=1,

@@ -71,6 +71,16 @@ def suggest(dimensions: dict[str, Dimension], trial: optuna.Trial) -> dict[str, 
     return values
 
 
+def distribution(dim: Dimension) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution :func:`suggest` draws ``dim`` from (a test holds them equal)."""
+    if dim.kind == "categorical":
+        return optuna.distributions.CategoricalDistribution(list(dim.choices))
+    if dim.kind == "int":
+        return optuna.distributions.IntDistribution(dim.low, dim.high, step=dim.step or 1,
+                                                    log=dim.log)
+    return optuna.distributions.FloatDistribution(dim.low, dim.high, step=dim.step, log=dim.log)
+
+
 def grid(dimensions: dict[str, Dimension], source: str) -> dict[str, list]:
     """Every dimension's values, for the grid sampler (ranges need a ``step``)."""
     values = {}

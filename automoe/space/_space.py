@@ -22,7 +22,7 @@ from automoe.models import MoENetConfig, default_config, resolve_placement
 from automoe.robustness import AttackConfig
 from automoe.space._measure import Evaluation, Splits
 from automoe.space._metrics import DEFAULT_OBJECTIVES, parse_objectives
-from automoe.space._sampling import Candidate, grid, make_candidate, suggest
+from automoe.space._sampling import Candidate, distribution, grid, make_candidate, suggest
 from automoe.space._schema import (
     CONSTRAINTS,
     LATENCY_DEFAULTS,
@@ -185,6 +185,10 @@ class SearchSpace:
         (see :mod:`._sampling`)."""
         values = suggest(self.dimensions, trial)
         return self._candidate({**self.fixed, **values}, sampled=values)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Each searched parameter's Optuna distribution, as :meth:`suggest` draws it."""
+        return {name: distribution(dim) for name, dim in self.dimensions.items()}
 
     def grid(self) -> dict[str, list]:
         """Every dimension's values, for the grid sampler (ranges need a ``step``)."""

@@ -4,6 +4,7 @@ import json
 
 import optuna
 
+from automoe.results import TrialRecord, pareto_trials
 from automoe.storage import open_storage
 
 from .conftest import run_cli
@@ -177,3 +178,22 @@ def _check_traced(out_dir):
     session = onnxruntime.InferenceSession(str(out_dir / "model.onnx"))
     (logits,) = session.run(None, {"images": x.numpy()})
     assert np.allclose(logits, expected.numpy(), atol=1e-4)
+
+
+def test_warm_start_from_an_earlier_study(workdir):
+    db = f"sqlite:///{workdir / 'w.db'}"
+    run_cli("search", "--space", "tiny.yaml", "--storage", db, "--trials", "4", "-q",
+            "--no-verify", cwd=workdir, check=0)
+    source = optuna.load_study(study_name="tiny", storage=open_storage(db))
+    front = len(pareto_trials(source))
+    proc = run_cli("search", "--space", "tiny.yaml", "--storage", db, "--study", "warm",
+                   "--warm-start", "tiny", "--trials", str(front), "--no-verify", cwd=workdir,
+                   check=0)
+    assert f"warm start: {front} configurations of 'tiny'" in proc.stderr
+    warm = optuna.load_study(study_name="warm", storage=open_storage(db))
+    assert [TrialRecord(t).warm_start["study"] for t in warm.trials] == ["tiny"] * front
+    # a study that does not exist: one line, and no new study
+    proc = run_cli("search", "--space", "tiny.yaml", "--storage", db, "--study", "cold",
+                   "--warm-start", "nosuch", cwd=workdir, check=1)
+    assert len(proc.stderr.strip().splitlines()) == 1 and "nosuch" in proc.stderr
+    assert "cold" not in {s.study_name for s in open_storage(db).get_all_studies()}
