@@ -42,13 +42,21 @@ from automoe.robustness import (
 )
 from automoe.training import TrainConfig, evaluate_accuracy, train
 
-# name -> model-config fields on top of ResNet-8 (every MoE config: placement last_two)
+# name -> model-config fields on top of ResNet-8 (every MoE config: placement last_two).
+# A config with no `train` fields gets the library's recipe (routed experts upcycle at
+# 0.5); "-scratch" configs turn upcycling off, "-up" ones set it explicitly.
 CONFIGS = {
     "dense": dict(placement="none"),
     "conv-e4": dict(granularity="conv", num_experts=4, top_k=1),
     "conv-e8": dict(granularity="conv", num_experts=8, top_k=1),
     "block-e4": dict(granularity="block", num_experts=4, top_k=1),
     "block-e8": dict(granularity="block", num_experts=8, top_k=1),
+    "conv-e4-scratch": dict(granularity="conv", num_experts=4, top_k=1, train=dict(upcycle=0)),
+    "conv-e8-scratch": dict(granularity="conv", num_experts=8, top_k=1, train=dict(upcycle=0)),
+    "block-e4-scratch": dict(granularity="block", num_experts=4, top_k=1,
+                             train=dict(upcycle=0)),
+    "block-e8-scratch": dict(granularity="block", num_experts=8, top_k=1,
+                             train=dict(upcycle=0)),
     "condconv-e4": dict(granularity="condconv", num_experts=4),
     # the pre-fix defaults: zero-initialised router on raw pooled features, softmax-over-E
     # gates, independent expert draws, no z-loss
