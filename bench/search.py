@@ -30,6 +30,7 @@ from pathlib import Path
 import optuna
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from automoe.results import TrialRecord, pareto_trials, study_hypervolume
@@ -168,8 +169,10 @@ def main() -> None:
                       mean_std([rows[-1]["seconds"] for rows in runs], "{:.0f}"))
     console.print(table)
 
-    if "random" in results and args.seeds > 1:
-        console.print("\n[bold]hypervolume minus random search's at equal epochs, paired by seed[/] "
+    for baseline in ("random", "nsga2"):
+        if baseline not in results or args.seeds < 2:
+            continue
+        console.print(f"\n[bold]hypervolume minus {baseline}'s at equal epochs, paired by seed[/] "
                       "(mean ± std of the per-seed differences; a mean inside its std is no "
                       "measurable difference)")
         table = Table()
@@ -177,11 +180,11 @@ def main() -> None:
         for limit in limits_epochs:
             table.add_column(f"{limit:.0f} ep", justify="right")
         for strategy, runs in results.items():
-            if strategy == "random":
+            if strategy == baseline:
                 continue
             table.add_row(strategy, *(mean_std([
                 hv_at(rows, "epochs", limit, reference)
-                - hv_at(results["random"][seed], "epochs", limit, reference)
+                - hv_at(results[baseline][seed], "epochs", limit, reference)
                 for seed, rows in enumerate(runs)]) for limit in limits_epochs))
         console.print(table)
 
@@ -258,16 +261,18 @@ def speedup_table(results: dict, reference, seeds: int, key: str,
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for strategy, runs in results.items():
         value = _speedup(finals, curves[strategy], grid)
-        boots = sorted(v for v in (
+        # a resample whose mean curve never reaches random's counts as 0 (below any ratio)
+        boots = sorted(0.0 if math.isnan(v) else v for v in (
             _speedup([rng.choice(finals) for _ in finals],
                      [rng.choice(curves[strategy]) for _ in runs], grid)
-            for _ in range(bootstrap)) if not math.isnan(v))
-        interval = (f"[{boots[int(0.025 * len(boots))]:.2f}, "
-                    f"{boots[int(0.975 * len(boots)) - 1]:.2f}]" if boots else "-")
+            for _ in range(bootstrap)))
+        low, high = boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
+        reached = sum(v > 0 for v in boots)
+        interval = escape(f"[{'never' if low == 0 else f'{low:.2f}'}, {high:.2f}]")
         within = sum(any(study_hypervolume(r["front"], reference) >= target - 1e-9
                          for r in rows if r[key] <= compute / 5) for rows in runs)
         table.add_row(strategy, "-" if math.isnan(value) else f"{value:.2f}x",
-                      f"{interval} ({len(boots)} of {bootstrap} reached)",
+                      f"{interval} ({reached} of {bootstrap} resamples reach it)",
                       f"{within}/{len(runs)}")
     return table
 
