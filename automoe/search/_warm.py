@@ -10,11 +10,15 @@ search_public.md).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
 
 from automoe.errors import ConfigError
 from automoe.results import enqueue_warm_trial, pareto_trials
-from automoe.space import SearchSpace
+
+if TYPE_CHECKING:  # automoe.space loads torch; search's run module must not (the CLI reads it)
+    from automoe.space import SearchSpace
 
 
 def warm_start_configs(source: optuna.Study, space: SearchSpace) -> list[tuple[int, dict]]:
