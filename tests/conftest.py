@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -10,6 +11,17 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_kept():
+    """Each test leaves SIGINT's handler as it found it. Code under test ignores or
+    replaces it in the process that runs it (job and worker processes, the interrupt
+    hold); run inside the pytest process, a leak would change how the next test's Ctrl-C
+    behaves (seen: the interrupt tests failed after the CLI tests, and passed alone)."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture

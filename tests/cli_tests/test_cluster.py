@@ -95,6 +95,7 @@ def _kill_one_worker_mid_trial(workdir, url, executor):
     assert retry.params == victim.params and retry.state.name == "COMPLETE"
 
 
+@pytest.mark.slow
 def test_ray_three_workers_on_postgresql(workdir, postgres_url):
     driver = _search(workdir, postgres_url, "ray", 3, 9)
     _, stderr = driver.communicate(timeout=900)
@@ -105,15 +106,17 @@ def test_ray_three_workers_on_postgresql(workdir, postgres_url):
     assert "ray node" in status
 
 
+@pytest.mark.slow
 def test_ray_worker_killed_mid_trial_on_postgresql(workdir, postgres_url):
     _kill_one_worker_mid_trial(workdir, postgres_url, "ray")
 
 
+@pytest.mark.slow
 def test_processes_worker_killed_mid_trial_on_sqlite(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", "processes")
 
 
-@pytest.mark.parametrize("executor", ["processes", "ray"])
+@pytest.mark.parametrize("executor", ["processes", pytest.param("ray", marks=pytest.mark.slow)])
 def test_ctrl_c_on_the_driver_leaves_no_running_trial(workdir, executor):
     url = f"sqlite:///{workdir / 'c.db'}"  # SQLite serves a local Ray cluster
     driver = _search(workdir, url, executor, 2, 6)
@@ -160,6 +163,7 @@ def test_an_unreachable_ray_address_fails_in_bounded_time(workdir, postgres_url)
     storage.engine.dispose()
 
 
+@pytest.mark.slow
 def test_bad_input_found_by_the_ray_workers_is_one_line(workdir):
     # the driver does not read the data (the nodes have it); the workers' error comes back
     url = f"sqlite:///{workdir / 'b.db'}"

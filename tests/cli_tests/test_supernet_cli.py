@@ -3,6 +3,7 @@
 import json
 
 import optuna
+import pytest
 
 from automoe.search.supernet import Supernet
 from automoe.storage import open_storage
@@ -28,6 +29,7 @@ sampler: {name: nsga2, population_size: 4}
 """
 
 
+@pytest.mark.slow
 def test_supernet_train_search_finalize(workdir):
     (workdir / "super.yaml").write_text(SPACE)
     proc = run_cli("supernet", "train", "--space", "super.yaml", "--out",

@@ -119,15 +119,18 @@ def _kill_one_worker_mid_trial(workdir, url, workers, target, repeats=1, kill_re
     assert not list(artifacts.glob(".*.tmp-*"))  # no half-written checkpoint
 
 
+@pytest.mark.slow
 def test_sqlite_two_workers_one_killed(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", workers=2, target=6)
 
 
+@pytest.mark.slow
 def test_sqlite_worker_killed_in_the_second_of_three_repeats_keeps_the_first(workdir):
     _kill_one_worker_mid_trial(workdir, f"sqlite:///{workdir / 'w.db'}", workers=2, target=3,
                                repeats=3, kill_repeat=1)
 
 
+@pytest.mark.slow
 def test_postgresql_three_workers_one_killed(workdir, postgres_url):
     _kill_one_worker_mid_trial(workdir, postgres_url, workers=3, target=12)
 

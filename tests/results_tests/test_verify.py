@@ -42,6 +42,7 @@ def study_and_store(tmp_path_factory):
     return study, store
 
 
+@pytest.mark.slow
 def test_every_front_trial_is_verified_once_per_setting(study_and_store, monkeypatch):
     study, store = study_and_store
     config = VerifyConfig(steps=5, restarts=1)

@@ -116,6 +116,7 @@ def _advmoe_net(seed: int, info):
                         width_multiplier=0.5)
 
 
+@pytest.mark.slow
 def test_the_advmoe_recipe_trains_at_the_largest_lr_the_spaces_sample():
     from automoe.errors import TrainingDivergedError
 
