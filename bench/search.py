@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=24, help="full-fidelity trials of budget")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--overhead", action="store_true",
+                        help="only time each strategy's sampler: --budget trials of the space "
+                             "with a stand-in objective (no training), per seed")
     parser.add_argument("--space", default="default",
                         help="a shipped space's name or a file, e.g. cluttered_digits")
     parser.add_argument("--cache", default=None, metavar="JSON",
@@ -112,6 +115,9 @@ def main() -> None:
     strategies = args.strategies.split(",")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     console = Console(width=150)
+    if args.overhead:
+        console.print(sampler_overhead(strategies, args.space, args.budget, args.seeds))
+        return
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; space "
                   f"{args.space}; budget {args.budget} x {EPOCHS} epochs; seeds {args.seeds}")
     budget = args.budget * EPOCHS
@@ -212,6 +218,37 @@ def main() -> None:
         for key in ("epochs", "seconds"):
             console.print(speedup_table(results, reference, args.seeds, key))
     console.print(f"total {time.perf_counter() - started:.0f}s")
+
+
+def sampler_overhead(strategies: list[str], space_name: str, budget: int, seeds: int) -> Table:
+    """Milliseconds a strategy's sampler takes per trial over ``budget`` trials (ask and
+    tell around a stand-in objective that draws the space's parameters and returns
+    numbers), mean ± std over seeds: what the sampler adds to a search whose trials train."""
+    import random as _random
+
+    space = bench_space(False, space_name)
+    table = Table(title=f"sampler time per trial over {budget} trials of {space_name}, "
+                        f"{seeds} seeds (ms, mean ± std)")
+    table.add_column("strategy")
+    table.add_column("ms per trial", justify="right")
+    for strategy in strategies:
+        per_trial = []
+        for seed in range(seeds):
+            sampler_name, _ = STRATEGIES[strategy]
+            sampler = make_sampler({**space.sampler, "name": sampler_name}
+                                   if sampler_name == space.sampler["name"] else sampler_name,
+                                   seed, space)
+            study = optuna.create_study(directions=["maximize", "minimize", "maximize"],
+                                        sampler=sampler)
+            rng = _random.Random(seed)
+            started = time.perf_counter()
+            for _ in range(budget):
+                trial = study.ask()
+                space.suggest(trial)
+                study.tell(trial, [rng.random(), rng.random(), rng.random()])
+            per_trial.append(1000 * (time.perf_counter() - started) / budget)
+        table.add_row(strategy, mean_std(per_trial, "{:.1f}"))
+    return table
 
 
 def _volume_curve(rows: list[dict], reference, grid: list[float], key: str) -> list[float]:
