@@ -62,3 +62,18 @@ def test_field_comments_read_the_line_and_the_block_above():
     assert hooks.field_comments(Example) == {"a": "on the line",
                                              "b": "above, first line and the second",
                                              "c": ""}
+
+
+def test_the_readme_session_is_the_guides_without_the_guide_only_commands():
+    import re
+
+    import regenerate
+
+    def session(path):
+        text = (REPO / path).read_text()
+        return re.search(r"<!-- example:loop -->\n```\n(.*?)\n```\n<!-- /example:loop -->",
+                         text, re.S).group(1)
+
+    guide, readme = session("docs/guides/loop.md"), session("README.md")
+    assert readme == regenerate.shorter(guide)
+    assert "$ automoe status" in guide and "$ automoe status" not in readme
