@@ -324,6 +324,34 @@ def speedup(base: list[Run], other: list[Run], target_compute: float, grid: np.n
     return target_compute / grid[reached[0]] if len(reached) else float("nan")
 
 
+def rank_correlations(rows: list[dict]) -> Table:
+    """Spearman correlation, across the table's configurations, between a rung's value and
+    the full run's (epoch 8): val accuracy, and the rung's PGD-1 against the final PGD-10;
+    for all rows and for the MoE rows alone, per training seed (the fidelity ladder's
+    precondition: a rung can only rank what it correlates with)."""
+    from scipy.stats import spearmanr
+
+    table = Table(title="rung-to-full rank correlation (Spearman) over the configurations")
+    for column in ("rows", "seed", "epoch", "val acc -> final val acc",
+                   "PGD-1 -> final PGD-10"):
+        table.add_column(column, justify="left" if column == "rows" else "right")
+    last = max(point["epoch"] for row in rows for point in row["curve"])
+    for label, keep in (("all", lambda r: True),
+                        ("MoE only", lambda r: r["config"]["placement"] != "none")):
+        for seed in sorted({r["seed"] for r in rows}):
+            chosen = [r for r in rows if r["seed"] == seed and keep(r)]
+            final = {id(r): r["curve"][last - 1] for r in chosen}
+            for epoch in sorted({p["epoch"] for r in chosen for p in r["curve"]
+                                 if "robust_pgd1" in p and p["epoch"] < last}):
+                rung = [r["curve"][epoch - 1] for r in chosen]
+                val = spearmanr([p["val_accuracy"] for p in rung],
+                                [final[id(r)]["val_accuracy"] for r in chosen]).statistic
+                rob = spearmanr([p["robust_pgd1"] for p in rung],
+                                [final[id(r)]["robust_pgd10"] for r in chosen]).statistic
+                table.add_row(label, str(seed), str(epoch), f"{val:.2f}", f"{rob:.2f}")
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,12 +361,17 @@ def main() -> int:
     parser.add_argument("--workers", default="1", help="e.g. 1,4,8: simulated workers")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--rank-correlations", action="store_true",
+                        help="only print the rung-to-full rank correlations of the table")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = read_table()
     if not rows:
         print("the table is empty: run `python bench/moe_table.py build` first")
         return 1
+    if args.rank_correlations:
+        Console(width=200).print(rank_correlations(rows))
+        return 0
     table = TableLookup(rows)
     budgets = [int(b) for b in args.budgets.split(",")]
     strategies = args.strategies.split(",")
