@@ -6,12 +6,28 @@ the main thread could pass the moment under test before that thread ran it.
 """
 
 import signal
+import warnings
 
 import optuna
 import pytest
 
 from automoe.search._interrupt import hold_interrupts, interrupt_once, release_interrupts
 from automoe.search._study import run_one_trial
+
+
+@pytest.fixture(autouse=True)
+def _sigint_deliverable():
+    """These tests need SIGINT delivered to this thread and handled by Python's default
+    handler. A native library loaded earlier in the same pytest process (seen only in the
+    full suite) can leave SIGINT blocked in the main thread; unblock it, and say so."""
+    if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        warnings.warn("SIGINT was blocked in the main thread before this test; unblocked",
+                      stacklevel=1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        warnings.warn(f"SIGINT's handler was {signal.getsignal(signal.SIGINT)!r}; reset",
+                      stacklevel=1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _CtrlCOnCreate(optuna.storages.RDBStorage):
