@@ -105,9 +105,13 @@ def test_speedup_of_a_strategy_against_itself_is_one(table):
     runs = [st.simulate(table, {"name": "random"}, {}, seed=s, compute_budget=300.0)
             for s in range(5)]
     grid = np.linspace(0, 320, 3201)[1:]
-    # the mean curve is a step function: it reaches its value at 200 s at its last step
-    # before, at most one trial (10.15 s) earlier
-    assert 1.0 <= st.speedup(runs, runs, 200.0, grid) <= 200.0 / (200.0 - 10.15)
+    # the mean curve is a step function whose steps are trial completions (every trial
+    # here costs 10.15 s): against itself it reaches its value at 200 s no later than 200 s,
+    # and exactly at a completion (on the 0.1 s grid), never between two
+    speedup = st.speedup(runs, runs, 200.0, grid)
+    assert speedup >= 1.0
+    reached = 200.0 / speedup
+    assert abs(reached - 10.15 * round(reached / 10.15)) <= 0.1 + 1e-9
 
 
 @pytest.mark.slow
