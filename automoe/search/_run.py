@@ -259,12 +259,12 @@ def run_search(space: SearchSpace, storage: str | optuna.storages.BaseStorage, *
         raise ConfigError("a sampler object cannot travel to workers: name a registered "
                           "sampler (or a spec with its options) for --executor "
                           f"{cluster.executor}")
-    if warm_start is not None:  # checked before the study is written
-        warm_start_configs(warm_start, space)
+    # read (and checked) before the study is written
+    warm = warm_start_configs(warm_start, space) if warm_start is not None else None
     study, resumed = create_or_resume_study(storage, study_name or space.name, space, sampler,
                                             seed)
-    if warm_start is not None and not resumed:
-        enqueue_warm_start(study, warm_start, space)
+    if warm is not None and not resumed:
+        enqueue_warm_start(study, warm_start.study_name, warm)
     worker = None
     if url is not None and artifact_dir is not None:
         worker = WorkerConfig(storage_url=url, study_name=study.study_name, until=1,

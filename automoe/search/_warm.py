@@ -44,13 +44,14 @@ def warm_start_configs(source: optuna.Study, space: SearchSpace) -> list[tuple[i
     return configs
 
 
-def enqueue_warm_start(study: optuna.Study, source: optuna.Study, space: SearchSpace) -> int:
-    """Enqueue ``source``'s front (:func:`warm_start_configs`) as ``study``'s next trials;
-    the number enqueued. A configuration already enqueued or run is not enqueued again, so
-    resuming a warm-started search adds nothing."""
+def enqueue_warm_start(study: optuna.Study, source_name: str,
+                       configs: list[tuple[int, dict]]) -> int:
+    """Enqueue ``configs`` (:func:`warm_start_configs` of the study ``source_name``) as
+    ``study``'s next trials; the number enqueued. A configuration already enqueued or run
+    is not enqueued again, so resuming a warm-started search adds nothing."""
     before = len(study.get_trials(deepcopy=False))
-    for number, params in warm_start_configs(source, space):
-        enqueue_warm_trial(study, params, source.study_name, number)
+    for number, params in configs:
+        enqueue_warm_trial(study, params, source_name, number)
     return len(study.get_trials(deepcopy=False)) - before
 
 
